@@ -1,0 +1,38 @@
+# Quick start: `make run` (the main job on the embedded default) and `make test` (the suite).
+# Both create .venv on first use. torch==2.13.0 is installed first so a CPU machine takes the local CPU
+# wheel instead of pulling several GB of CUDA packages.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP := $(VENV)/.installed-$(EXTRAS)
+
+.PHONY: run test lint typecheck base venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev,$(EXTRAS)]"
+	touch $@
+
+run: $(STAMP)
+	$(PY) -m jobs.train_specialist specialist=math
+
+base: $(STAMP)
+	$(PY) -m jobs.make_base
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/pyright
+
+test: lint typecheck
+	$(PY) -m pytest tests -q
+
+clean:
+	rm -rf $(VENV) outputs runs multirun

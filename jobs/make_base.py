@@ -1,0 +1,172 @@
+"""Build the embedded tiny base: a byte-level BPE tokenizer and a tiny Qwen3, SFT'd on procedural demos.
+
+    python -m jobs.make_base                     # build or reuse the cached base, print its path
+    python -m jobs.make_base recipe.max_steps=50 output=/tmp/base   # a quick one somewhere else
+
+SFT stops at the first held-out greedy pass@1 at or above ``recipe.target_pass_at_1``, so the base
+solves some but not most synthetic math tasks and RL has signal. The base is cached under
+``$DISTILLERY_CACHE/bases/tiny-<hash>``, the hash covering the recipe and the task generator's source,
+so it is rebuilt only when either changes. ``base.json`` beside the weights records the SFT curve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
+
+from rewards.math import score_math
+from rl.config import BaseRecipe, MakeBaseConfig, register_configs, to_typed
+from rl.models import cache_dir, save_model, tiny_qwen3_config, token_id
+from rl.rollout.hf import HFEngine
+from rl.sft import batches, chat_prompt_ids, encode_demo, sft_loss
+from rl.types import SamplingParams, Task
+from specialists import synthetic
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+GENERATOR_SOURCES = (synthetic,)  # modules whose source is part of the recipe
+
+
+def recipe_hash(recipe: BaseRecipe) -> str:
+    """Stable hash of the recipe fields (threads excluded) and the task generators' source."""
+    fields = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "torch_threads"}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+    for module in GENERATOR_SOURCES:
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def cached_base_path(recipe: BaseRecipe) -> Path:
+    return cache_dir() / "bases" / f"tiny-{recipe_hash(recipe)}"
+
+
+def chat_text(prompt: str, completion: str) -> str:
+    return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{completion}<|im_end|>\n"
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE with single-digit tokens (arithmetic stays learnable) and a ChatML template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(  # type: ignore[assignment]
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()  # type: ignore[assignment]
+    trainer = trainers.BpeTrainer(  # type: ignore[call-arg]
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
+    )
+
+
+def greedy_pass_at_1(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, tasks: list[Task]) -> float:
+    """Held-out greedy pass@1 with the math reward (what RL will optimise)."""
+    engine = HFEngine(model, tokenizer, max_batch_size=len(tasks))
+    outs = engine.generate([chat_prompt_ids(tokenizer, t.prompt) for t in tasks], SamplingParams(48, 0.0))
+    model.train()
+    return sum(score_math(o.text, t.answer).score for o, t in zip(outs, tasks, strict=True)) / len(tasks)
+
+
+def build_base(recipe: BaseRecipe, out: Path) -> dict:
+    """Train tokenizer and model, SFT until the target pass@1 (or ``max_steps``), save into ``out``."""
+    if recipe.torch_threads > 0:
+        torch.set_num_threads(recipe.torch_threads)
+    demos = synthetic.math_demos(recipe.num_demos, "train", recipe.seed)
+    tokenizer = train_tokenizer([chat_text(d.task.prompt, d.solution) for d in demos], recipe.vocab_size)
+    torch.manual_seed(recipe.seed)
+    config = tiny_qwen3_config(
+        len(tokenizer),
+        recipe.hidden_size,
+        recipe.num_layers,
+        recipe.num_heads,
+        recipe.num_kv_heads,
+        recipe.intermediate_size,
+        eos_token_id=token_id(tokenizer, "eos"),
+        pad_token_id=token_id(tokenizer, "pad"),
+    )
+    model = Qwen3ForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    warmup = max(recipe.warmup_steps, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    examples = [encode_demo(tokenizer, d.task.prompt, d.solution) for d in demos]
+    stream = batches(examples, recipe.batch_size, token_id(tokenizer, "pad"), random.Random(recipe.seed))
+    heldout = synthetic.math_tasks(recipe.num_eval_tasks, "heldout", recipe.seed)
+    curve, started, step, score = [], time.perf_counter(), 0, 0.0
+    model.train()
+    for step in range(1, recipe.max_steps + 1):
+        loss = sft_loss(model, *next(stream))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % recipe.eval_every == 0 or step == recipe.max_steps:
+            score = greedy_pass_at_1(model, tokenizer, heldout)
+            curve.append({"step": step, "loss": float(loss), "pass@1": score})
+            print(
+                f"make_base: step {step}/{recipe.max_steps} loss {float(loss):.3f} held-out pass@1 {score:.3f} "
+                f"({time.perf_counter() - started:.0f}s)",
+                flush=True,
+            )
+            if score >= recipe.target_pass_at_1:
+                break
+    report = {
+        "recipe": dataclasses.asdict(recipe),
+        "hash": recipe_hash(recipe),
+        "sft_steps": step,
+        "pass@1": score,
+        "curve": curve,
+        "seconds": time.perf_counter() - started,
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tokenizer, tmp)
+    (tmp / "base.json").write_text(json.dumps(report, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return report
+
+
+def ensure_base(recipe: BaseRecipe | None = None, output: str = "", force: bool = False) -> Path:
+    """The base for ``recipe``: reused when cached (and complete), else built. Safe across processes."""
+    recipe = recipe or BaseRecipe()
+    out = Path(output) if output else cached_base_path(recipe)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second builder waits, then finds the finished base
+        if force or not (out / "base.json").exists():
+            print(f"make_base: building the tiny base into {out}", flush=True)
+            build_base(recipe, out)
+    return out
+
+
+@hydra.main(config_path="../configs", config_name="make_base", version_base="1.3")
+def main(dcfg: DictConfig) -> None:
+    cfg = to_typed(dcfg, MakeBaseConfig)
+    path = ensure_base(cfg.recipe, cfg.output, cfg.force)
+    report = json.loads((path / "base.json").read_text())
+    print(f"base: {path}\nSFT steps {report['sft_steps']}, held-out greedy pass@1 {report['pass@1']:.3f}")
+
+
+register_configs()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""RL of one specialist with GRPO-family algorithms on Ray rollout and trainer workers.
+
+    python -m jobs.train_specialist specialist=math
+    python -m jobs.train_specialist specialist=gsm8k model=smollm2-135m algorithm=dr_grpo trainer.num_ranks=2
+    python -m jobs.train_specialist run_name=math-20261122-120000 resume=true
+
+Writes ``runs/<run_name>/``: config.yaml, metrics.jsonl, summary.json, checkpoints/, wandb/.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from jobs.common import forwarded_env, init_ray, prepare_run_dir, resolve_model_path
+from rl.batching import TaskStream
+from rl.checkpoint import load_state
+from rl.config import SpecialistRunConfig, register_configs, to_typed
+from rl.controller import SpecialistController
+from rl.models import load_tokenizer
+from rl.placement import check_resources
+from rl.rollout.group import RolloutGroup
+from rl.sft import chat_prompt_ids
+from rl.tracking import Tracker, truncate_metrics
+from rl.trainer.group import TrainerGroup
+
+SPECIALISTS = {"math": "specialists.math"}
+
+
+def load_specialist(domain: str) -> Any:
+    if domain not in SPECIALISTS:
+        raise ValueError(f"unknown specialist.domain {domain!r}; valid: {', '.join(SPECIALISTS)}")
+    return importlib.import_module(SPECIALISTS[domain])
+
+
+def check_context(tokenizer: Any, tasks: list, max_new_tokens: int, context: int) -> None:
+    """Every prompt plus the generation limit must fit the model's context."""
+    longest = max(tasks, key=lambda t: len(t.prompt))
+    need = len(chat_prompt_ids(tokenizer, longest.prompt)) + max_new_tokens
+    if need > context:
+        raise ValueError(
+            f"prompt {longest.uid} needs {need} tokens with rollout.max_new_tokens={max_new_tokens}, "
+            f"more than the model's context of {context}"
+        )
+
+
+def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
+    """The whole job; returns the summary (also written to ``summary.json``)."""
+    run_dir = Path(cfg.runs_root) / cfg.run_name
+    checkpoint = prepare_run_dir(run_dir, cfg.resume, cfg)
+    specialist = load_specialist(cfg.specialist.domain)
+    train_tasks, eval_tasks = specialist.train_tasks(cfg.specialist), specialist.eval_tasks(cfg.specialist)
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(model_path)
+    init_ray(cfg.cluster)
+    actors = cfg.rollout.num_workers + cfg.trainer.num_ranks
+    check_resources(
+        {
+            "rollout": {"CPU": cfg.rollout.num_workers * cfg.cluster.actor_cpus},
+            "trainer": {"CPU": cfg.trainer.num_ranks * cfg.cluster.actor_cpus},
+        }
+    )
+    env = forwarded_env()
+    trainer = TrainerGroup(
+        model_path, cfg.trainer, cfg.algorithm, cfg.cluster, cfg.steps, cfg.model.dtype, cfg.seed, env
+    )
+    rollout = RolloutGroup(model_path, cfg.rollout, cfg.cluster, env)
+    context = int(getattr(rollout_config_of(model_path), "max_position_embeddings", 10**9))
+    check_context(tokenizer, train_tasks + eval_tasks, cfg.rollout.max_new_tokens, context)
+    stream = TaskStream(train_tasks, seed=cfg.specialist.data_seed)
+    start_step, state = 0, {}
+    if checkpoint is not None:
+        state = load_state(checkpoint)
+        trainer.load(str(checkpoint))
+        rollout.push_weights(trainer.export_weights())
+        stream.seek(**state["data"])
+        start_step = state["step"]
+        truncate_metrics(run_dir / "metrics.jsonl", start_step)
+        print(f"resuming {run_dir} from {checkpoint.name} (step {start_step})", flush=True)
+    tracker = Tracker(
+        run_dir,
+        cfg.logger,
+        json.loads(json.dumps(_plain(cfg))),
+        cfg.run_name,
+        job_type="specialist",
+        run_id=state.get("wandb_run_id"),
+    )
+    controller = SpecialistController(
+        cfg, run_dir, specialist, tokenizer, rollout, trainer, tracker, stream, eval_tasks
+    )
+    controller.history = state.get("history", {})
+    controller.last_checkpoint = str(checkpoint) if checkpoint else None
+    print(
+        f"run {run_dir}: {actors} actors, {len(train_tasks)} train / {len(eval_tasks)} eval tasks", flush=True
+    )
+    try:
+        summary = controller.run(start_step)
+    finally:
+        trainer.shutdown()
+    tracker.finish(summary)
+    return summary
+
+
+def rollout_config_of(model_path: str) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_path)
+
+
+def _plain(cfg: SpecialistRunConfig) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+@hydra.main(config_path="../configs", config_name="train_specialist", version_base="1.3")
+def main(dcfg: DictConfig) -> None:
+    cfg = to_typed(dcfg, SpecialistRunConfig)
+    summary = run(cfg)
+    start, end = summary.get("eval/pass@1_start"), summary.get("eval/pass@1")
+    print(
+        f"held-out pass@1: base {start:.3f} -> specialist {end:.3f}"
+        if start is not None and end is not None
+        else f"summary: {summary}"
+    )
+
+
+register_configs()
+
+if __name__ == "__main__":
+    main()

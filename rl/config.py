@@ -1,0 +1,183 @@
+"""Typed config schemas, registered in Hydra's ConfigStore; YAML under ``configs/`` holds only overrides.
+
+Each group's YAML starts from its ``_schema`` entry, so a key that is not a field here is an error at
+composition time that names the key. Entry points convert the composed DictConfig into these dataclasses
+once (``to_typed``); nothing below an entry point sees an untyped config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+T = TypeVar("T")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"  # a label for logs and registry entries
+    path: str = (
+        "embedded:tiny"  # local HF dir, hub id, "embedded:tiny" (jobs.make_base) or "pypi:smollm2-135m"
+    )
+    dtype: str = "float32"  # master-weight dtype: float32 | bfloat16
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"  # rollout engine: hf
+    num_workers: int = 1  # RolloutWorker actors; prompts are split evenly across them
+    max_batch_size: int = 256  # sequences decoded together inside one worker
+    temperature: float = 1.0  # sampling temperature for training rollouts (eval greedy uses 0)
+    top_p: float = 1.0  # nucleus sampling mass; 1.0 = off
+    top_k: int = 0  # top-k sampling; 0 = off
+    max_new_tokens: int = 48  # generation limit per completion
+    stop: list[str] = field(default_factory=list)  # stop strings besides EOS
+
+
+@dataclass
+class TrainerConfig:
+    backend: str = "torch"  # trainer backend: torch (one process, or DDP over gloo/nccl)
+    num_ranks: int = 1  # data-parallel TrainerWorker ranks
+    lr: float = 1e-4  # peak AdamW learning rate
+    lr_schedule: str = "constant"  # constant | linear | cosine, after warmup
+    warmup_steps: int = 0  # linear warmup optimizer steps
+    min_lr_ratio: float = 0.1  # floor of linear/cosine decay as a fraction of lr
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])  # AdamW betas
+    grad_clip: float = 1.0  # max global grad norm; <= 0 disables clipping
+    micro_batch_size: int = 64  # sequences per forward/backward (gradient accumulation over the rest)
+    num_minibatches: int = 1  # optimizer steps per rollout batch (>1 recomputes old log-probs first)
+    max_nonfinite_steps: int = 3  # consecutive non-finite losses tolerated (steps skipped) before stopping
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "grpo"  # a label for logs
+    advantage: str = "grpo"  # grpo | dr_grpo | rloo (rl.algorithms.advantages)
+    policy_loss: str = "ppo_clip"  # rl.algorithms.policy_loss
+    clip_low: float = 0.2  # PPO clip epsilon below 1
+    clip_high: float = 0.28  # PPO clip epsilon above 1 (DAPO clip-higher)
+    aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum
+    group_size: int = 8  # completions per prompt
+    kl_coef: float = 0.0  # weight of the KL-to-reference term; 0 keeps no reference model
+    kl_estimator: str = "k3"  # k1 | k2 | k3 | k3_ratio (rl.algorithms.kl)
+    dynamic_sampling: bool = True  # DAPO: drop groups whose rewards are all equal, refill with new prompts
+    max_refill_rounds: int = 2  # extra sampling rounds to refill dropped groups per step
+
+
+@dataclass
+class SpecialistConfig:
+    domain: str = "math"  # which specialist (specialists/<domain>.py)
+    train_data: str = "synthetic"  # synthetic | gsm8k | math500 | math
+    train_path: str = ""  # JSONL file for file-based train data
+    eval_data: str = "synthetic"  # held-out set: synthetic | gsm8k | math500 | math
+    eval_path: str = ""  # JSONL file for file-based eval data
+    num_train_tasks: int = 4096  # synthetic tasks generated (or rows read, 0 = all) for training
+    num_eval_tasks: int = 200  # held-out tasks evaluated
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3])  # synthetic difficulty levels
+    data_seed: int = 0  # seed of the synthetic generator and of the prompt order
+
+
+@dataclass
+class LoggerConfig:
+    mode: str = "offline"  # W&B mode: offline | online | disabled (metrics.jsonl is always written)
+    project: str = "distillery"  # W&B project
+    entity: str | None = None  # W&B entity (team); None = the default of the logged-in user
+    group: str | None = None  # W&B group, e.g. a pipeline or sweep id
+    sample_rows: int = 8  # generations logged to the sample table at each eval
+
+
+@dataclass
+class ClusterConfig:
+    address: str | None = None  # Ray address; None starts (or joins, inside a Ray job) a local Ray
+    num_cpus: int | None = None  # CPUs of a local Ray started by the job; None = all
+    torch_threads: int = 0  # intra-op threads per actor; 0 = all cores of the machine
+    actor_cpus: float = 1.0  # Ray CPUs reserved per actor
+
+
+@dataclass
+class SpecialistRunConfig:
+    """``python -m jobs.train_specialist``: RL of one specialist."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    specialist: SpecialistConfig = field(default_factory=SpecialistConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run_name: str = "specialist"  # run directory name under runs_root
+    runs_root: str = "runs"  # parent of run directories
+    steps: int = 60  # RL steps (one optimizer batch each)
+    prompts_per_step: int = 32  # prompts per step (each sampled group_size times)
+    eval_every: int = 20  # held-out eval period in steps; 0 = only at start and end
+    eval_samples: int = 4  # k of mean@k sampled eval
+    checkpoint_every: int = 20  # checkpoint period in steps; the last step is always saved
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    seed: int = 0  # seeds model init-free randomness: sampling, data order
+    resume: bool = False  # continue from the run directory's latest checkpoint
+
+
+@dataclass
+class BaseRecipe:
+    """``python -m jobs.make_base``: the embedded tiny base. Any change here rebuilds the cached base."""
+
+    vocab_size: int = 768  # byte-level BPE vocabulary, special tokens included
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    num_demos: int = 20000  # procedurally generated SFT demonstrations
+    batch_size: int = 64
+    lr: float = 4e-3
+    warmup_steps: int = 50
+    max_steps: int = 1500  # SFT steps at most
+    eval_every: int = 50  # greedy held-out pass@1 period
+    num_eval_tasks: int = 200
+    target_pass_at_1: float = 0.25  # stop at the first eval at or above this (leaves headroom for RL)
+    seed: int = 0
+    torch_threads: int = 0  # 0 = all cores
+
+
+@dataclass
+class MakeBaseConfig:
+    recipe: BaseRecipe = field(default_factory=BaseRecipe)
+    output: str = ""  # where to write the base; "" = the cache directory keyed by the recipe hash
+    force: bool = False  # rebuild even if a base for this recipe is cached
+
+
+_GROUPS: dict[str, type] = {
+    "model": ModelConfig,
+    "rollout": RolloutConfig,
+    "trainer": TrainerConfig,
+    "algorithm": AlgorithmConfig,
+    "specialist": SpecialistConfig,
+    "logger": LoggerConfig,
+    "cluster": ClusterConfig,
+}
+
+
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    for group, schema in _GROUPS.items():
+        store.store(group=group, name="_schema", node=schema)
+    store.store(name="_specialist_run_schema", node=SpecialistRunConfig)
+    store.store(name="_make_base_schema", node=MakeBaseConfig)
+
+
+def to_typed(cfg: DictConfig | Any, schema: type[T]) -> T:
+    """The composed DictConfig as its dataclass, checked against ``schema``."""
+    obj = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    if not isinstance(obj, schema):
+        raise TypeError(f"config is a {type(obj).__name__}, expected {schema.__name__}")
+    return obj
+
+
+def to_yaml(cfg: Any) -> str:
+    """A dataclass config as resolved YAML (what the run directory records)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg), resolve=True)

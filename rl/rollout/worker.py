@@ -1,0 +1,48 @@
+"""RolloutWorker: holds the policy in a rollout engine and samples completions.
+
+The logic is this plain class (tests build it without Ray); ``RolloutActor`` is its Ray actor.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ray
+import torch
+
+from rl.config import RolloutConfig
+from rl.models import load_model, load_tokenizer
+from rl.rollout.hf import HFEngine
+from rl.types import Rollout, SamplingParams
+
+ENGINES = {"hf": HFEngine}
+
+
+class RolloutWorker:
+    """One rollout engine replica."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str = "float32", threads: int = 0):
+        if threads > 0:
+            torch.set_num_threads(threads)
+        if cfg.engine not in ENGINES:
+            raise ValueError(f"unknown rollout.engine {cfg.engine!r}; valid: {', '.join(ENGINES)}")
+        model = load_model(model_path, dtype)
+        self.engine = ENGINES[cfg.engine](
+            model, load_tokenizer(model_path), max_batch_size=cfg.max_batch_size
+        )
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
+        """One completion per prompt (token ids, sampling log-probs, finish reason, text)."""
+        return self.engine.generate(prompts, params)
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> float:
+        """Take new policy weights; returns the seconds the load took."""
+        start = time.perf_counter()
+        self.engine.load_weights(state_dict)
+        return time.perf_counter() - start
+
+    def ready(self) -> bool:
+        return True
+
+
+RolloutActor = ray.remote(RolloutWorker)

@@ -1,0 +1,62 @@
+"""Supervised fine-tuning on (prompt, completion) demonstrations: what ``jobs.make_base`` uses.
+
+Loss is the token-mean cross-entropy over completion tokens only (the prompt is context, not target).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase
+
+from rl.models import token_id
+
+
+def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """Token ids of a user message under the tokenizer's chat template, ready for the assistant turn."""
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return list(ids)  # type: ignore[arg-type]
+
+
+def encode_demo(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str
+) -> tuple[list[int], list[int]]:
+    """(input ids, loss mask) for one demonstration: the completion and its EOS are trained."""
+    prompt_ids = chat_prompt_ids(tokenizer, prompt)
+    completion_ids = [*tokenizer.encode(completion, add_special_tokens=False), token_id(tokenizer, "eos")]
+    return prompt_ids + completion_ids, [0] * len(prompt_ids) + [1] * len(completion_ids)
+
+
+def batches(
+    examples: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int, rng: random.Random
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Endless shuffled batches of right-padded (input_ids, attention_mask, loss_mask)."""
+    order = list(range(len(examples)))
+    while True:
+        rng.shuffle(order)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            rows = [examples[i] for i in order[start : start + batch_size]]
+            width = max(len(ids) for ids, _ in rows)
+            ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
+            attn = torch.zeros((batch_size, width), dtype=torch.long)
+            mask = torch.zeros((batch_size, width), dtype=torch.float32)
+            for r, (row_ids, row_mask) in enumerate(rows):
+                ids[r, : len(row_ids)] = torch.tensor(row_ids)
+                attn[r, : len(row_ids)] = 1
+                mask[r, : len(row_mask)] = torch.tensor(row_mask, dtype=torch.float32)
+            yield ids, attn, mask
+
+
+def sft_loss(
+    model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Token-mean next-token cross-entropy over positions where ``mask`` marks the target token."""
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    target_mask = mask[:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    return (nll * target_mask).sum() / target_mask.sum().clamp_min(1)

@@ -1,0 +1,100 @@
+"""One W&B run per job (online / offline / disabled) mirrored line by line into ``metrics.jsonl``.
+
+Metric names are prefixed by role (``rollout/``, ``train/``, ``reward/``, ``eval/``, ``perf/``); the JSONL
+file gets exactly the keys W&B gets, one object per step, so a run is readable without W&B.
+On resume the file is cut back to the checkpoint's step, so no step appears twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import wandb
+
+from rl.config import LoggerConfig
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON beside ``path`` then rename over it, so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _jsonable(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop lines logged after ``last_step`` (they belong to steps a resumed run will redo)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+class Tracker:
+    """The run's metrics sink: W&B (per ``cfg.mode``) plus ``metrics.jsonl`` and ``summary.json``."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: LoggerConfig,
+        config: dict[str, Any],
+        name: str,
+        job_type: str,
+        run_id: str | None = None,
+    ):
+        if cfg.mode not in WANDB_MODES:
+            raise ValueError(f"unknown logger.mode {cfg.mode!r}; valid: {', '.join(WANDB_MODES)}")
+        self.run_dir = run_dir
+        self.run = wandb.init(
+            mode=cfg.mode,  # type: ignore[arg-type]
+            dir=str(run_dir),
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group,
+            name=name,
+            job_type=job_type,
+            id=run_id,
+            resume="allow" if run_id else None,
+            config=config,
+            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+        )
+        self.run_id = self.run.id
+        self.metrics_path = run_dir / "metrics.jsonl"
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Record one step's metrics in W&B and as one line of ``metrics.jsonl``."""
+        line = {"step": step, **{k: _jsonable(float(v)) for k, v in metrics.items()}}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(line, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.run.log(metrics, step=step)
+
+    def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
+        """A table of generations (one row per sample) under ``samples``."""
+        if not rows:
+            return
+        columns = list(rows[0])
+        table = wandb.Table(columns=["step", *columns], data=[[step, *(r[c] for c in columns)] for r in rows])
+        self.run.log({"samples": table}, step=step)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Write ``summary.json``, set the W&B summary and close the run."""
+        write_json_atomic(self.run_dir / "summary.json", summary)
+        for key, value in summary.items():
+            self.run.summary[key] = value
+        self.run.finish()

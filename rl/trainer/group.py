@@ -1,0 +1,98 @@
+"""The controller's handle on the TrainerWorker ranks: shard batches, average metrics, save and export."""
+
+from __future__ import annotations
+
+import socket
+
+import ray
+import torch
+
+from rl.config import AlgorithmConfig, ClusterConfig, TrainerConfig
+from rl.placement import in_group, role_placement_group
+from rl.trainer.torch_backend import DistInfo
+from rl.trainer.worker import BACKENDS, TrainerActor
+from rl.types import LossNormalizer, TrainBatch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TrainerGroup:
+    """``num_ranks`` data-parallel trainer actors in one placement group; rank 0 exports and saves."""
+
+    def __init__(
+        self,
+        model_path: str,
+        cfg: TrainerConfig,
+        algo: AlgorithmConfig,
+        cluster: ClusterConfig,
+        total_steps: int,
+        dtype: str,
+        seed: int,
+        env: dict[str, str],
+    ):
+        if cfg.backend not in BACKENDS:
+            raise ValueError(f"unknown trainer.backend {cfg.backend!r}; valid: {', '.join(BACKENDS)}")
+        self.cfg = cfg
+        self.group = role_placement_group(
+            "trainer", [{"CPU": cluster.actor_cpus} for _ in range(cfg.num_ranks)]
+        )
+        port = free_port()
+        self.ranks = [
+            TrainerActor.options(  # type: ignore[attr-defined]
+                num_cpus=cluster.actor_cpus,
+                scheduling_strategy=in_group(self.group, rank),
+                runtime_env={"env_vars": env},
+            ).remote(
+                model_path,
+                cfg,
+                algo,
+                total_steps,
+                dtype,
+                DistInfo(rank=rank, world_size=cfg.num_ranks, master_port=port),
+                seed,
+                cluster.torch_threads,
+            )
+            for rank in range(cfg.num_ranks)
+        ]
+
+    def _shards(self, batch: TrainBatch) -> list[TrainBatch]:
+        n = len(self.ranks)
+        bounds = [batch.num_sequences * i // n for i in range(n + 1)]
+        return [batch.select(slice(bounds[i], bounds[i + 1])) for i in range(n)]
+
+    def forward_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        parts = ray.get(
+            [r.forward_logprobs.remote(s) for r, s in zip(self.ranks, self._shards(batch), strict=True)]
+        )
+        return torch.cat(parts)
+
+    def train_step(self, batch: TrainBatch, max_response_tokens: int) -> dict[str, float]:
+        """One optimizer step over ``batch`` split across ranks; metrics token-weighted across ranks."""
+        norm = LossNormalizer(batch.num_tokens, batch.num_sequences, max_response_tokens)
+        results = ray.get(
+            [r.train_step.remote(s, norm) for r, s in zip(self.ranks, self._shards(batch), strict=True)]
+        )
+        tokens = sum(m["train/tokens"] for m in results)
+        merged = {k: sum(m[k] * m["train/tokens"] for m in results) / tokens for k in results[0]}
+        merged.update({k: results[0][k] for k in ("train/grad_norm", "train/lr", "train/nonfinite")})
+        merged["train/loss"] = sum(m["train/loss"] for m in results)
+        merged["train/tokens"] = tokens
+        merged["train/sequences"] = float(batch.num_sequences)
+        return merged
+
+    def export_weights(self) -> ray.ObjectRef:
+        """A reference to rank 0's weights in the object store (no copy through the controller)."""
+        return self.ranks[0].export_weights.remote()
+
+    def save(self, path: str) -> None:
+        ray.get([r.save.remote(path) for r in self.ranks])
+
+    def load(self, path: str) -> None:
+        ray.get([r.load.remote(path) for r in self.ranks])
+
+    def shutdown(self) -> None:
+        ray.get([r.shutdown.remote() for r in self.ranks])

@@ -1,0 +1,247 @@
+"""The ``torch`` trainer backend: master weights, AdamW, and the policy-gradient step of one rank.
+
+With ``world_size > 1`` each rank is one process (one TrainerWorker actor) and gradients are averaged
+by DDP over gloo (CPU) or NCCL (GPU). The loss of every micro-batch is normalised by *global* counts
+(``LossNormalizer``) and multiplied by ``world_size`` to undo DDP's mean, so the gradient equals that of
+the whole batch's aggregate loss regardless of how it is split into ranks and micro-batches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from rl.algorithms.aggregation import aggregate
+from rl.algorithms.kl import get_kl_fn
+from rl.algorithms.policy_loss import get_policy_loss_fn
+from rl.config import AlgorithmConfig, TrainerConfig
+from rl.models import load_model
+from rl.types import LossNormalizer, TrainBatch
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this rank sits in the data-parallel group."""
+
+    rank: int = 0
+    world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+
+def token_logprobs(
+    model: torch.nn.Module, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs [B, T] of ``input_ids`` under ``model`` and the entropy [B, T] of each prediction.
+
+    Index ``t`` holds ``log p(x_t | x_<t)`` and the entropy of that distribution; index 0 is 0.
+    """
+    logits = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).logits[:, :-1].float()
+    logp_all = logits.log_softmax(-1)
+    logprobs = logp_all.gather(-1, input_ids_BT[:, 1:, None])[..., 0]
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    zero = logprobs.new_zeros((logprobs.shape[0], 1))
+    return torch.cat([zero, logprobs], 1), torch.cat([zero, entropy], 1)
+
+
+def lr_lambda(cfg: TrainerConfig, total_steps: int):
+    """LR multiplier per optimizer step: linear warmup, then constant / linear / cosine decay to the floor."""
+    schedules = ("constant", "linear", "cosine")
+    if cfg.lr_schedule not in schedules:
+        raise ValueError(f"unknown trainer.lr_schedule {cfg.lr_schedule!r}; valid: {', '.join(schedules)}")
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        decay = 1 - progress if cfg.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
+
+    return factor
+
+
+class TorchTrainer:
+    """One data-parallel rank: loads the model, owns the optimizer, runs train steps, exports weights."""
+
+    def __init__(
+        self,
+        model_path: str,
+        cfg: TrainerConfig,
+        algo: AlgorithmConfig,
+        total_steps: int,
+        dtype: str = "float32",
+        dist_info: DistInfo | None = None,
+        seed: int = 0,
+        threads: int = 0,
+    ):
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.cfg, self.algo, self.dist = cfg, algo, dist_info or DistInfo()
+        torch.manual_seed(seed)
+        if self.dist.world_size > 1:
+            self._init_process_group()
+        self.model = load_model(model_path, dtype).train()
+        self.ddp = DistributedDataParallel(self.model) if self.dist.world_size > 1 else None
+        self.ref_model = (
+            load_model(model_path, dtype).eval().requires_grad_(False) if algo.kl_coef > 0 else None
+        )
+        self.policy_loss_fn = get_policy_loss_fn(algo.policy_loss)
+        self.kl_fn = get_kl_fn(algo.kl_estimator)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=cfg.lr,
+            betas=(cfg.betas[0], cfg.betas[1]),
+            weight_decay=cfg.weight_decay,
+        )
+        optimizer_steps = total_steps * cfg.num_minibatches
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, optimizer_steps))
+        # Fault injection for tests (DISTILLERY_FAULT_NAN_AFTER=N): every train step after the N-th gets a
+        # NaN loss, exercising the real skip-and-stop path end to end.
+        nan_after = os.environ.get("DISTILLERY_FAULT_NAN_AFTER")
+        self._nan_after = int(nan_after) if nan_after else None
+        self._train_calls = 0
+
+    def _init_process_group(self) -> None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(
+            backend,
+            init_method=f"tcp://{self.dist.master_addr}:{self.dist.master_port}",
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+
+    @torch.no_grad()
+    def forward_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        """Current policy's per-token log-probs [B, T] (no gradient), micro-batched."""
+        out = []
+        for start in range(0, batch.num_sequences, self.cfg.micro_batch_size):
+            micro = batch.select(slice(start, start + self.cfg.micro_batch_size))
+            out.append(token_logprobs(self.model, micro.input_ids_BT, micro.attention_mask_BT)[0])
+        return torch.cat(out)
+
+    def train_step(self, batch: TrainBatch, norm: LossNormalizer) -> dict[str, float]:
+        """One optimizer step on this rank's shard; ``norm`` counts the whole (all-rank) batch.
+
+        A non-finite loss or gradient norm skips the update (weights and optimizer state untouched) and
+        reports ``train/nonfinite = 1``; the controller decides when too many in a row stop the run.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        self._train_calls += 1
+        poison = self._nan_after is not None and self._train_calls > self._nan_after
+        sums: dict[str, float] = {}
+        micro_batches = range(0, batch.num_sequences, self.cfg.micro_batch_size)
+        for i, start in enumerate(micro_batches):
+            micro = batch.select(slice(start, start + self.cfg.micro_batch_size))
+            last = i == len(micro_batches) - 1
+            sync_ctx = self.ddp.no_sync() if self.ddp is not None and not last else _nullcontext()
+            with sync_ctx:
+                loss, metrics = self._micro_loss(micro, norm)
+                if poison:
+                    loss = loss * float("nan")
+                    metrics["train/loss"] = float("nan")
+                loss.backward()
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        nonfinite = not (math.isfinite(grad_norm) and math.isfinite(sums["train/loss"]))
+        if self.ddp is not None:  # every rank must take the same decision
+            flag = torch.tensor([float(nonfinite)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            nonfinite = bool(flag.item())
+        if nonfinite:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+            self.scheduler.step()
+        return self._step_metrics(sums, batch, grad_norm, nonfinite)
+
+    def _micro_loss(self, micro: TrainBatch, norm: LossNormalizer) -> tuple[torch.Tensor, dict[str, float]]:
+        model = self.ddp if self.ddp is not None else self.model
+        logprobs, entropy = token_logprobs(model, micro.input_ids_BT, micro.attention_mask_BT)
+        old = micro.old_logprobs_BT if micro.old_logprobs_BT is not None else logprobs.detach()
+        mask = micro.loss_mask_BT
+        loss_BT, pg_metrics = self.policy_loss_fn(
+            logprobs,
+            old,
+            micro.advantages_BT,
+            mask,
+            clip_low=self.algo.clip_low,
+            clip_high=self.algo.clip_high,
+        )
+        tokens = float(mask.sum())
+        metrics = {f"{k}_sum": v * tokens for k, v in pg_metrics.items()}
+        if self.ref_model is not None:
+            with torch.no_grad():
+                ref, _ = token_logprobs(self.ref_model, micro.input_ids_BT, micro.attention_mask_BT)
+            kl_BT = self.kl_fn(logprobs, ref, old) * mask
+            loss_BT = loss_BT + self.algo.kl_coef * kl_BT
+            metrics["train/kl_ref_sum"] = float(kl_BT.sum())
+        loss = aggregate(loss_BT, mask, self.algo.aggregation, norm)
+        metrics["train/loss"] = float(loss)
+        metrics["train/entropy_sum"] = float((entropy * mask).sum())
+        metrics["train/tokens"] = tokens
+        return loss * self.dist.world_size, metrics
+
+    def _step_metrics(
+        self, sums: dict[str, float], batch: TrainBatch, grad_norm: float, nonfinite: bool
+    ) -> dict[str, float]:
+        tokens = max(sums.pop("train/tokens"), 1.0)
+        metrics = {k.removesuffix("_sum"): v / tokens for k, v in sums.items() if k.endswith("_sum")}
+        metrics["train/loss"] = sums["train/loss"]
+        metrics["train/tokens"] = tokens
+        metrics["train/grad_norm"] = grad_norm
+        metrics["train/lr"] = float(self.scheduler.get_last_lr()[0])
+        metrics["train/nonfinite"] = float(nonfinite)
+        metrics["train/sequences"] = float(batch.num_sequences)
+        return metrics
+
+    def export_weights(self) -> dict[str, torch.Tensor]:
+        """The current weights by name (what rollout workers load)."""
+        return {name: t.detach().clone() for name, t in self.model.state_dict().items()}
+
+    def save(self, path: str) -> None:
+        """Weights (HF format), optimizer, scheduler and RNG into ``path`` (rank 0 writes; all ranks agree)."""
+        if self.dist.rank != 0:
+            return
+        out = Path(path)
+        self.model.save_pretrained(out)  # type: ignore[operator]
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+        }
+        torch.save(state, out / "trainer_state.pt")
+
+    def load(self, path: str) -> None:
+        """Restore what ``save`` wrote."""
+        src = Path(path)
+        loaded = load_model(str(src), dtype=str(next(self.model.parameters()).dtype).removeprefix("torch."))
+        self.model.load_state_dict(loaded.state_dict())
+        state = torch.load(src / "trainer_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

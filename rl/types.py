@@ -1,0 +1,101 @@
+"""Frozen dataclasses that cross process boundaries (controller <-> Ray actors).
+
+Token-aligned tensors follow one convention: index ``t`` of a ``*_BT`` tensor describes token
+``input_ids_BT[b, t]``; a log-prob at ``t`` is ``log pi(input_ids[t] | input_ids[:t])`` and is 0 at ``t = 0``
+and on padding. Masks are 1 where a token is trained (generated response tokens) and 0 elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prompt together with what its reward needs."""
+
+    uid: str  # stable id, e.g. "gsm8k/test/17" or "synthetic/train/3"
+    domain: str  # "math" | "code" | "agent": routes the reward (and, in OPD, the teacher)
+    prompt: str  # the user message, without chat formatting
+    answer: str  # reference the reward checks against (a math answer, tests, a goal)
+    source: str  # dataset name, e.g. "synthetic", "gsm8k", "math500"
+    level: int = 0  # difficulty level where the source has one (synthetic: 1..3)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How a rollout engine samples. ``temperature == 0`` means greedy."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0  # nucleus mass kept; 1.0 = off
+    top_k: int = 0  # keep the k most likely tokens; 0 = off
+    stop: tuple[str, ...] = ()  # stop strings (checked on decoded text); EOS always stops
+    seed: int = 0  # seeds the engine's sampling generator for this call
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One sampled completion of one prompt."""
+
+    prompt_ids: tuple[int, ...]  # chat-formatted prompt tokens
+    response_ids: tuple[int, ...]  # generated tokens, EOS included when it was sampled
+    logprobs: tuple[float, ...]  # sampling policy's log-prob of each response token (temperature-scaled)
+    finish_reason: str  # "eos" | "stop" | "length"
+    text: str  # decoded response, special tokens removed
+
+
+@dataclass(frozen=True)
+class Reward:
+    """A scored completion: the score and why it got it (never a silent 0)."""
+
+    score: float
+    reason: str  # e.g. "correct", "wrong_answer", "no_boxed_answer", "unparsable_answer"
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """Right-padded token sequences with per-token training signals, shape [B, T] unless noted."""
+
+    input_ids_BT: torch.Tensor  # int64 prompt + response tokens, right padded with pad_id
+    attention_mask_BT: torch.Tensor  # int64, 1 on real tokens
+    loss_mask_BT: torch.Tensor  # float32, 1 on response tokens that are trained
+    advantages_BT: torch.Tensor  # float32, the sequence's advantage broadcast over its response tokens
+    rollout_logprobs_BT: torch.Tensor  # float32, sampler's log-probs on response tokens, 0 elsewhere
+    old_logprobs_BT: torch.Tensor | None = None  # trainer's log-probs before this step's first update;
+    # None = fully on-policy (one optimizer step per batch): the current forward, detached, is used
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.input_ids_BT.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        """Trained (response) tokens in the batch."""
+        return int(self.loss_mask_BT.sum().item())
+
+    def select(self, index: slice | torch.Tensor) -> TrainBatch:
+        """Rows ``index`` of every field (a micro-batch or a rank's shard)."""
+        return TrainBatch(
+            input_ids_BT=self.input_ids_BT[index],
+            attention_mask_BT=self.attention_mask_BT[index],
+            loss_mask_BT=self.loss_mask_BT[index],
+            advantages_BT=self.advantages_BT[index],
+            rollout_logprobs_BT=self.rollout_logprobs_BT[index],
+            old_logprobs_BT=None if self.old_logprobs_BT is None else self.old_logprobs_BT[index],
+        )
+
+
+@dataclass(frozen=True)
+class LossNormalizer:
+    """Global counts over the whole optimizer-step batch (all ranks, all micro-batches).
+
+    Aggregations divide by these instead of per-micro-batch counts, so summing micro-batch losses over
+    gradient accumulation and ranks gives exactly the loss of the full batch.
+    """
+
+    num_tokens: int  # trained tokens in the global batch
+    num_sequences: int  # sequences in the global batch
+    max_response_tokens: int  # the constant of seq-mean-token-sum (Dr. GRPO): the generation limit
