@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -67,3 +70,19 @@ def prepare_run_dir(run_dir: Path, resume: bool, config: object) -> Path | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(config))
     return checkpoint
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Inside an entry point: a bad-input error prints one line naming the problem and exits 2.
+
+    Used inside the Hydra task function, because Hydra reports exceptions raised there as a traceback.
+    """
+    from rl.controller import NonFiniteLossError
+    from rl.placement import ResourceError
+
+    try:
+        yield
+    except (ValueError, FileNotFoundError, ResourceError, NonFiniteLossError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
+from jobs.common import user_errors
 from rewards.math import score_math
 from rl.config import BaseRecipe, MakeBaseConfig, register_configs, to_typed
 from rl.models import cache_dir, save_model, tiny_qwen3_config, token_id
@@ -39,15 +40,19 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-GENERATOR_SOURCES = (synthetic,)  # modules whose source is part of the recipe
 
 
 def recipe_hash(recipe: BaseRecipe) -> str:
-    """Stable hash of the recipe fields (threads excluded) and the task generators' source."""
+    """Stable hash of the recipe fields (threads excluded) and of what the task generator produces.
+
+    Hashing sample output rather than source means a reformat does not rebuild, but any change to the
+    task distribution or the demo format does.
+    """
     fields = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "torch_threads"}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
-    for module in GENERATOR_SOURCES:
-        digest.update(Path(str(module.__file__)).read_bytes())
+    for split in synthetic.SPLITS:
+        for demo in synthetic.math_demos(64, split, recipe.seed):
+            digest.update(f"{demo.task}|{demo.solution}".encode())
     return digest.hexdigest()[:12]
 
 
@@ -120,9 +125,9 @@ def build_base(recipe: BaseRecipe, out: Path) -> dict:
         optimizer.zero_grad(set_to_none=True)
         if step % recipe.eval_every == 0 or step == recipe.max_steps:
             score = greedy_pass_at_1(model, tokenizer, heldout)
-            curve.append({"step": step, "loss": float(loss), "pass@1": score})
+            curve.append({"step": step, "loss": loss.item(), "pass@1": score})
             print(
-                f"make_base: step {step}/{recipe.max_steps} loss {float(loss):.3f} held-out pass@1 {score:.3f} "
+                f"make_base: step {step}/{recipe.max_steps} loss {loss.item():.3f} held-out pass@1 {score:.3f} "
                 f"({time.perf_counter() - started:.0f}s)",
                 flush=True,
             )
@@ -161,7 +166,8 @@ def ensure_base(recipe: BaseRecipe | None = None, output: str = "", force: bool 
 @hydra.main(config_path="../configs", config_name="make_base", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
     cfg = to_typed(dcfg, MakeBaseConfig)
-    path = ensure_base(cfg.recipe, cfg.output, cfg.force)
+    with user_errors():
+        path = ensure_base(cfg.recipe, cfg.output, cfg.force)
     report = json.loads((path / "base.json").read_text())
     print(f"base: {path}\nSFT steps {report['sft_steps']}, held-out greedy pass@1 {report['pass@1']:.3f}")
 

@@ -9,20 +9,20 @@ Writes ``runs/<run_name>/``: config.yaml, metrics.jsonl, summary.json, checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import json
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from jobs.common import forwarded_env, init_ray, prepare_run_dir, resolve_model_path
+from jobs.common import forwarded_env, init_ray, prepare_run_dir, resolve_model_path, user_errors
 from rl.batching import TaskStream
 from rl.checkpoint import load_state
 from rl.config import SpecialistRunConfig, register_configs, to_typed
 from rl.controller import SpecialistController
-from rl.models import load_tokenizer
+from rl.models import load_tokenizer, model_context
 from rl.placement import check_resources
 from rl.rollout.group import RolloutGroup
 from rl.sft import chat_prompt_ids
@@ -57,6 +57,7 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     train_tasks, eval_tasks = specialist.train_tasks(cfg.specialist), specialist.eval_tasks(cfg.specialist)
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path)
+    check_context(tokenizer, train_tasks + eval_tasks, cfg.rollout.max_new_tokens, model_context(model_path))
     init_ray(cfg.cluster)
     actors = cfg.rollout.num_workers + cfg.trainer.num_ranks
     check_resources(
@@ -67,11 +68,17 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     )
     env = forwarded_env()
     trainer = TrainerGroup(
-        model_path, cfg.trainer, cfg.algorithm, cfg.cluster, cfg.steps, cfg.model.dtype, cfg.seed, env
+        model_path,
+        cfg.trainer,
+        cfg.algorithm,
+        cfg.cluster,
+        cfg.steps,
+        cfg.model.dtype,
+        cfg.seed,
+        env,
+        cfg.rollout.temperature,
     )
     rollout = RolloutGroup(model_path, cfg.rollout, cfg.cluster, env)
-    context = int(getattr(rollout_config_of(model_path), "max_position_embeddings", 10**9))
-    check_context(tokenizer, train_tasks + eval_tasks, cfg.rollout.max_new_tokens, context)
     stream = TaskStream(train_tasks, seed=cfg.specialist.data_seed)
     start_step, state = 0, {}
     if checkpoint is not None:
@@ -85,7 +92,7 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     tracker = Tracker(
         run_dir,
         cfg.logger,
-        json.loads(json.dumps(_plain(cfg))),
+        dataclasses.asdict(cfg),
         cfg.run_name,
         job_type="specialist",
         run_id=state.get("wandb_run_id"),
@@ -102,27 +109,16 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
         summary = controller.run(start_step)
     finally:
         trainer.shutdown()
+        rollout.shutdown()
     tracker.finish(summary)
     return summary
 
 
-def rollout_config_of(model_path: str) -> Any:
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(model_path)
-
-
-def _plain(cfg: SpecialistRunConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
-
-
 @hydra.main(config_path="../configs", config_name="train_specialist", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
-    cfg = to_typed(dcfg, SpecialistRunConfig)
-    summary = run(cfg)
-    start, end = summary.get("eval/pass@1_start"), summary.get("eval/pass@1")
+    with user_errors():
+        summary = run(to_typed(dcfg, SpecialistRunConfig))
+        start, end = summary.get("eval/pass@1_start"), summary.get("eval/pass@1")
     print(
         f"held-out pass@1: base {start:.3f} -> specialist {end:.3f}"
         if start is not None and end is not None

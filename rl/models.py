@@ -143,3 +143,10 @@ def token_id(tokenizer: PreTrainedTokenizerBase, which: str) -> int:
     if not isinstance(value, int):
         raise ModelLoadError(f"tokenizer has no single {which} token id (got {value!r})")
     return value
+
+
+def model_context(name_or_path: str) -> int:
+    """The model's context length (``max_position_embeddings``) from its config."""
+    from transformers import AutoConfig
+
+    return int(getattr(AutoConfig.from_pretrained(name_or_path), "max_position_embeddings", 1 << 30))

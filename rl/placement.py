@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -32,7 +34,7 @@ def role_placement_group(
     role: str, bundles: list[dict[str, float]], timeout_s: float = 60.0
 ) -> PlacementGroup:
     """A PACK placement group for one role, ready or a ResourceError after ``timeout_s``."""
-    group = placement_group(bundles, strategy="PACK", name=f"distillery-{role}")
+    group = placement_group(bundles, strategy="PACK", name=f"distillery-{role}-{uuid.uuid4().hex[:8]}")
     ready, _ = ray.wait([group.ready()], timeout=timeout_s)
     if not ready:
         remove_placement_group(group)

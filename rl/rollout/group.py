@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import ray
 import torch
+from ray.util.placement_group import remove_placement_group
 
 from rl.config import ClusterConfig, RolloutConfig
 from rl.placement import in_group, role_placement_group
@@ -48,6 +49,12 @@ class RolloutGroup:
         start = time.perf_counter()
         load_s = ray.get([w.load_weights.remote(weights_ref) for w in self.workers])
         return {"perf/weight_sync_s": time.perf_counter() - start, "perf/weight_load_s": max(load_s)}
+
+    def shutdown(self) -> None:
+        """Stop the actors and free the placement group."""
+        for worker in self.workers:
+            ray.kill(worker)  # type: ignore[arg-type]
+        remove_placement_group(self.group)
 
 
 def state_dict_bytes(state: dict[str, torch.Tensor]) -> int:

@@ -5,6 +5,7 @@ The logic is this plain class (tests build it without Ray); ``RolloutActor`` is 
 
 from __future__ import annotations
 
+import os
 import time
 
 import ray
@@ -22,8 +23,8 @@ class RolloutWorker:
     """One rollout engine replica."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str = "float32", threads: int = 0):
-        if threads > 0:
-            torch.set_num_threads(threads)
+        # Ray pins a 1-CPU actor to one thread (OMP_NUM_THREADS=1); roles run one at a time, so use the cores.
+        torch.set_num_threads(threads or os.cpu_count() or 1)
         if cfg.engine not in ENGINES:
             raise ValueError(f"unknown rollout.engine {cfg.engine!r}; valid: {', '.join(ENGINES)}")
         model = load_model(model_path, dtype)

@@ -6,6 +6,7 @@ import socket
 
 import ray
 import torch
+from ray.util.placement_group import remove_placement_group
 
 from rl.config import AlgorithmConfig, ClusterConfig, TrainerConfig
 from rl.placement import in_group, role_placement_group
@@ -33,6 +34,7 @@ class TrainerGroup:
         dtype: str,
         seed: int,
         env: dict[str, str],
+        temperature: float = 1.0,
     ):
         if cfg.backend not in BACKENDS:
             raise ValueError(f"unknown trainer.backend {cfg.backend!r}; valid: {', '.join(BACKENDS)}")
@@ -55,6 +57,7 @@ class TrainerGroup:
                 DistInfo(rank=rank, world_size=cfg.num_ranks, master_port=port),
                 seed,
                 cluster.torch_threads,
+                temperature,
             )
             for rank in range(cfg.num_ranks)
         ]
@@ -95,4 +98,8 @@ class TrainerGroup:
         ray.get([r.load.remote(path) for r in self.ranks])
 
     def shutdown(self) -> None:
+        """Leave the process group, stop the actors and free the placement group."""
         ray.get([r.shutdown.remote() for r in self.ranks])
+        for rank in self.ranks:
+            ray.kill(rank)  # type: ignore[arg-type]
+        remove_placement_group(self.group)

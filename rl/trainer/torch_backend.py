@@ -37,13 +37,19 @@ class DistInfo:
 
 
 def token_logprobs(
-    model: torch.nn.Module, input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor
+    model: torch.nn.Module,
+    input_ids_BT: torch.Tensor,
+    attention_mask_BT: torch.Tensor,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs [B, T] of ``input_ids`` under ``model`` and the entropy [B, T] of each prediction.
+    """Per-token log-probs [B, T] of ``input_ids`` under ``softmax(logits / temperature)``, and its entropy [B, T].
 
-    Index ``t`` holds ``log p(x_t | x_<t)`` and the entropy of that distribution; index 0 is 0.
+    Index ``t`` holds ``log p(x_t | x_<t)`` and the entropy of that distribution; index 0 is 0. The
+    temperature is the rollout's, so the PPO ratio compares the distribution that was actually sampled.
     """
-    logits = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).logits[:, :-1].float()
+    logits = (
+        model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).logits[:, :-1].float() / temperature
+    )
     logp_all = logits.log_softmax(-1)
     logprobs = logp_all.gather(-1, input_ids_BT[:, 1:, None])[..., 0]
     entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -82,10 +88,16 @@ class TorchTrainer:
         dist_info: DistInfo | None = None,
         seed: int = 0,
         threads: int = 0,
+        temperature: float = 1.0,
     ):
-        if threads > 0:
-            torch.set_num_threads(threads)
+        # Ray pins a 1-CPU actor to one thread (OMP_NUM_THREADS=1); roles run one at a time, so use the cores.
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+        if temperature <= 0:
+            raise ValueError(
+                f"training needs a sampling temperature > 0 (got {temperature}); greedy is for eval"
+            )
         self.cfg, self.algo, self.dist = cfg, algo, dist_info or DistInfo()
+        self.temperature = temperature
         torch.manual_seed(seed)
         if self.dist.world_size > 1:
             self._init_process_group()
@@ -125,7 +137,9 @@ class TorchTrainer:
         out = []
         for start in range(0, batch.num_sequences, self.cfg.micro_batch_size):
             micro = batch.select(slice(start, start + self.cfg.micro_batch_size))
-            out.append(token_logprobs(self.model, micro.input_ids_BT, micro.attention_mask_BT)[0])
+            out.append(
+                token_logprobs(self.model, micro.input_ids_BT, micro.attention_mask_BT, self.temperature)[0]
+            )
         return torch.cat(out)
 
     def train_step(self, batch: TrainBatch, norm: LossNormalizer) -> dict[str, float]:
@@ -167,7 +181,9 @@ class TorchTrainer:
 
     def _micro_loss(self, micro: TrainBatch, norm: LossNormalizer) -> tuple[torch.Tensor, dict[str, float]]:
         model = self.ddp if self.ddp is not None else self.model
-        logprobs, entropy = token_logprobs(model, micro.input_ids_BT, micro.attention_mask_BT)
+        logprobs, entropy = token_logprobs(
+            model, micro.input_ids_BT, micro.attention_mask_BT, self.temperature
+        )
         old = micro.old_logprobs_BT if micro.old_logprobs_BT is not None else logprobs.detach()
         mask = micro.loss_mask_BT
         loss_BT, pg_metrics = self.policy_loss_fn(
@@ -182,12 +198,14 @@ class TorchTrainer:
         metrics = {f"{k}_sum": v * tokens for k, v in pg_metrics.items()}
         if self.ref_model is not None:
             with torch.no_grad():
-                ref, _ = token_logprobs(self.ref_model, micro.input_ids_BT, micro.attention_mask_BT)
+                ref, _ = token_logprobs(
+                    self.ref_model, micro.input_ids_BT, micro.attention_mask_BT, self.temperature
+                )
             kl_BT = self.kl_fn(logprobs, ref, old) * mask
             loss_BT = loss_BT + self.algo.kl_coef * kl_BT
             metrics["train/kl_ref_sum"] = float(kl_BT.sum())
         loss = aggregate(loss_BT, mask, self.algo.aggregation, norm)
-        metrics["train/loss"] = float(loss)
+        metrics["train/loss"] = loss.item()
         metrics["train/entropy_sum"] = float((entropy * mask).sum())
         metrics["train/tokens"] = tokens
         return loss * self.dist.world_size, metrics

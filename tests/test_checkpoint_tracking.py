@@ -1,0 +1,104 @@
+"""Atomic checkpoints (a crash mid-write leaves `latest` intact) and W&B offline files read back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rl.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from rl.config import LoggerConfig
+from rl.controller import NonFiniteGuard, NonFiniteLossError
+from rl.tracking import Tracker, truncate_metrics
+
+
+def _writer(marker: str):
+    return lambda path: (path / "weights.txt").write_text(marker)
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path: Path) -> None:
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, _writer(f"w{step}"), {"data": {"epoch": 0, "index": step}}, keep=2)
+    latest = latest_checkpoint(tmp_path)
+    assert latest is not None and latest.name == "step_000003"
+    assert load_state(latest) == {"data": {"epoch": 0, "index": 3}, "step": 3}
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_000002", "step_000003"]
+
+
+def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, 1, _writer("good"), {}, keep=2)
+
+    def crash(path: Path) -> None:
+        (path / "weights.txt").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path, 2, crash, {}, keep=2)
+    latest = latest_checkpoint(tmp_path)
+    assert latest is not None and latest.name == "step_000001"
+    assert (latest / "weights.txt").read_text() == "good"
+    assert not (tmp_path / "checkpoints" / "step_000002").exists()
+
+
+def test_no_checkpoint_and_a_dangling_pointer(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path) is None
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest").write_text("step_000009")
+    with pytest.raises(FileNotFoundError, match="step_000009"):
+        latest_checkpoint(tmp_path)
+
+
+def test_truncate_metrics_drops_steps_after_the_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(6)))
+    truncate_metrics(path, 3)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2, 3]
+
+
+def test_nonfinite_guard_stops_after_the_limit() -> None:
+    guard = NonFiniteGuard(limit=2)
+    for nonfinite in (True, True, False, True, True):
+        guard.update(nonfinite, 1, "ckpt")
+    with pytest.raises(
+        NonFiniteLossError, match=r"3 non-finite losses in a row .* Last good checkpoint: ckpt"
+    ):
+        guard.update(True, 6, "ckpt")
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    """History records of the run's offline .wandb file, through `wandb leet inspect --json`."""
+    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(wandb_file)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return [r["history"]["item"] for r in records if r.get("type") == "history"]
+
+
+def test_offline_wandb_run_matches_metrics_jsonl(tmp_path: Path) -> None:
+    tracker = Tracker(tmp_path, LoggerConfig(mode="offline"), {"lr": 0.1}, "t", job_type="specialist")
+    tracker.log({"train/loss": 0.5, "reward/mean": 0.25}, step=1)
+    tracker.log({"train/loss": 0.25, "reward/mean": float("nan")}, step=2)
+    tracker.log_samples([{"prompt": "p", "response": "r", "score": 1.0}], step=2)
+    tracker.finish({"eval/pass@1": 0.75})
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0] == {"step": 1, "train/loss": 0.5, "reward/mean": 0.25}
+    assert lines[1]["reward/mean"] == "nan"
+    history = wandb_history(tmp_path)
+    by_step = {h["_step"]: h for h in history if "train/loss" in h}
+    assert by_step[1]["train/loss"] == 0.5 and by_step[2]["train/loss"] == 0.25
+    assert any(h.get("samples._type") == "table-file" for h in history)
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"eval/pass@1": 0.75}
+
+
+def test_disabled_mode_still_writes_metrics_and_unknown_mode_is_an_error(tmp_path: Path) -> None:
+    tracker = Tracker(tmp_path, LoggerConfig(mode="disabled"), {}, "t", job_type="specialist")
+    tracker.log({"train/loss": 1.0}, step=1)
+    tracker.finish({})
+    assert not (tmp_path / "wandb").exists() or not list((tmp_path / "wandb").glob("offline-run-*"))
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+    with pytest.raises(ValueError, match=r"unknown logger\.mode 'cloud'"):
+        Tracker(tmp_path, LoggerConfig(mode="cloud"), {}, "t", job_type="specialist")

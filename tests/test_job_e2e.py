@@ -1,0 +1,127 @@
+"""The specialist job as a user runs it: a subprocess from the repo root, real Ray, real W&B offline files.
+
+Tiny settings keep each run to tens of seconds; the full-size run (the pass@1 gain) is `make run`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_checkpoint_tracking import wandb_history
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "prompts_per_step=4", "algorithm.group_size=4", "eval_every=0", "specialist.num_eval_tasks=8",
+    "eval_samples=2", "rollout.max_new_tokens=24", "checkpoint_every=1", "trainer.lr=1e-3",
+    "cluster.num_cpus=2", "cluster.actor_cpus=0.5", "algorithm.dynamic_sampling=false",
+]  # fmt: skip
+
+
+def run_job(env: dict[str, str], *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "jobs.train_specialist", *TINY, *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"job failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_job_runs_with_two_ddp_ranks_and_resumes_like_an_uninterrupted_run(
+    tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
+) -> None:
+    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "trainer.num_ranks=2"]
+    run_job(job_env, *common, "run_name=straight", "steps=4")
+    run_job(job_env, *common, "run_name=resumed", "steps=2")
+    proc = run_job(job_env, *common, "run_name=resumed", "steps=4", "resume=true")
+    assert "resuming" in proc.stdout and "step_000002" in proc.stdout
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for run_dir in (straight, resumed):
+        assert (run_dir / "config.yaml").read_text().count("num_ranks: 2") == 1
+        assert [m["step"] for m in metrics(run_dir)] == [0, 1, 2, 3, 4]  # no step lost or repeated
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert {"eval/pass@1_start", "eval/pass@1", "eval/pass@1_gain"} <= set(summary)
+    # same seeds, data position, optimizer and RNG: the resumed steps equal the uninterrupted ones
+    for a, b in zip(metrics(straight)[3:], metrics(resumed)[3:], strict=True):
+        assert a["reward/mean"] == b["reward/mean"]
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5, abs=1e-7)
+
+    # one W&B run across the restart, and it holds what metrics.jsonl holds
+    run_ids = {p.name.rsplit("-", 1)[-1] for p in resumed.glob("wandb/offline-run-*")}
+    assert len(run_ids) == 1
+    history = {h["_step"]: h for h in wandb_history(straight) if "train/loss" in h}
+    for line in metrics(straight)[1:]:
+        assert history[line["step"]]["train/loss"] == pytest.approx(line["train/loss"])
+        assert history[line["step"]]["reward/mean"] == pytest.approx(line["reward/mean"])
+
+
+def test_nonfinite_losses_stop_the_run_with_the_last_good_checkpoint_intact(
+    tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
+) -> None:
+    env = {**job_env, "DISTILLERY_FAULT_NAN_AFTER": "2"}
+    proc = run_job(env, f"model.path={tiny_base}", f"runs_root={tmp_path}", "run_name=nan", "steps=6",
+                   "trainer.max_nonfinite_steps=1", check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert "error: 2 non-finite losses in a row (last at step 4)" in proc.stderr
+    lines = metrics(tmp_path / "nan")
+    assert [m["train/nonfinite"] for m in lines[1:]] == [0.0, 0.0, 1.0]  # step 4 raised before logging
+    latest = (tmp_path / "nan" / "checkpoints" / "latest").read_text()
+    assert latest == "step_000003"
+    from rl.models import load_model
+
+    model = load_model(str(tmp_path / "nan" / "checkpoints" / latest))
+    assert all(p.isfinite().all() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.traner_lr=1"], "Key 'traner_lr' is not in struct"),
+        (["model.path=/nonexistent/model"], "error: model path /nonexistent/model does not exist"),
+        (["specialist.domain=poetry"], "error: unknown specialist.domain 'poetry'; valid: math"),
+        (["rollout.max_new_tokens=100000"], "more than the model's context of"),
+        (
+            ["rollout.num_workers=8", "cluster.actor_cpus=1"],
+            "error: not enough cluster resources (CPU: need 10",
+        ),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_a_nonzero_exit(
+    tiny_base: Path, tmp_path: Path, job_env: dict[str, str], overrides: list[str], message: str
+) -> None:
+    proc = run_job(
+        job_env, f"model.path={tiny_base}", f"runs_root={tmp_path}", "steps=1", *overrides, check=False
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not list(tmp_path.glob("*/summary.json"))
+
+
+def test_bad_dataset_row_names_file_and_line(
+    tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
+) -> None:
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?"}\n')
+    proc = run_job(job_env, f"model.path={tiny_base}", f"runs_root={tmp_path}", "steps=1", "specialist=gsm8k",
+                   f"specialist.train_path={bad}", check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert f"{bad} line 2: missing field 'answer'" in proc.stderr
+
+
+def test_rerun_without_resume_refuses_to_overwrite_checkpoints(
+    tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
+) -> None:
+    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "run_name=once", "steps=1"]
+    run_job(job_env, *common)
+    proc = run_job(job_env, *common, check=False)
+    assert proc.returncode == 2 and "already has checkpoints; pass resume=true" in proc.stderr

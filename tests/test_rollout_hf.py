@@ -1,0 +1,104 @@
+"""The hf engine against independent oracles: HF's own generate (greedy) and a full forward (log-probs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rl.models import load_model, load_tokenizer
+from rl.rollout.hf import HFEngine, filter_logits, sample_tokens
+from rl.sft import chat_prompt_ids
+from rl.trainer.torch_backend import token_logprobs
+from rl.types import SamplingParams
+from specialists.synthetic import math_tasks
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_base: Path) -> HFEngine:
+    return HFEngine(load_model(str(tiny_base)), load_tokenizer(str(tiny_base)), max_batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def prompts(engine: HFEngine) -> list[list[int]]:
+    return [chat_prompt_ids(engine.tokenizer, t.prompt) for t in math_tasks(6, "heldout")]
+
+
+def test_greedy_matches_transformers_generate(engine: HFEngine, prompts: list[list[int]]) -> None:
+    ours = engine.generate(prompts, SamplingParams(max_new_tokens=20, temperature=0))
+    for prompt, rollout in zip(prompts, ours, strict=True):
+        ref = engine.model.generate(  # type: ignore[operator]
+            torch.tensor([prompt]),
+            max_new_tokens=20,
+            do_sample=False,
+            eos_token_id=sorted(engine.eos_ids),
+            pad_token_id=engine.pad_id,
+        )[0, len(prompt) :].tolist()
+        while ref and ref[-1] == engine.pad_id and engine.pad_id not in engine.eos_ids:
+            ref.pop()
+        assert list(rollout.response_ids) == ref
+
+
+def test_batched_left_padding_equals_one_at_a_time(engine: HFEngine, prompts: list[list[int]]) -> None:
+    params = SamplingParams(max_new_tokens=16, temperature=0)
+    batched = engine.generate(prompts, params)
+    single = [engine.generate([p], params)[0] for p in prompts]
+    assert [r.response_ids for r in batched] == [r.response_ids for r in single]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampling_logprobs_equal_the_trainers_forward(
+    engine: HFEngine, prompts: list[list[int]], temperature: float
+) -> None:
+    rollouts = engine.generate(prompts, SamplingParams(max_new_tokens=16, temperature=temperature, seed=5))
+    for r in rollouts:
+        ids = torch.tensor([r.prompt_ids + r.response_ids])
+        with torch.no_grad():
+            full, _ = token_logprobs(engine.model, ids, torch.ones_like(ids), temperature)
+        torch.testing.assert_close(
+            torch.tensor(r.logprobs), full[0, len(r.prompt_ids) :], atol=1e-4, rtol=1e-4
+        )
+
+
+def test_seeded_sampling_is_reproducible_and_seed_sensitive(
+    engine: HFEngine, prompts: list[list[int]]
+) -> None:
+    a = engine.generate(prompts, SamplingParams(max_new_tokens=16, seed=1))
+    b = engine.generate(prompts, SamplingParams(max_new_tokens=16, seed=1))
+    c = engine.generate(prompts, SamplingParams(max_new_tokens=16, seed=2, temperature=2.0))
+    assert a == b and a != c
+
+
+def test_finish_reasons_eos_length_and_stop(engine: HFEngine, prompts: list[list[int]]) -> None:
+    short = engine.generate(prompts[:2], SamplingParams(max_new_tokens=2, temperature=0))
+    assert all(r.finish_reason == "length" and len(r.response_ids) == 2 for r in short)
+    full = engine.generate(prompts, SamplingParams(max_new_tokens=48, temperature=0))
+    for r in full:
+        assert (r.finish_reason == "eos") == (r.response_ids[-1] in engine.eos_ids)
+    stopped = engine.generate(prompts, SamplingParams(max_new_tokens=48, temperature=0, stop=("=",)))
+    assert all(r.finish_reason == "stop" and "=" in r.text for r in stopped if "=" in r.text)
+    assert any(r.finish_reason == "stop" for r in stopped)
+    assert all(len(s.response_ids) <= len(f.response_ids) for s, f in zip(stopped, full, strict=True))
+
+
+def test_filter_logits_top_k_and_top_p_by_hand() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2, top_p=1.0)).tolist() == [[False, False, True, True]]
+    # top_p=0.7: cumulative mass before each token is 0, .5, .8, .95 -> keep the first two
+    assert torch.isinf(filter_logits(logits, top_k=0, top_p=0.7)).tolist() == [[False, False, True, True]]
+    # top_p=0.5: the mass before token 2 is exactly 0.5 >= 0.5 -> only the first token survives
+    assert torch.isinf(filter_logits(logits, top_k=0, top_p=0.5)).tolist() == [[False, True, True, True]]
+
+
+def test_top_k_one_is_greedy_and_logprob_is_untruncated() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    gen = torch.Generator().manual_seed(0)
+    tokens, logprobs = sample_tokens(logits, SamplingParams(temperature=1.0, top_k=1), gen)
+    assert tokens.tolist() == [0, 1]
+    torch.testing.assert_close(logprobs, logits.log_softmax(-1)[[0, 1], [0, 1]])
+
+
+def test_load_weights_rejects_mismatched_names(engine: HFEngine) -> None:
+    with pytest.raises(ValueError, match="does not match the model"):
+        engine.load_weights({"not.a.weight": torch.zeros(1)})
