@@ -51,7 +51,7 @@ def recipe_hash(recipe: BaseRecipe) -> str:
     fields = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "torch_threads"}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     for split in synthetic.SPLITS:
-        for demo in synthetic.math_demos(64, split, recipe.seed):
+        for demo in synthetic.math_demos(64, split, recipe.seed, boxed_share=recipe.boxed_share):
             digest.update(f"{demo.task}|{demo.solution}".encode())
     return digest.hexdigest()[:12]
 
@@ -94,7 +94,7 @@ def build_base(recipe: BaseRecipe, out: Path) -> dict:
     """Train tokenizer and model, SFT until the target pass@1 (or ``max_steps``), save into ``out``."""
     if recipe.torch_threads > 0:
         torch.set_num_threads(recipe.torch_threads)
-    demos = synthetic.math_demos(recipe.num_demos, "train", recipe.seed)
+    demos = synthetic.math_demos(recipe.num_demos, "train", recipe.seed, boxed_share=recipe.boxed_share)
     tokenizer = train_tokenizer([chat_text(d.task.prompt, d.solution) for d in demos], recipe.vocab_size)
     torch.manual_seed(recipe.seed)
     config = tiny_qwen3_config(

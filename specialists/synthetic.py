@@ -2,8 +2,13 @@
 
 Math: arithmetic word problems at three levels (1: one small addition or subtraction, 2: two-digit
 numbers in a story, 3: two steps). Every task has a reference answer for the reward and a short worked
-solution ending in ``\\boxed{}`` that ``jobs.make_base`` uses as an SFT demonstration. Train and held-out
-splits are disjoint by construction: a task's split is a hash of its text, so no prompt appears in both.
+solution that ``jobs.make_base`` uses as an SFT demonstration. Train and held-out splits are disjoint by
+construction: a task's split is a hash of its text, so no prompt appears in both.
+
+Like real SFT data, which mixes answer conventions (GSM8K's ``#### 42``, "The answer is 42"), only a
+share of the demonstrations (``boxed_share``) ends in the ``\\boxed{}`` the prompt asks for; the others end
+"The answer is N." The base therefore follows the instruction only some of the time, and RL against the
+verifier has to learn both the rewarded format and correct arithmetic.
 """
 
 from __future__ import annotations
@@ -75,12 +80,18 @@ _GENERATORS: dict[int, Callable[[random.Random], tuple[str, list[tuple[int, str,
 
 def split_of(text: str) -> str:
     """The split a problem text belongs to: a stable hash, so train and held-out never overlap."""
-    bucket = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 100
-    return "heldout" if bucket < HELDOUT_PERCENT else "train"
+    return "heldout" if _bucket(text, "split") < HELDOUT_PERCENT else "train"
 
 
-def make_demo(rng: random.Random, level: int, index: int, split: str) -> Demo:
-    """Draw one problem of ``level`` that belongs to ``split`` (redraws until the hash agrees)."""
+def _bucket(text: str, salt: str) -> int:
+    return int(hashlib.sha256(f"{salt}/{text}".encode()).hexdigest()[:8], 16) % 100
+
+
+def make_demo(rng: random.Random, level: int, index: int, split: str, boxed_share: float = 1.0) -> Demo:
+    """Draw one problem of ``level`` that belongs to ``split`` (redraws until the hash agrees).
+
+    Whether the solution ends boxed is a hash of the problem text, so it never changes which tasks are drawn.
+    """
     while True:
         text, steps = _GENERATORS[level](rng)
         if split_of(text) == split:
@@ -97,18 +108,25 @@ def make_demo(rng: random.Random, level: int, index: int, split: str) -> Demo:
         source="synthetic",
         level=level,
     )
-    return Demo(task=task, solution="\n".join([*lines, f"\\boxed{{{value}}}"]))
+    boxed = _bucket(text, "format") < round(boxed_share * 100)
+    final = f"\\boxed{{{value}}}" if boxed else f"The answer is {value}."
+    return Demo(task=task, solution="\n".join([*lines, final]))
 
 
-def math_demos(n: int, split: str = "train", seed: int = 0, levels: tuple[int, ...] = LEVELS) -> list[Demo]:
-    """``n`` seeded math problems with worked solutions, levels drawn uniformly from ``levels``."""
+def math_demos(
+    n: int, split: str = "train", seed: int = 0, levels: tuple[int, ...] = LEVELS, boxed_share: float = 1.0
+) -> list[Demo]:
+    """``n`` seeded math problems with worked solutions, levels drawn uniformly from ``levels``;
+    a ``boxed_share`` of the solutions end in ``\\boxed{}``, the rest in "The answer is N." """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     unknown = set(levels) - set(LEVELS)
     if unknown or not levels:
         raise ValueError(f"unknown synthetic math levels {sorted(unknown)}; valid: {list(LEVELS)}")
+    if not 0.0 <= boxed_share <= 1.0:
+        raise ValueError(f"boxed_share must be in [0, 1], got {boxed_share}")
     rng = random.Random(f"{split}/{seed}")
-    return [make_demo(rng, rng.choice(levels), i, split) for i in range(n)]
+    return [make_demo(rng, rng.choice(levels), i, split, boxed_share) for i in range(n)]
 
 
 def math_tasks(n: int, split: str = "train", seed: int = 0, levels: tuple[int, ...] = LEVELS) -> list[Task]:

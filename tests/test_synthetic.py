@@ -25,9 +25,26 @@ def test_levels_are_respected_and_all_present() -> None:
     assert {t.level for t in synthetic.math_tasks(40, "train", levels=(2,))} == {2}
 
 
-def test_every_demo_solution_scores_one() -> None:
+def test_every_boxed_demo_scores_one() -> None:
     for demo in synthetic.math_demos(200, "train"):
         assert score_math(demo.solution, demo.task.answer).score == 1.0, demo
+
+
+def test_boxed_share_mixes_formats_without_changing_the_tasks() -> None:
+    mixed = synthetic.math_demos(1000, "train", boxed_share=0.5)
+    assert [d.task for d in mixed] == [d.task for d in synthetic.math_demos(1000, "train")]
+    boxed = [d for d in mixed if "\\boxed{" in d.solution]
+    assert 400 < len(boxed) < 600
+    for demo in mixed:
+        reward = score_math(demo.solution, demo.task.answer)
+        if demo in boxed:
+            assert reward.score == 1.0
+        else:  # right arithmetic, unrewarded format: the verifier says why
+            assert demo.solution.endswith(f"The answer is {demo.task.answer}.")
+            assert (reward.score, reward.reason) == (0.0, "no_boxed_answer")
+    assert all("\\boxed{" not in d.solution for d in synthetic.math_demos(50, boxed_share=0.0))
+    with pytest.raises(ValueError, match=r"boxed_share must be in \[0, 1\]"):
+        synthetic.math_demos(1, boxed_share=1.5)
 
 
 def test_level3_is_two_steps_with_the_right_answer() -> None:

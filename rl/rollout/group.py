@@ -6,7 +6,6 @@ import time
 from dataclasses import replace
 
 import ray
-import torch
 from ray.util.placement_group import remove_placement_group
 
 from rl.config import ClusterConfig, RolloutConfig
@@ -47,15 +46,15 @@ class RolloutGroup:
     def push_weights(self, weights_ref: ray.ObjectRef) -> dict[str, float]:
         """Load the weights behind ``weights_ref`` into every worker; returns perf metrics."""
         start = time.perf_counter()
-        load_s = ray.get([w.load_weights.remote(weights_ref) for w in self.workers])
-        return {"perf/weight_sync_s": time.perf_counter() - start, "perf/weight_load_s": max(load_s)}
+        loads = ray.get([w.load_weights.remote(weights_ref) for w in self.workers])
+        return {
+            "perf/weight_sync_s": time.perf_counter() - start,
+            "perf/weight_load_s": max(seconds for seconds, _ in loads),
+            "perf/weight_sync_bytes": float(sum(nbytes for _, nbytes in loads)),
+        }
 
     def shutdown(self) -> None:
         """Stop the actors and free the placement group."""
         for worker in self.workers:
             ray.kill(worker)  # type: ignore[arg-type]
         remove_placement_group(self.group)
-
-
-def state_dict_bytes(state: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in state.values())

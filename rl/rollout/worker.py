@@ -36,11 +36,11 @@ class RolloutWorker:
         """One completion per prompt (token ids, sampling log-probs, finish reason, text)."""
         return self.engine.generate(prompts, params)
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> float:
-        """Take new policy weights; returns the seconds the load took."""
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> tuple[float, int]:
+        """Take new policy weights; returns (seconds the load took, bytes received)."""
         start = time.perf_counter()
         self.engine.load_weights(state_dict)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, sum(t.numel() * t.element_size() for t in state_dict.values())
 
     def ready(self) -> bool:
         return True
