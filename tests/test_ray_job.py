@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -31,6 +35,8 @@ def _wait_http(url: str, timeout_s: float) -> None:
         try:
             urllib.request.urlopen(url, timeout=2)
             return
+        except urllib.error.HTTPError:  # it answers (Ray 2.60 asks for its auth token, which the CLI sends)
+            return
         except OSError:
             time.sleep(1)
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
@@ -40,11 +46,16 @@ def test_ray_job_submit_runs_the_specialist_job(
     tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
 ) -> None:
     bin_dir = Path(sys.executable).parent
+    # Ray 2.60 clusters require a token; head and CLI share one, as users would on a real cluster.
+    job_env = {**job_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     gcs_port, dashboard_port = _free_port(), _free_port()
+    ray_tmp = tempfile.mkdtemp(
+        prefix="ray", dir="/tmp"
+    )  # short: Ray's unix sockets live here (~107 chars max)
     head = subprocess.Popen(
         [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=2",
          "--include-dashboard=true", f"--dashboard-port={dashboard_port}", "--disable-usage-stats",
-         f"--temp-dir={tmp_path / 'ray'}"],
+         f"--temp-dir={ray_tmp}"],
         env=job_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     address = f"http://127.0.0.1:{dashboard_port}"
@@ -69,3 +80,4 @@ def test_ray_job_submit_runs_the_specialist_job(
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -206,7 +206,7 @@ class TorchTrainer:
             metrics["train/kl_ref_sum"] = float(kl_BT.sum())
         loss = aggregate(loss_BT, mask, self.algo.aggregation, norm)
         metrics["train/loss"] = loss.item()
-        metrics["train/entropy_sum"] = float((entropy * mask).sum())
+        metrics["train/entropy_sum"] = float((entropy.detach() * mask).sum())
         metrics["train/tokens"] = tokens
         return loss * self.dist.world_size, metrics
 
