@@ -135,8 +135,7 @@ def smollm2_path() -> Path:
     # transformers keeps GGUF-loaded models flagged as quantized (not serializable) although their
     # weights are already dequantized: rebuild a plain model from the config and move the weights over.
     config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
+    vars(config).pop("quantization_config", None)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     tmp = out.with_name(out.name + ".tmp")
