@@ -49,6 +49,35 @@ def check_context(tokenizer: Any, tasks: list, max_new_tokens: int, context: int
         )
 
 
+def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGroup, RolloutGroup]:
+    """Check the cluster can hold every role, then start the trainer ranks and rollout workers."""
+    check_resources(
+        {
+            "rollout": {"CPU": cfg.rollout.num_workers * cfg.cluster.actor_cpus},
+            "trainer": {"CPU": cfg.trainer.num_ranks * cfg.cluster.actor_cpus},
+        }
+    )
+    env = forwarded_env()
+    trainer = TrainerGroup(
+        model_path, cfg.trainer, cfg.algorithm, cfg.cluster, cfg.steps, cfg.model.dtype, cfg.seed, env,
+        cfg.rollout.temperature,
+    )  # fmt: skip
+    return trainer, RolloutGroup(model_path, cfg.rollout, cfg.cluster, env)
+
+
+def restore(
+    checkpoint: Path, run_dir: Path, trainer: TrainerGroup, rollout: RolloutGroup, stream: TaskStream
+) -> dict[str, Any]:
+    """Load a checkpoint into the workers and the data stream; cut metrics back to its step."""
+    state = load_state(checkpoint)
+    trainer.load(str(checkpoint))
+    rollout.push_weights(trainer.export_weights())
+    stream.seek(**state["data"])
+    truncate_metrics(run_dir / "metrics.jsonl", state["step"])
+    print(f"resuming {run_dir} from {checkpoint.name} (step {state['step']})", flush=True)
+    return state
+
+
 def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     """The whole job; returns the summary (also written to ``summary.json``)."""
     run_dir = Path(cfg.runs_root) / cfg.run_name
@@ -59,54 +88,19 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_path)
     check_context(tokenizer, train_tasks + eval_tasks, cfg.rollout.max_new_tokens, model_context(model_path))
     init_ray(cfg.cluster)
-    actors = cfg.rollout.num_workers + cfg.trainer.num_ranks
-    check_resources(
-        {
-            "rollout": {"CPU": cfg.rollout.num_workers * cfg.cluster.actor_cpus},
-            "trainer": {"CPU": cfg.trainer.num_ranks * cfg.cluster.actor_cpus},
-        }
-    )
-    env = forwarded_env()
-    trainer = TrainerGroup(
-        model_path,
-        cfg.trainer,
-        cfg.algorithm,
-        cfg.cluster,
-        cfg.steps,
-        cfg.model.dtype,
-        cfg.seed,
-        env,
-        cfg.rollout.temperature,
-    )
-    rollout = RolloutGroup(model_path, cfg.rollout, cfg.cluster, env)
+    trainer, rollout = start_workers(cfg, model_path)
     stream = TaskStream(train_tasks, seed=cfg.specialist.data_seed)
-    start_step, state = 0, {}
-    if checkpoint is not None:
-        state = load_state(checkpoint)
-        trainer.load(str(checkpoint))
-        rollout.push_weights(trainer.export_weights())
-        stream.seek(**state["data"])
-        start_step = state["step"]
-        truncate_metrics(run_dir / "metrics.jsonl", start_step)
-        print(f"resuming {run_dir} from {checkpoint.name} (step {start_step})", flush=True)
-    tracker = Tracker(
-        run_dir,
-        cfg.logger,
-        dataclasses.asdict(cfg),
-        cfg.run_name,
-        job_type="specialist",
-        run_id=state.get("wandb_run_id"),
-    )
+    state = restore(checkpoint, run_dir, trainer, rollout, stream) if checkpoint else {}
+    tracker = Tracker(run_dir, cfg.logger, dataclasses.asdict(cfg), cfg.run_name, job_type="specialist",
+                      run_id=state.get("wandb_run_id"))  # fmt: skip
     controller = SpecialistController(
         cfg, run_dir, specialist, tokenizer, rollout, trainer, tracker, stream, eval_tasks
     )
     controller.history = state.get("history", {})
     controller.last_checkpoint = str(checkpoint) if checkpoint else None
-    print(
-        f"run {run_dir}: {actors} actors, {len(train_tasks)} train / {len(eval_tasks)} eval tasks", flush=True
-    )
+    print(f"run {run_dir}: {len(train_tasks)} train / {len(eval_tasks)} eval tasks", flush=True)
     try:
-        summary = controller.run(start_step)
+        summary = controller.run(state.get("step", 0))
     finally:
         trainer.shutdown()
         rollout.shutdown()
