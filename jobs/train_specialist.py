@@ -22,6 +22,7 @@ from rl.batching import TaskStream
 from rl.checkpoint import load_state
 from rl.config import SpecialistRunConfig, register_configs, to_typed
 from rl.controller import SpecialistController
+from rl.fp4.formats import get_format
 from rl.models import load_tokenizer, model_context
 from rl.placement import check_resources
 from rl.rollout.group import RolloutGroup
@@ -60,9 +61,9 @@ def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGro
     env = forwarded_env()
     trainer = TrainerGroup(
         model_path, cfg.trainer, cfg.algorithm, cfg.cluster, cfg.steps, cfg.model.dtype, cfg.seed, env,
-        cfg.rollout.temperature,
+        cfg.rollout.temperature, cfg.fp4,
     )  # fmt: skip
-    return trainer, RolloutGroup(model_path, cfg.rollout, cfg.cluster, env)
+    return trainer, RolloutGroup(model_path, cfg.rollout, cfg.cluster, env, cfg.fp4)
 
 
 def restore(
@@ -80,6 +81,8 @@ def restore(
 
 def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     """The whole job; returns the summary (also written to ``summary.json``)."""
+    if cfg.fp4 != "none":
+        get_format(cfg.fp4)  # an unknown format fails here, before any work
     run_dir = Path(cfg.runs_root) / cfg.run_name
     checkpoint = prepare_run_dir(run_dir, cfg.resume, cfg)
     specialist = load_specialist(cfg.specialist.domain)

@@ -66,6 +66,11 @@ class AlgorithmConfig:
     kl_estimator: str = "k3"  # k1 | k2 | k3 | k3_ratio (rl.algorithms.kl)
     dynamic_sampling: bool = True  # DAPO: drop groups whose rewards are all equal, refill with new prompts
     max_refill_rounds: int = 2  # extra sampling rounds to refill dropped groups per step
+    correction: str = "none"  # rollout/trainer mismatch correction: none | tis | geo_mask | opsm
+    tis_cap: float = 2.0  # TIS truncation C in min(pi_old / mu, C)
+    geo_low: float = 0.5  # geo_mask keeps a sequence iff geo_low <= geometric-mean pi_old / mu <= geo_high
+    geo_high: float = 2.0  # upper end of the geo_mask band
+    opsm_delta: float = 1e-3  # OPSM (DeepSeek-V3.2) masks A < 0 sequences with mean log(mu / pi_old) > delta
 
 
 @dataclass
@@ -109,6 +114,7 @@ class SpecialistRunConfig:
     specialist: SpecialistConfig = field(default_factory=SpecialistConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    fp4: str = "none"  # FP4 QAT in the trainer + packed FP4 rollout weights: none | mxfp4 | nvfp4
     run_name: str = "specialist"  # run directory name under runs_root
     runs_root: str = "runs"  # parent of run directories
     steps: int = 60  # RL steps (one optimizer batch each)

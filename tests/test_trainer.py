@@ -140,3 +140,22 @@ def test_kl_to_the_frozen_reference_starts_at_zero_and_grows(
     second = trainer.train_step(batch, norm_of(batch))
     assert abs(second["train/kl_ref"]) > 1e-6
     assert all(not p.requires_grad for p in trainer.ref_model.parameters())  # type: ignore[union-attr]
+
+
+def test_mismatch_is_measured_every_step_and_corrections_apply(tiny_base: Path, batch: TrainBatch) -> None:
+    plain = make_trainer(tiny_base).train_step(batch, norm_of(batch))
+    # the batch's rollout log-probs come from the hf engine with the same weights: tiny mismatch
+    assert plain["mismatch/kl_k3"] == pytest.approx(0.0, abs=1e-6)
+    assert plain["mismatch/ppl_ratio"] == pytest.approx(1.0, abs=1e-4)
+    assert plain["mismatch/prob_corr"] == pytest.approx(1.0, abs=1e-4)
+    # a rollout that was twice as likely as the trainer on every token: TIS caps pi/mu = 0.5 at nothing
+    shifted = TrainBatch(batch.input_ids_BT, batch.attention_mask_BT, batch.loss_mask_BT, batch.advantages_BT,
+                         batch.rollout_logprobs_BT + math.log(2.0) * batch.loss_mask_BT)  # fmt: skip
+    algo = AlgorithmConfig(correction="tis", tis_cap=2.0)
+    trainer = TorchTrainer(str(tiny_base), TrainerConfig(lr=1e-3), algo, total_steps=10, seed=0)
+    tis = trainer.train_step(shifted, norm_of(shifted))
+    assert tis["mismatch/kl_k1"] == pytest.approx(math.log(2.0), rel=1e-4)
+    assert tis["mismatch/tis_weight_mean"] == pytest.approx(0.5, rel=1e-4)
+    assert tis["train/loss"] == pytest.approx(plain["train/loss"] * 0.5, rel=1e-3, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown mismatch correction 'tiss'"):
+        TorchTrainer(str(tiny_base), TrainerConfig(), AlgorithmConfig(correction="tiss"), total_steps=1)

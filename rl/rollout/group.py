@@ -17,7 +17,14 @@ from rl.types import Rollout, SamplingParams
 class RolloutGroup:
     """``num_workers`` rollout actors in one placement group."""
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, cluster: ClusterConfig, env: dict[str, str]):
+    def __init__(
+        self,
+        model_path: str,
+        cfg: RolloutConfig,
+        cluster: ClusterConfig,
+        env: dict[str, str],
+        fp4: str = "none",
+    ):
         bundles = [{"CPU": cluster.actor_cpus} for _ in range(cfg.num_workers)]
         self.group = role_placement_group("rollout", bundles)
         self.workers = [
@@ -25,7 +32,7 @@ class RolloutGroup:
                 num_cpus=cluster.actor_cpus,
                 scheduling_strategy=in_group(self.group, i),
                 runtime_env={"env_vars": env},
-            ).remote(model_path, cfg, threads=cluster.torch_threads)
+            ).remote(model_path, cfg, threads=cluster.torch_threads, fp4=fp4)
             for i in range(cfg.num_workers)
         ]
         ray.get([w.ready.remote() for w in self.workers])

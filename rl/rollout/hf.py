@@ -61,9 +61,13 @@ class HFEngine:
             token_id(tokenizer, "pad") if tokenizer.pad_token_id is not None else token_id(tokenizer, "eos")
         )
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Replace the model's weights in place (names as in ``model.state_dict()``)."""
+    def load_weights(
+        self, state_dict: dict[str, torch.Tensor], packed_modules: frozenset[str] | set[str] = frozenset()
+    ) -> None:
+        """Replace the model's weights in place (names as in ``model.state_dict()``); the buffers of
+        ``packed_modules`` (FP4 linears, updated separately) may be absent."""
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        missing = [k for k in missing if k.rpartition(".")[0] not in packed_modules]
         if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
             raise ValueError(
                 f"weight update does not match the model: missing={missing}, unexpected={unexpected}"

@@ -35,6 +35,7 @@ class TrainerGroup:
         seed: int,
         env: dict[str, str],
         temperature: float = 1.0,
+        fp4: str = "none",
     ):
         if cfg.backend not in BACKENDS:
             raise ValueError(f"unknown trainer.backend {cfg.backend!r}; valid: {', '.join(BACKENDS)}")
@@ -58,6 +59,7 @@ class TrainerGroup:
                 seed,
                 cluster.torch_threads,
                 temperature,
+                fp4,
             )
             for rank in range(cfg.num_ranks)
         ]

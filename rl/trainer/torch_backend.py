@@ -13,6 +13,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,8 +21,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rl.algorithms.aggregation import aggregate
 from rl.algorithms.kl import get_kl_fn
+from rl.algorithms.mismatch import CorrectionConfig, apply_correction, mismatch_metrics
 from rl.algorithms.policy_loss import get_policy_loss_fn
 from rl.config import AlgorithmConfig, TrainerConfig
+from rl.fp4.qat import apply_qat, export_weights, fake_quant_weights
 from rl.models import load_model
 from rl.types import LossNormalizer, TrainBatch
 
@@ -89,6 +92,7 @@ class TorchTrainer:
         seed: int = 0,
         threads: int = 0,
         temperature: float = 1.0,
+        fp4: str = "none",
     ):
         # Ray pins a 1-CPU actor to one thread (OMP_NUM_THREADS=1); roles run one at a time, so use the cores.
         torch.set_num_threads(threads or os.cpu_count() or 1)
@@ -102,12 +106,17 @@ class TorchTrainer:
         if self.dist.world_size > 1:
             self._init_process_group()
         self.model = load_model(model_path, dtype).train()
+        self.fp4 = fp4
+        self.qat_names = apply_qat(self.model, fp4) if fp4 != "none" else []
         self.ddp = DistributedDataParallel(self.model) if self.dist.world_size > 1 else None
         self.ref_model = (
             load_model(model_path, dtype).eval().requires_grad_(False) if algo.kl_coef > 0 else None
         )
         self.policy_loss_fn = get_policy_loss_fn(algo.policy_loss)
         self.kl_fn = get_kl_fn(algo.kl_estimator)
+        self.correction = CorrectionConfig(
+            algo.correction, algo.tis_cap, algo.geo_low, algo.geo_high, algo.opsm_delta
+        )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=cfg.lr,
@@ -194,7 +203,16 @@ class TorchTrainer:
             clip_low=self.algo.clip_low,
             clip_high=self.algo.clip_high,
         )
+        # rollout (mu) vs trainer (pi_old) on the sampled tokens: measured always, corrected if configured.
+        # Masked tokens still count in the global normaliser; metrics are token-weighted over micro-batches
+        # (so mismatch/max_abs_prob_diff is a mean of per-micro-batch maxima).
+        weights_BT, correction_metrics = apply_correction(
+            self.correction, old, micro.rollout_logprobs_BT, micro.advantages_BT, mask
+        )
+        loss_BT = loss_BT * weights_BT
         tokens = float(mask.sum())
+        if tokens:
+            pg_metrics |= correction_metrics | mismatch_metrics(old, micro.rollout_logprobs_BT, mask)
         metrics = {f"{k}_sum": v * tokens for k, v in pg_metrics.items()}
         if self.ref_model is not None:
             with torch.no_grad():
@@ -223,9 +241,13 @@ class TorchTrainer:
         metrics["train/sequences"] = float(batch.num_sequences)
         return metrics
 
-    def export_weights(self) -> dict[str, torch.Tensor]:
-        """The current weights by name (what rollout workers load)."""
-        return {name: t.detach().clone() for name, t in self.model.state_dict().items()}
+    def export_weights(self) -> dict[str, Any]:
+        """The current weights by name (what rollout workers load); QAT linears go packed as FP4 tensors."""
+        return export_weights(self.model, self.qat_names, self.fp4)
+
+    def fake_quant_weights(self) -> dict[str, torch.Tensor]:
+        """The weights each QAT linear multiplies by in the training forward (for the bitwise check)."""
+        return fake_quant_weights(self.model, self.qat_names, self.fp4)
 
     def save(self, path: str) -> None:
         """Weights (HF format), optimizer, scheduler and RNG into ``path`` (rank 0 writes; all ranks agree)."""

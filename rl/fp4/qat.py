@@ -1,0 +1,99 @@
+"""FP4 quantization-aware training: selected linears compute with ``dequant(quant(W))``, STE backward.
+
+The forward uses ``W + sg(fake_quant(W) - W)``: its value is exactly the fake-quantized weight (the same
+function the rollout export uses, so sampled = trained), and its gradient with respect to ``W`` is the
+identity -- DeepSeek-V4's straight-through estimator onto the master weights (V4 section 3.4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rl.fp4.formats import BLOCK_SIZES, fake_quant, quantize
+
+# Linears inside transformer blocks (HF Llama/Qwen naming); embeddings, norms and the LM head stay high
+# precision. For MoE models the routed experts' linears match too (``...mlp.experts.N.*_proj``).
+DEFAULT_TARGETS = r"(^|\.)layers\.\d+\..*"
+
+
+def ste_fake_quant(weight: torch.Tensor, fmt: str) -> torch.Tensor:
+    """``fake_quant(weight)`` in value, identity in gradient (straight-through estimator)."""
+    return weight + (fake_quant(weight.detach(), fmt) - weight).detach()
+
+
+def qat_linear_names(model: nn.Module, fmt: str, targets: str = DEFAULT_TARGETS) -> list[str]:
+    """Names of the ``nn.Linear`` modules QAT applies to: matching ``targets`` and whole blocks wide."""
+    pattern, block = re.compile(targets), BLOCK_SIZES[fmt]
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and pattern.search(name) and module.in_features % block == 0
+    ]
+
+
+def _qat_forward(module: nn.Linear, fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, ste_fake_quant(module.weight, fmt), module.bias)
+
+    return forward
+
+
+def apply_qat(model: nn.Module, fmt: str, targets: str = DEFAULT_TARGETS) -> list[str]:
+    """Switch the targeted linears of ``model`` to fake-quantized forwards in place; returns their names."""
+    names = qat_linear_names(model, fmt, targets)
+    if not names:
+        raise ValueError(
+            f"fp4={fmt}: no nn.Linear matches {targets!r} with in_features divisible by the block"
+        )
+    modules = dict(model.named_modules())
+    for name in names:
+        module = modules[name]
+        assert isinstance(module, nn.Linear)
+        module.forward = _qat_forward(module, fmt)  # type: ignore[method-assign]
+    return names
+
+
+def export_weights(model: nn.Module, qat_names: list[str], fmt: str) -> dict[str, Any]:
+    """The model's weights by name, with each QAT linear's weight quantized (packed codes + scales).
+
+    Quantizing here, with the function the QAT forward uses, is what makes the rollout's dequantized
+    weights bitwise equal to the trainer's fake-quantized ones.
+    """
+    state: dict[str, Any] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for name in qat_names:
+        weight = state[f"{name}.weight"]
+        state[f"{name}.weight"] = quantize(weight.float(), fmt)
+    return state
+
+
+def fake_quant_weights(model: nn.Module, qat_names: list[str], fmt: str) -> dict[str, torch.Tensor]:
+    """What each QAT linear multiplies by in the trainer's forward (float32)."""
+    modules = dict(model.named_modules())
+    return {
+        f"{name}.weight": ste_fake_quant(modules[name].weight.detach().float(), fmt)  # type: ignore[arg-type]
+        for name in qat_names
+    }
+
+
+def payload_nbytes(state: dict[str, Any]) -> int:
+    """Bytes of a weight payload: dense tensors plus the tensors inside FP4 entries."""
+    total = 0
+    for value in state.values():
+        tensors = (
+            [value]
+            if isinstance(value, torch.Tensor)
+            else [
+                getattr(value, f.name)
+                for f in dataclasses.fields(value)
+                if isinstance(getattr(value, f.name), torch.Tensor)
+            ]
+        )
+        total += sum(t.numel() * t.element_size() for t in tensors)
+    return total

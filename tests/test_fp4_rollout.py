@@ -1,0 +1,88 @@
+"""FP4 end to end: QAT trainer -> packed export -> packed rollout worker, bitwise, through real Ray actors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from rl.config import AlgorithmConfig, ClusterConfig, RolloutConfig, TrainerConfig
+from rl.fp4.formats import dequantize, fake_quant, quantize
+from rl.fp4.packed import PackedFP4Linear
+from rl.fp4.qat import apply_qat, ste_fake_quant
+from rl.models import load_model
+from rl.rollout.group import RolloutGroup
+from rl.trainer.group import TrainerGroup
+from rl.types import SamplingParams, TrainBatch
+from tests.test_trainer import batch  # noqa: F401  (module fixture: a real rollout batch)
+
+
+def test_ste_forward_is_fake_quant_and_backward_is_identity() -> None:
+    w = torch.randn(8, 64, requires_grad=True)
+    out = ste_fake_quant(w, "mxfp4")
+    assert torch.equal(out.detach(), fake_quant(w.detach(), "mxfp4"))
+    (out * torch.arange(64.0)).sum().backward()
+    assert torch.equal(w.grad, torch.arange(64.0).expand(8, 64))  # type: ignore[arg-type]
+
+
+def test_qat_targets_block_linears_only(tiny_base: Path) -> None:
+    model = load_model(str(tiny_base))
+    names = apply_qat(model, "mxfp4")
+    assert names and all(".layers." in f".{n}" for n in names)
+    assert not any("lm_head" in n or "embed" in n for n in names)
+    assert {n.rsplit(".", 1)[-1] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                     "down_proj"}  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_packed_linear_matches_the_fake_quant_linear(fmt: str) -> None:
+    linear = torch.nn.Linear(64, 16)
+    packed = PackedFP4Linear(quantize(linear.weight.detach(), fmt), linear.bias)
+    x = torch.randn(3, 64)
+    expected = torch.nn.functional.linear(x, fake_quant(linear.weight.detach(), fmt), linear.bias)
+    assert torch.equal(packed(x).detach(), expected.detach())
+    assert not any(p.dtype.is_floating_point and p.numel() >= 64 * 16 for p in packed.buffers())
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_rollout_weights_bitwise_equal_trainer_fake_quant_after_a_step(
+    tiny_base: Path,
+    batch: TrainBatch,  # noqa: F811
+    ray_local,
+    fmt: str,
+) -> None:
+    cluster = ClusterConfig(actor_cpus=0.5, torch_threads=1)
+    trainer = TrainerGroup(str(tiny_base), TrainerConfig(lr=1e-3), AlgorithmConfig(), cluster, 10, "float32", 0, {},
+                           fp4=fmt)  # fmt: skip
+    rollout = RolloutGroup(str(tiny_base), RolloutConfig(), cluster, {}, fp4=fmt)
+    try:
+        trainer.train_step(batch, max_response_tokens=12)
+        sync = rollout.push_weights(trainer.export_weights())
+        worker, rank0 = rollout.workers[0], trainer.ranks[0]
+        served = ray.get(worker.dequantized_weights.remote())
+        trained = ray.get(rank0.fake_quant_weights.remote())
+        assert served.keys() == trained.keys() and len(served) == 4 * 7
+        for name in trained:
+            assert torch.equal(served[name], trained[name]), name
+        # the step changed the weights (so equality is not the untouched base's)
+        before = {
+            k: fake_quant(v, fmt) for k, v in load_model(str(tiny_base)).state_dict().items() if k in trained
+        }
+        assert any(not torch.equal(before[k], trained[k]) for k in trained)
+        # memory and wire: the quantized layers take <= 30% of their bf16 size
+        memory = ray.get(worker.memory_report.remote())
+        assert memory["packed_bytes"] <= 0.30 * memory["bf16_bytes"]
+        exported = ray.get(trainer.export_weights())
+        quantized_bytes = sum(q.nbytes for k, q in exported.items() if k in trained)
+        assert quantized_bytes <= 0.30 * sum(2 * trained[k].numel() for k in trained)
+        assert sync["perf/weight_sync_bytes"] < sum(4 * v.numel() for v in exported.values() if torch.is_tensor(v)) + \
+            sum(4 * trained[k].numel() for k in trained)  # fmt: skip
+        # the packed worker still generates
+        (out,) = ray.get(worker.generate.remote([[1, 2, 3]], SamplingParams(max_new_tokens=4, temperature=0)))
+        assert len(out.response_ids) >= 1
+        assert torch.equal(dequantize(exported[next(iter(trained))]), trained[next(iter(trained))])
+    finally:
+        trainer.shutdown()
+        rollout.shutdown()
