@@ -31,6 +31,8 @@ from rl.tracking import Tracker
 from rl.trainer.group import TrainerGroup
 from rl.types import Reward, Rollout, SamplingParams, Task
 
+SUMMARY_PREFIXES = ("mismatch/", "reward/", "train/")  # last-step figures copied into summary.json
+
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive optimizer steps had a non-finite loss or gradient."""
@@ -100,6 +102,7 @@ class SpecialistController:
                 metrics |= self.evaluate(step)
                 self.history["eval_last"] = {k: v for k, v in metrics.items() if k.startswith("eval/")}
             self.tracker.log(metrics, step)
+            self.history["last_step"] = {k: v for k, v in metrics.items() if k.startswith(SUMMARY_PREFIXES)}
             self._progress(step, metrics)
             if step == self.cfg.steps or step % self.cfg.checkpoint_every == 0:
                 self.checkpoint(step)
@@ -228,6 +231,7 @@ class SpecialistController:
         summary: dict[str, Any] = {"steps": self.cfg.steps, "checkpoint": self.last_checkpoint}
         summary |= {f"{k}_start": v for k, v in start.items() if not k.startswith("perf/")}
         summary |= {k: v for k, v in last.items()}
+        summary |= self.history.get("last_step", {})
         if "eval/pass@1" in start and "eval/pass@1" in last:
             summary["eval/pass@1_gain"] = last["eval/pass@1"] - start["eval/pass@1"]
         return summary

@@ -51,6 +51,7 @@ def test_job_runs_with_two_ddp_ranks_and_resumes_like_an_uninterrupted_run(
         assert [m["step"] for m in metrics(run_dir)] == [0, 1, 2, 3, 4]  # no step lost or repeated
         summary = json.loads((run_dir / "summary.json").read_text())
         assert {"eval/pass@1_start", "eval/pass@1", "eval/pass@1_gain"} <= set(summary)
+        assert {"mismatch/kl_k3", "mismatch/ppl_ratio", "mismatch/prob_corr", "reward/mean"} <= set(summary)
     # same seeds, data position, optimizer and RNG: the resumed steps equal the uninterrupted ones
     for a, b in zip(metrics(straight)[3:], metrics(resumed)[3:], strict=True):
         assert a["reward/mean"] == b["reward/mean"]
