@@ -114,7 +114,7 @@ class SpecialistRunConfig:
     specialist: SpecialistConfig = field(default_factory=SpecialistConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    fp4: str = "none"  # FP4 QAT in the trainer + packed FP4 rollout weights: none | mxfp4 | nvfp4
+    fp4: str = "mxfp4"  # FP4 QAT in the trainer + packed FP4 rollout weights: mxfp4 | nvfp4 | none
     run_name: str = "specialist"  # run directory name under runs_root
     runs_root: str = "runs"  # parent of run directories
     steps: int = 60  # RL steps (one optimizer batch each)

@@ -19,9 +19,11 @@ in registers, exactly as ``rl.fp4.formats.dequantize`` does, and feeds ``tl.dot`
 error there.
 """
 
-from __future__ import annotations
+# pyright: reportInvalidTypeForm=false
+# (Triton kernels annotate their compile-time parameters with `tl.constexpr`; no `from __future__ import
+# annotations` here, so that Triton sees real annotation objects.)
 
-import functools
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,26 +44,24 @@ class KernelConfig:
     num_stages: int
 
 
+# Guarded: the module must import on CPU-only boxes without Triton (Triton's API is untyped: Any).
+triton: Any = None
+tl: Any = None
+_TRITON_IMPORT_ERROR: ImportError | None = None
+try:
+    triton = importlib.import_module("triton")
+    tl = importlib.import_module("triton.language")
+    importlib.import_module("triton.testing")
+except ImportError as _exc:  # pragma: no cover - depends on the box
+    triton, tl, _TRITON_IMPORT_ERROR = None, None, _exc
+
+
 def triton_available() -> bool:
     """True when Triton imports and a CUDA device is visible."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+    return triton is not None and torch.cuda.is_available()
 
 
-@functools.cache
-def _kernel() -> Any:
-    """Build (once) and return the jitted Triton kernel; ImportError names what is missing."""
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError as exc:  # pragma: no cover - depends on the box
-        raise RuntimeError(
-            "fp4_linear needs Triton and a CUDA GPU (pip install triton); on CPU use "
-            "F.linear(x, rl.fp4.formats.dequantize(q, x.dtype), bias) instead"
-        ) from exc
+if triton is not None:
 
     @triton.jit
     def _e2m1_f32(code):
@@ -96,10 +96,11 @@ def _kernel() -> Any:
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
         SPLIT_K: tl.constexpr,
+        SB: tl.constexpr,  # elements per scale block: 32 (MXFP4) or 16 (NVFP4)
+        HALF: tl.constexpr,  # BLOCK_K // 2: packed bytes per row per iteration
+        GROUPS: tl.constexpr,  # BLOCK_K // SB: scales per row per iteration
+        SB_HALF: tl.constexpr,  # SB // 2: packed bytes per scale
     ):
-        SB: tl.constexpr = 16 if IS_NVFP4 else 32  # elements per scale block
-        HALF: tl.constexpr = BLOCK_K // 2
-        GROUPS: tl.constexpr = BLOCK_K // SB
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         pid_k = tl.program_id(2)
@@ -135,7 +136,7 @@ def _kernel() -> Any:
                 sbits = tl.where(e > 0, e << 23, 1 << 22)
                 sbits = tl.where(e == 255, 0x7FC00000, sbits)
                 s = sbits.to(tl.float32, bitcast=True)
-            s = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, GROUPS, SB // 2)), (BLOCK_N, HALF))
+            s = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, GROUPS, SB_HALF)), (BLOCK_N, HALF))
             w = wb.to(tl.int32)
             lo = _e2m1_f32(w & 0xF) * s
             hi = _e2m1_f32(w >> 4) * s
@@ -160,6 +161,13 @@ def _kernel() -> Any:
                 acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
             tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
+
+def _kernel() -> Any:
+    if triton is None:
+        raise RuntimeError(
+            "fp4_linear needs Triton and a CUDA GPU; on CPU use "
+            "F.linear(x, rl.fp4.formats.dequantize(q, x.dtype), bias) instead"
+        ) from _TRITON_IMPORT_ERROR
     return _w4a16_kernel
 
 
@@ -169,6 +177,9 @@ def _launch(x: torch.Tensor, q: MXFP4Tensor | NVFP4Tensor, bias: torch.Tensor | 
     is_nv = isinstance(q, NVFP4Tensor)
     scales = q.block_scale_bits if is_nv else q.scales
     atomic = cfg.split_k > 1
+    sb = NVFP4_BLOCK if is_nv else MXFP4_BLOCK
+    if cfg.block_k % sb:
+        raise ValueError(f"block_k={cfg.block_k} is not a multiple of the scale block {sb}")
     out = torch.zeros((m, n), device=x.device, dtype=torch.float32) if atomic else x.new_empty((m, n))
     ts = q.tensor_scale.to(device=x.device, dtype=torch.float32).reshape(1) if is_nv else out
     grid = (
@@ -199,6 +210,10 @@ def _launch(x: torch.Tensor, q: MXFP4Tensor | NVFP4Tensor, bias: torch.Tensor | 
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
         SPLIT_K=cfg.split_k,
+        SB=sb,
+        HALF=cfg.block_k // 2,
+        GROUPS=cfg.block_k // sb,
+        SB_HALF=sb // 2,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
@@ -236,11 +251,10 @@ _TUNED: dict[tuple[int, int, int, bool, bool], KernelConfig] = {}
 
 
 def _tune(x: torch.Tensor, q: MXFP4Tensor | NVFP4Tensor, bias: torch.Tensor | None) -> KernelConfig:
-    import triton.testing
-
     m, k = x.shape
     n = q.packed.shape[0]
     best: tuple[float, KernelConfig] | None = None
+    last_error: Exception | None = None
     for cfg in candidate_configs(m, n, k):
         try:
             t = float(triton.testing.do_bench(lambda c=cfg: _launch(x, q, bias, c), warmup=5, rep=20))
@@ -249,7 +263,7 @@ def _tune(x: torch.Tensor, q: MXFP4Tensor | NVFP4Tensor, bias: torch.Tensor | No
         if best is None or t < best[0]:
             best = (t, cfg)
     if best is None:
-        raise RuntimeError(f"no W4A16 kernel config compiled for M={m} N={n} K={k}")
+        raise RuntimeError(f"no W4A16 kernel config compiled for M={m} N={n} K={k}") from last_error
     return best[1]
 
 
