@@ -1,8 +1,10 @@
 """FP4 W4A16 matmul vs bf16 ``F.linear`` in the decode regime (``python -m benchmarks.fp4_matmul``).
 
 GPU mode: for each weight shape (N x K) and token count M, times the Triton kernel
-(``rl.fp4.triton_w4a16.fp4_linear``) and bf16 ``F.linear`` in the same run (``triton.testing.do_bench``
-medians, the two alternated over several rounds, the median of the rounds kept), checks the kernel against
+(``rl.fp4.triton_w4a16.fp4_linear``) and bf16 ``F.linear`` in the same run: device time from CUDA-graph
+replays (``triton.testing.do_bench_cudagraph`` medians, the two alternated over several rounds, the median of
+the rounds kept; this is how decode engines launch), plus one eager ``do_bench`` median each (host launch
+overhead included; at M=1 the Python/Triton launch path alone is ~40 us). Checks the kernel against
 ``F.linear(x, dequantize(q, bf16), bias)`` on fresh random inputs, prints a table and writes JSON.
 
 ``--cpu``: tiny shapes, the torch reference (dequantize + F.linear) against F.linear on a bf16 weight, on CPU
@@ -71,14 +73,30 @@ def run_gpu(fmt: str, rounds: int, shapes: tuple[tuple[int, int], ...], ms: tupl
         for m in ms:
             x = torch.randn(m, k, generator=gen, device="cuda", dtype=torch.bfloat16)
             fp4_linear(x, q)  # tunes and compiles
+            # Device time: CUDA-graph replays (as a decode engine runs them), bf16 and fp4 alternated.
             t_bf, t_fp = [], []
             for _ in range(rounds):
                 t_bf.append(
-                    float(testing.do_bench(lambda x=x, w=w_bf16: F.linear(x, w), return_mode="median"))
+                    float(
+                        testing.do_bench_cudagraph(
+                            lambda x=x, w=w_bf16: F.linear(x, w), rep=50, return_mode="median"
+                        )
+                    )
                 )
-                t_fp.append(float(testing.do_bench(lambda x=x, q=q: fp4_linear(x, q), return_mode="median")))
+                t_fp.append(
+                    float(
+                        testing.do_bench_cudagraph(
+                            lambda x=x, q=q: fp4_linear(x, q), rep=50, return_mode="median"
+                        )
+                    )
+                )
             us_bf = statistics.median(t_bf) * 1e3
             us_fp = statistics.median(t_fp) * 1e3
+            # Eager launches (host overhead included).
+            eager_bf = (
+                float(testing.do_bench(lambda x=x, w=w_bf16: F.linear(x, w), return_mode="median")) * 1e3
+            )
+            eager_fp = float(testing.do_bench(lambda x=x, q=q: fp4_linear(x, q), return_mode="median")) * 1e3
             errs = [_check_gpu(fp4_linear, q, m, None, seed=1000 * n + 10 * m + i) for i in range(2)]
             bias = torch.randn(n, generator=gen, device="cuda", dtype=torch.bfloat16)
             errs.append(_check_gpu(fp4_linear, q, m, bias, seed=7 + m))
@@ -94,6 +112,8 @@ def run_gpu(fmt: str, rounds: int, shapes: tuple[tuple[int, int], ...], ms: tupl
                     "speedup": us_bf / us_fp,
                     "bf16_weight_GBps": bf16_bytes / (us_bf * 1e-6) / 1e9,
                     "fp4_weight_GBps": fp4_bytes / (us_fp * 1e-6) / 1e9,
+                    "bf16_eager_us": eager_bf,
+                    "fp4_eager_us": eager_fp,
                     "max_rel_err": max(errs),
                     "correct": max(errs) < REL_TOL,
                     "config": None if cfg is None else cfg.__dict__,
@@ -139,6 +159,8 @@ def run_cpu(fmt: str, reps: int) -> list[dict]:
                     "speedup": us_bf / us_fp,
                     "bf16_weight_GBps": n * k * 2 / (us_bf * 1e-6) / 1e9,
                     "fp4_weight_GBps": fp4_bytes / (us_fp * 1e-6) / 1e9,
+                    "bf16_eager_us": us_bf,
+                    "fp4_eager_us": us_fp,
                     "max_rel_err": err,
                     "correct": err < REL_TOL,
                     "config": "torch reference (CPU)",
@@ -150,7 +172,7 @@ def run_cpu(fmt: str, reps: int) -> list[dict]:
 
 HEADER = (
     f"{'fmt':>5} {'N x K':>12} {'M':>4} {'bf16 us':>9} {'fp4 us':>9} {'speedup':>8} "
-    f"{'bf16 GB/s':>10} {'fp4 GB/s':>9} {'rel err':>9} ok"
+    f"{'bf16 GB/s':>10} {'fp4 GB/s':>9} {'rel err':>9} ok {'eager bf16/fp4 us':>18}"
 )
 
 
@@ -158,7 +180,7 @@ def _print_row(r: dict) -> None:
     print(
         f"{r['fmt']:>5} {str(r['N']) + 'x' + str(r['K']):>12} {r['M']:>4} {r['bf16_us']:>9.1f} {r['fp4_us']:>9.1f} "
         f"{r['speedup']:>7.2f}x {r['bf16_weight_GBps']:>10.0f} {r['fp4_weight_GBps']:>9.0f} "
-        f"{r['max_rel_err']:>9.2e} {r['correct']}",
+        f"{r['max_rel_err']:>9.2e} {r['correct']} {r['bf16_eager_us']:>8.1f}/{r['fp4_eager_us']:<8.1f}",
         flush=True,
     )
 

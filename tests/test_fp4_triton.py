@@ -54,7 +54,7 @@ def test_kernel_matches_reference(fmt: str, n: int, k: int, m: int, with_bias: b
     from rl.fp4.triton_w4a16 import KernelConfig, fp4_linear
 
     # Fixed configs keep the compile count small (the tuner is exercised below and by the benchmark).
-    cfg = KernelConfig(16, 64, 64, split_k, 4, 3)
+    cfg = KernelConfig(16, 64, 64, split_k, 4, 3, two_dots=split_k > 1)
 
     _, q = _fresh(n, k, fmt, seed=n + k + m)
     gen = torch.Generator(device="cuda").manual_seed(m)
@@ -78,7 +78,7 @@ def test_kernel_dequant_is_exact(fmt: str) -> None:
     _, q = _fresh(n, k, fmt, seed=3)
     eye = torch.eye(k, device="cuda", dtype=torch.bfloat16)
     ref = dequantize(q, torch.bfloat16).T  # type: ignore[arg-type]
-    for cfg in (None, KernelConfig(16, 64, 128, 2, 4, 3), KernelConfig(64, 128, 64, 1, 4, 3)):
+    for cfg in (None, KernelConfig(16, 64, 128, 2, 4, 3), KernelConfig(64, 128, 64, 1, 4, 3, True)):
         out = fp4_linear(eye, q, config=cfg)  # type: ignore[arg-type]
         assert torch.equal(out, ref), cfg  # by value: a -0.0 weight sums to +0.0
 

@@ -55,6 +55,9 @@ def test_ray_job_submit_runs_the_specialist_job(
     head = subprocess.Popen(
         [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=2",
          "--include-dashboard=true", f"--dashboard-port={dashboard_port}", "--disable-usage-stats",
+         # the agents' default ports would clash with another Ray on this machine (the session's local Ray)
+         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
          f"--temp-dir={ray_tmp}"],
         env=job_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
@@ -66,10 +69,14 @@ def test_ray_job_submit_runs_the_specialist_job(
             "run_name=submitted", "steps=2", "prompts_per_step=4", "algorithm.group_size=4", "eval_every=0",
             "specialist.num_eval_tasks=8", "eval_samples=2", "rollout.max_new_tokens=24", "cluster.actor_cpus=0.5",
         ]  # fmt: skip
-        proc = subprocess.run(
-            [str(bin_dir / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--", *job],
-            cwd=ROOT, env=job_env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+        for _attempt in range(6):  # the job agent can come up after the dashboard answers
+            proc = subprocess.run(
+                [str(bin_dir / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--", *job],
+                cwd=ROOT, env=job_env, capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            if "No available agent to submit job" not in proc.stdout + proc.stderr:
+                break
+            time.sleep(10)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
         assert "succeeded" in proc.stdout
         summary = json.loads((tmp_path / "runs" / "submitted" / "summary.json").read_text())

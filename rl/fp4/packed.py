@@ -53,6 +53,10 @@ class PackedFP4Linear(nn.Module):
         return sum(buf.numel() * buf.element_size() for _, buf in self.named_buffers(recurse=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):  # Triton W4A16 (rl/fp4/triton_w4a16.py)
+            from rl.fp4.triton_w4a16 import fp4_linear
+
+            return fp4_linear(x, self.quantized(), self.bias)
         return F.linear(x, dequantize(self.quantized(), dtype=x.dtype), self.bias)
 
 
