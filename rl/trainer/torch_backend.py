@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,7 @@ class TorchTrainer:
         for i, start in enumerate(micro_batches):
             micro = batch.select(slice(start, start + self.cfg.micro_batch_size))
             last = i == len(micro_batches) - 1
-            sync_ctx = self.ddp.no_sync() if self.ddp is not None and not last else _nullcontext()
+            sync_ctx = self.ddp.no_sync() if self.ddp is not None and not last else nullcontext()
             with sync_ctx:
                 loss, metrics = self._micro_loss(micro, norm)
                 if poison:
@@ -277,11 +278,3 @@ class TorchTrainer:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
