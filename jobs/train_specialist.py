@@ -3,6 +3,7 @@
     python -m jobs.train_specialist specialist=math
     python -m jobs.train_specialist specialist=gsm8k model=smollm2-135m algorithm=dr_grpo trainer.num_ranks=2
     python -m jobs.train_specialist run_name=math-20261122-120000 resume=true
+    python -m jobs.train_specialist specialist=math rollout=vllm trainer=deepspeed trainer.zero_stage=3
 
 Writes ``runs/<run_name>/``: config.yaml, metrics.jsonl, summary.json, checkpoints/, wandb/.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +26,14 @@ from rl.config import SpecialistRunConfig, register_configs, to_typed
 from rl.controller import SpecialistController
 from rl.fp4.formats import get_format
 from rl.models import load_tokenizer, model_context
-from rl.placement import check_resources
+from rl.placement import check_resources, role_needs
 from rl.rollout.group import RolloutGroup
+from rl.rollout.worker import ENGINES
 from rl.sft import chat_prompt_ids
 from rl.tracking import Tracker, truncate_metrics
+from rl.trainer.deepspeed_backend import deepspeed_config
 from rl.trainer.group import TrainerGroup
+from rl.trainer.worker import BACKENDS
 
 SPECIALISTS = {"math": "specialists.math"}
 
@@ -50,12 +55,27 @@ def check_context(tokenizer: Any, tasks: list, max_new_tokens: int, context: int
         )
 
 
+def check_backends(cfg: SpecialistRunConfig) -> None:
+    """Engine and backend names, their options, and their packages -- before any actor starts."""
+    if cfg.rollout.engine not in ENGINES:
+        raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; valid: {', '.join(ENGINES)}")
+    if cfg.trainer.backend not in BACKENDS:
+        raise ValueError(f"unknown trainer.backend {cfg.trainer.backend!r}; valid: {', '.join(BACKENDS)}")
+    if cfg.trainer.backend == "deepspeed":
+        deepspeed_config(cfg.trainer, cfg.model.dtype, cfg.trainer.num_ranks)
+    packages = {"vllm": cfg.rollout.engine == "vllm", "deepspeed": cfg.trainer.backend == "deepspeed"}
+    for package in [p for p, needed in packages.items() if needed and importlib.util.find_spec(p) is None]:
+        raise ValueError(
+            f"{package} is not installed; `make` installs it (pip install -e '.[cpu]' on CPU, '.[gpu]' on GPU)"
+        )
+
+
 def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGroup, RolloutGroup]:
     """Check the cluster can hold every role, then start the trainer ranks and rollout workers."""
     check_resources(
         {
-            "rollout": {"CPU": cfg.rollout.num_workers * cfg.cluster.actor_cpus},
-            "trainer": {"CPU": cfg.trainer.num_ranks * cfg.cluster.actor_cpus},
+            "rollout": role_needs(cfg.rollout.num_workers, cfg.cluster),
+            "trainer": role_needs(cfg.trainer.num_ranks, cfg.cluster),
         }
     )
     env = forwarded_env()
@@ -83,6 +103,7 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     """The whole job; returns the summary (also written to ``summary.json``)."""
     if cfg.fp4 != "none":
         get_format(cfg.fp4)  # an unknown format fails here, before any work
+    check_backends(cfg)
     run_dir = Path(cfg.runs_root) / cfg.run_name
     checkpoint = prepare_run_dir(run_dir, cfg.resume, cfg)
     specialist = load_specialist(cfg.specialist.domain)

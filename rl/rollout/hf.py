@@ -9,10 +9,16 @@ temperature -- before top-k/top-p truncation (which only decides what may be sam
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from rl.models import token_id
+from rl.config import RolloutConfig
+from rl.fp4.formats import dequantize
+from rl.fp4.packed import PackedFP4Linear, pack_linears
+from rl.fp4.qat import qat_linear_names
+from rl.models import load_model, load_tokenizer, token_id
 from rl.types import Rollout, SamplingParams
 
 
@@ -46,10 +52,22 @@ def sample_tokens(
 
 
 class HFEngine:
-    """Samples completions from a transformers model held in this process."""
+    """Samples completions from a transformers model held in this process.
 
-    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, max_batch_size: int = 64):
+    With FP4 (``from_path(..., fp4=...)``) the linears inside transformer blocks hold packed codes + scales
+    only and compute with a dequantizing matmul (``fp4_mode == "packed"``).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        max_batch_size: int = 64,
+        packed_names: list[str] | None = None,
+    ):
         self.model = model.eval()
+        self.packed_names = packed_names or []
+        self.fp4_mode = "packed" if self.packed_names else "none"
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.eos_ids = {token_id(tokenizer, "eos")}
@@ -61,17 +79,46 @@ class HFEngine:
             token_id(tokenizer, "pad") if tokenizer.pad_token_id is not None else token_id(tokenizer, "eos")
         )
 
-    def load_weights(
-        self, state_dict: dict[str, torch.Tensor], packed_modules: frozenset[str] | set[str] = frozenset()
-    ) -> None:
-        """Replace the model's weights in place (names as in ``model.state_dict()``); the buffers of
-        ``packed_modules`` (FP4 linears, updated separately) may be absent."""
-        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
-        missing = [k for k in missing if k.rpartition(".")[0] not in packed_modules]
+    @classmethod
+    def from_path(
+        cls, model_path: str, cfg: RolloutConfig, dtype: str = "float32", fp4: str = "none"
+    ) -> HFEngine:
+        """The engine for a model directory; with ``fp4`` its block linears are packed (no high-precision copy)."""
+        model = load_model(model_path, dtype)
+        names = qat_linear_names(model, fp4) if fp4 != "none" else []
+        pack_linears(model, names, fp4)
+        return cls(model, load_tokenizer(model_path), max_batch_size=cfg.max_batch_size, packed_names=names)
+
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """Replace the weights in place: dense tensors by ``model.state_dict()`` name, FP4 entries (what the
+        trainer exports for its QAT linears) into the packed linears."""
+        dense = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        packed = {k.removesuffix(".weight"): v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+        if set(packed) != set(self.packed_names):
+            raise ValueError(f"packed weights {sorted(packed)} do not match this engine's FP4 linears")
+        for name, quantized in packed.items():
+            self._packed(name).load_quantized(quantized)
+        missing, unexpected = self.model.load_state_dict(dense, strict=False)
+        missing = [k for k in missing if k.rpartition(".")[0] not in packed]
         if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
             raise ValueError(
                 f"weight update does not match the model: missing={missing}, unexpected={unexpected}"
             )
+
+    def _packed(self, name: str) -> PackedFP4Linear:
+        module = self.model.get_submodule(name)
+        assert isinstance(module, PackedFP4Linear), name
+        return module
+
+    def served_weights(self) -> dict[str, torch.Tensor]:
+        """What each FP4 linear multiplies by (float32), keyed like the trainer's weights."""
+        return {f"{n}.weight": dequantize(self._packed(n).quantized()) for n in self.packed_names}
+
+    def memory_report(self) -> dict[str, int]:
+        """Bytes held by the FP4 linears, and what the same weights would take in bf16."""
+        shapes = [self._packed(n).quantized().shape for n in self.packed_names]
+        packed = sum(self._packed(n).weight_nbytes() for n in self.packed_names)
+        return {"packed_bytes": packed, "bf16_bytes": sum(2 * r * c for r, c in shapes)}
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:

@@ -1,26 +1,48 @@
 """RolloutWorker: holds the policy in a rollout engine and samples completions.
 
-The logic is this plain class (tests build it without Ray); ``RolloutActor`` is its Ray actor.
+The logic is this plain class (tests build it without Ray); ``RolloutActor`` is its Ray actor. Engines
+(``rollout.engine``) share one contract: ``generate(prompts, params) -> list[Rollout]`` with token ids and
+per-token sampling log-probs, ``load_weights(state)`` taking what the trainer exports (dense tensors plus FP4
+entries for its QAT linears), ``served_weights()``, ``memory_report()`` and ``fp4_mode`` (packed | simulated
+| none).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 import torch
 
 from rl.config import RolloutConfig
-from rl.fp4.formats import dequantize
-from rl.fp4.packed import PackedFP4Linear, pack_linears
-from rl.fp4.qat import payload_nbytes, qat_linear_names
-from rl.models import load_model, load_tokenizer
-from rl.rollout.hf import HFEngine
+from rl.fp4.qat import payload_nbytes
 from rl.types import Rollout, SamplingParams
 
-ENGINES = {"hf": HFEngine}
+ENGINES = ("hf", "vllm")
+
+
+class Engine(Protocol):
+    fp4_mode: str
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]: ...
+    def load_weights(self, state: dict[str, Any]) -> None: ...
+    def served_weights(self) -> dict[str, torch.Tensor]: ...
+    def memory_report(self) -> dict[str, int]: ...
+
+
+def build_engine(model_path: str, cfg: RolloutConfig, dtype: str, fp4: str) -> Engine:
+    """The engine named by ``cfg.engine`` (vLLM is imported only when chosen)."""
+    if cfg.engine == "hf":
+        from rl.rollout.hf import HFEngine
+
+        return HFEngine.from_path(model_path, cfg, dtype, fp4)
+    if cfg.engine == "vllm":
+        from rl.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine.from_path(model_path, cfg, dtype, fp4)
+    raise ValueError(f"unknown rollout.engine {cfg.engine!r}; valid: {', '.join(ENGINES)}")
 
 
 class RolloutWorker:
@@ -31,45 +53,29 @@ class RolloutWorker:
     ):
         # Ray pins a 1-CPU actor to one thread (OMP_NUM_THREADS=1); roles run one at a time, so use the cores.
         torch.set_num_threads(threads or os.cpu_count() or 1)
-        if cfg.engine not in ENGINES:
-            raise ValueError(f"unknown rollout.engine {cfg.engine!r}; valid: {', '.join(ENGINES)}")
-        model = load_model(model_path, dtype)
-        # FP4: the targeted linears hold packed codes + scales only (no high-precision copy)
-        self.packed_names = qat_linear_names(model, fp4) if fp4 != "none" else []
-        self.packed_nbytes = pack_linears(model, self.packed_names, fp4)
-        self.engine = ENGINES[cfg.engine](
-            model, load_tokenizer(model_path), max_batch_size=cfg.max_batch_size
-        )
+        self.engine = build_engine(model_path, cfg, dtype, fp4)
+        print(f"rollout worker: engine={cfg.engine} rollout/fp4_mode={self.engine.fp4_mode}", flush=True)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
         """One completion per prompt (token ids, sampling log-probs, finish reason, text)."""
         return self.engine.generate(prompts, params)
 
-    def _packed(self, name: str) -> PackedFP4Linear:
-        module = self.engine.model.get_submodule(name)
-        assert isinstance(module, PackedFP4Linear), name
-        return module
-
     def load_weights(self, state: dict[str, Any]) -> tuple[float, int]:
-        """Take new policy weights (FP4 entries into the packed linears); returns (seconds, bytes received)."""
+        """Take new policy weights; returns (seconds, bytes received)."""
         start = time.perf_counter()
-        dense = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-        packed = {k.removesuffix(".weight"): v for k, v in state.items() if not isinstance(v, torch.Tensor)}
-        if set(packed) != set(self.packed_names):
-            raise ValueError(f"packed weights {sorted(packed)} do not match this worker's FP4 linears")
-        for name, quantized in packed.items():
-            self._packed(name).load_quantized(quantized)
-        self.engine.load_weights(dense, packed_modules=set(packed))
+        self.engine.load_weights(state)
         return time.perf_counter() - start, payload_nbytes(state)
 
     def dequantized_weights(self) -> dict[str, torch.Tensor]:
-        """What each packed linear multiplies by (float32), keyed like the trainer's weights."""
-        return {f"{n}.weight": dequantize(self._packed(n).quantized()) for n in self.packed_names}
+        """What each FP4 linear multiplies by (float32), keyed like the trainer's weights."""
+        return self.engine.served_weights()
 
     def memory_report(self) -> dict[str, int]:
-        """Bytes held by the packed linears, and what the same weights would take in bf16."""
-        shapes = [self._packed(n).quantized().shape for n in self.packed_names]
-        return {"packed_bytes": self.packed_nbytes, "bf16_bytes": sum(2 * r * c for r, c in shapes)}
+        """Bytes held by the FP4 linears, and what the same weights would take in bf16."""
+        return self.engine.memory_report()
+
+    def fp4_mode(self) -> str:
+        return self.engine.fp4_mode
 
     def ready(self) -> bool:
         return True

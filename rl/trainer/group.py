@@ -9,9 +9,9 @@ import torch
 from ray.util.placement_group import remove_placement_group
 
 from rl.config import AlgorithmConfig, ClusterConfig, TrainerConfig
-from rl.placement import in_group, role_placement_group
+from rl.placement import actor_bundle, in_group, role_placement_group
 from rl.trainer.torch_backend import DistInfo
-from rl.trainer.worker import BACKENDS, TrainerActor
+from rl.trainer.worker import ACTORS, BACKENDS
 from rl.types import LossNormalizer, TrainBatch
 
 
@@ -40,16 +40,17 @@ class TrainerGroup:
         if cfg.backend not in BACKENDS:
             raise ValueError(f"unknown trainer.backend {cfg.backend!r}; valid: {', '.join(BACKENDS)}")
         self.cfg = cfg
-        self.group = role_placement_group(
-            "trainer", [{"CPU": cluster.actor_cpus} for _ in range(cfg.num_ranks)]
-        )
+        self.group = role_placement_group("trainer", [actor_bundle(cluster) for _ in range(cfg.num_ranks)])
         port = free_port()
         self.ranks = [
-            TrainerActor.options(  # type: ignore[attr-defined]
+            ACTORS[cfg.backend]
+            .options(  # type: ignore[attr-defined]
                 num_cpus=cluster.actor_cpus,
+                num_gpus=cluster.actor_gpus,
                 scheduling_strategy=in_group(self.group, rank),
                 runtime_env={"env_vars": env},
-            ).remote(
+            )
+            .remote(
                 model_path,
                 cfg,
                 algo,
@@ -90,8 +91,16 @@ class TrainerGroup:
         return merged
 
     def export_weights(self) -> ray.ObjectRef:
-        """A reference to rank 0's weights in the object store (no copy through the controller)."""
-        return self.ranks[0].export_weights.remote()
+        """A reference to rank 0's weights in the object store (no copy through the controller).
+
+        Every rank takes part (a sharded backend gathers the full weights collectively); the others return {}.
+        """
+        refs = [r.export_weights.remote() for r in self.ranks]
+        return refs[0]
+
+    def fake_quant_weights(self) -> dict[str, torch.Tensor]:
+        """Rank 0's fake-quantized QAT weights (every rank takes part, as in ``export_weights``)."""
+        return ray.get([r.fake_quant_weights.remote() for r in self.ranks])[0]
 
     def save(self, path: str) -> None:
         ray.get([r.save.remote(path) for r in self.ranks])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,12 +104,11 @@ class TorchTrainer:
         self.cfg, self.algo, self.dist = cfg, algo, dist_info or DistInfo()
         self.temperature = temperature
         torch.manual_seed(seed)
-        if self.dist.world_size > 1:
+        if self.dist.world_size > 1 or self.always_distributed:
             self._init_process_group()
         self.model = load_model(model_path, dtype).train()
         self.fp4 = fp4
         self.qat_names = apply_qat(self.model, fp4) if fp4 != "none" else []
-        self.ddp = DistributedDataParallel(self.model) if self.dist.world_size > 1 else None
         self.ref_model = (
             load_model(model_path, dtype).eval().requires_grad_(False) if algo.kl_coef > 0 else None
         )
@@ -118,19 +117,58 @@ class TorchTrainer:
         self.correction = CorrectionConfig(
             algo.correction, algo.tis_cap, algo.geo_low, algo.geo_high, algo.opsm_delta
         )
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=cfg.lr,
-            betas=(cfg.betas[0], cfg.betas[1]),
-            weight_decay=cfg.weight_decay,
-        )
-        optimizer_steps = total_steps * cfg.num_minibatches
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, optimizer_steps))
+        self._setup_optimizer(total_steps * cfg.num_minibatches)
         # Fault injection for tests (DISTILLERY_FAULT_NAN_AFTER=N): every train step after the N-th gets a
         # NaN loss, exercising the real skip-and-stop path end to end.
         nan_after = os.environ.get("DISTILLERY_FAULT_NAN_AFTER")
         self._nan_after = int(nan_after) if nan_after else None
         self._train_calls = 0
+
+    always_distributed = False  # backends that need a process group even on one rank
+
+    def _setup_optimizer(self, optimizer_steps: int) -> None:
+        """AdamW over the master weights, the LR schedule, and DDP when there are several ranks."""
+        self.ddp = DistributedDataParallel(self.model) if self.dist.world_size > 1 else None
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=self.cfg.lr,
+            betas=(self.cfg.betas[0], self.cfg.betas[1]),
+            weight_decay=self.cfg.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.cfg, optimizer_steps)
+        )
+
+    @property
+    def forward_module(self) -> torch.nn.Module:
+        """What the training forward calls (the DDP wrapper when there is one)."""
+        return self.ddp if self.ddp is not None else self.model
+
+    def _accumulate(self, last: bool) -> AbstractContextManager:
+        """Context of one micro-batch's backward: gradients are all-reduced only on the ``last`` one."""
+        return self.ddp.no_sync() if self.ddp is not None and not last else nullcontext()
+
+    def _zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def _optimizer_step(self, loss: float) -> tuple[float, bool]:
+        """Clip, then step unless the loss or gradient norm is non-finite on any rank; (grad norm, skipped)."""
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        nonfinite = not (math.isfinite(grad_norm) and math.isfinite(loss))
+        if self.ddp is not None:  # every rank must take the same decision
+            flag = torch.tensor([float(nonfinite)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            nonfinite = bool(flag.item())
+        if nonfinite:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+            self.scheduler.step()
+        return grad_norm, nonfinite
 
     def _init_process_group(self) -> None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -158,7 +196,7 @@ class TorchTrainer:
         A non-finite loss or gradient norm skips the update (weights and optimizer state untouched) and
         reports ``train/nonfinite = 1``; the controller decides when too many in a row stop the run.
         """
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         self._train_calls += 1
         poison = self._nan_after is not None and self._train_calls > self._nan_after
         sums: dict[str, float] = {}
@@ -166,33 +204,20 @@ class TorchTrainer:
         for i, start in enumerate(micro_batches):
             micro = batch.select(slice(start, start + self.cfg.micro_batch_size))
             last = i == len(micro_batches) - 1
-            sync_ctx = self.ddp.no_sync() if self.ddp is not None and not last else nullcontext()
-            with sync_ctx:
+            with self._accumulate(last):
                 loss, metrics = self._micro_loss(micro, norm)
                 if poison:
                     loss = loss * float("nan")
                     metrics["train/loss"] = float("nan")
-                loss.backward()
+                self._backward(loss)
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
-        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
-        nonfinite = not (math.isfinite(grad_norm) and math.isfinite(sums["train/loss"]))
-        if self.ddp is not None:  # every rank must take the same decision
-            flag = torch.tensor([float(nonfinite)])
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            nonfinite = bool(flag.item())
-        if nonfinite:
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.optimizer.step()
-            self.scheduler.step()
+        grad_norm, nonfinite = self._optimizer_step(sums["train/loss"])
         return self._step_metrics(sums, batch, grad_norm, nonfinite)
 
     def _micro_loss(self, micro: TrainBatch, norm: LossNormalizer) -> tuple[torch.Tensor, dict[str, float]]:
-        model = self.ddp if self.ddp is not None else self.model
         logprobs, entropy = token_logprobs(
-            model, micro.input_ids_BT, micro.attention_mask_BT, self.temperature
+            self.forward_module, micro.input_ids_BT, micro.attention_mask_BT, self.temperature
         )
         old = micro.old_logprobs_BT if micro.old_logprobs_BT is not None else logprobs.detach()
         mask = micro.loss_mask_BT
@@ -243,12 +268,15 @@ class TorchTrainer:
         return metrics
 
     def export_weights(self) -> dict[str, Any]:
-        """The current weights by name (what rollout workers load); QAT linears go packed as FP4 tensors."""
-        return export_weights(self.model, self.qat_names, self.fp4)
+        """The current weights by name (what rollout workers load); QAT linears go packed as FP4 tensors.
+
+        Rank 0 answers; other ranks return {} (backends that shard weights gather them in this call).
+        """
+        return export_weights(self.model, self.qat_names, self.fp4) if self.dist.rank == 0 else {}
 
     def fake_quant_weights(self) -> dict[str, torch.Tensor]:
-        """The weights each QAT linear multiplies by in the training forward (for the bitwise check)."""
-        return fake_quant_weights(self.model, self.qat_names, self.fp4)
+        """The weights each QAT linear multiplies by in the training forward (rank 0; for the bitwise check)."""
+        return fake_quant_weights(self.model, self.qat_names, self.fp4) if self.dist.rank == 0 else {}
 
     def save(self, path: str) -> None:
         """Weights (HF format), optimizer, scheduler and RNG into ``path`` (rank 0 writes; all ranks agree)."""
