@@ -31,9 +31,9 @@ from rl.rollout.group import RolloutGroup
 from rl.rollout.worker import ENGINES
 from rl.sft import chat_prompt_ids
 from rl.tracking import Tracker, truncate_metrics
+from rl.trainer.backends import BACKENDS
 from rl.trainer.deepspeed_backend import deepspeed_config
 from rl.trainer.group import TrainerGroup
-from rl.trainer.worker import BACKENDS
 
 SPECIALISTS = {"math": "specialists.math"}
 

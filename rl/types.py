@@ -76,6 +76,17 @@ class TrainBatch:
         """Trained (response) tokens in the batch."""
         return int(self.loss_mask_BT.sum().item())
 
+    def to(self, device: torch.device | str) -> TrainBatch:
+        """Every field on ``device`` (no copy where it is there already)."""
+        return TrainBatch(
+            input_ids_BT=self.input_ids_BT.to(device),
+            attention_mask_BT=self.attention_mask_BT.to(device),
+            loss_mask_BT=self.loss_mask_BT.to(device),
+            advantages_BT=self.advantages_BT.to(device),
+            rollout_logprobs_BT=self.rollout_logprobs_BT.to(device),
+            old_logprobs_BT=None if self.old_logprobs_BT is None else self.old_logprobs_BT.to(device),
+        )
+
     def select(self, index: slice | torch.Tensor) -> TrainBatch:
         """Rows ``index`` of every field (a micro-batch or a rank's shard)."""
         return TrainBatch(

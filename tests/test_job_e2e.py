@@ -84,6 +84,7 @@ def test_vllm_and_deepspeed_backends_give_the_default_backends_outputs_and_resum
     }
     # the same artifacts, keys and step lines whichever backends ran
     assert summaries["default"].keys() == summaries["production"].keys()
+
     def keys(run_dir: Path) -> list[set[str]]:  # reward/reason/* depends on which failures were sampled
         return [{k for k in m if not k.startswith("reward/reason/")} for m in metrics(run_dir)]
 

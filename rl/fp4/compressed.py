@@ -178,16 +178,13 @@ def model_config_dict(model: nn.Module, dtype: torch.dtype, quant_config: dict[s
 # Checkpoint directory
 
 
-def _tied_duplicates(model: nn.Module) -> set[str]:
-    """State-dict keys that share storage with an earlier key (a tied LM head), left out of the file."""
-    seen: set[int] = set()
-    duplicates: set[str] = set()
-    for key, tensor in model.state_dict().items():
-        ptr = tensor.untyped_storage().data_ptr()
-        if ptr in seen:
-            duplicates.add(key)
-        seen.add(ptr)
-    return duplicates
+def _tied_duplicates(model: nn.Module, keys: Sequence[str]) -> set[str]:
+    """State-dict keys that are a tied copy of another (the LM head of a tied-embedding model), left out.
+
+    Read from the config, not from storage sharing: under ZeRO-3 the module's parameters are empty shards.
+    """
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    return {"lm_head.weight"} & set(keys) if tied else set()
 
 
 def save_compressed(
@@ -209,7 +206,24 @@ def save_compressed(
     """
     from rl.fp4.qat import export_weights
 
-    tensors = compressed_state_dict(export_weights(model, list(qat_names), fmt), fmt)
+    state = export_weights(model, list(qat_names), fmt)
+    return save_compressed_state(out_dir, state, model, qat_names, fmt, tokenizer, dense_dtype,
+                                 allow_unshared_global_scales)  # fmt: skip
+
+
+def save_compressed_state(
+    out_dir: str | Path,
+    state: dict[str, Any],
+    model: nn.Module,
+    qat_names: Sequence[str],
+    fmt: str,
+    tokenizer: Any = None,
+    dense_dtype: torch.dtype | None = None,
+    allow_unshared_global_scales: bool = False,
+) -> Path:
+    """``save_compressed`` from an export payload already taken (``TorchTrainer.export_weights``, which under
+    ZeRO-3 gathers the full weights); ``model`` supplies the config and module types only."""
+    tensors = compressed_state_dict(state, fmt)
     unshared = unshared_global_scales(tensors)
     if unshared and not allow_unshared_global_scales:
         raise ValueError(
@@ -217,7 +231,7 @@ def save_compressed(
             f"{', ...' if len(unshared) > 4 else ''}); vLLM would use their max for every shard. Quantize each "
             "fused group (q/k/v, gate/up) with one shared tensor scale, or pass allow_unshared_global_scales=True"
         )
-    for key in _tied_duplicates(model):
+    for key in _tied_duplicates(model, list(tensors)):
         tensors.pop(key)
     dtype = dense_dtype or next(model.parameters()).dtype
     if dense_dtype is not None:

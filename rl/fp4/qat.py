@@ -73,6 +73,20 @@ def export_weights(model: nn.Module, qat_names: list[str], fmt: str) -> dict[str
     return state
 
 
+def to_cpu(state: dict[str, Any]) -> dict[str, Any]:
+    """A weight payload with every tensor (also those inside FP4 entries) on the CPU, for shipping."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value.cpu()
+        else:
+            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            out[key] = dataclasses.replace(
+                value, **{k: v.cpu() for k, v in fields.items() if isinstance(v, torch.Tensor)}
+            )
+    return out
+
+
 def fake_quant_weights(model: nn.Module, qat_names: list[str], fmt: str) -> dict[str, torch.Tensor]:
     """What each QAT linear multiplies by in the trainer's forward (float32)."""
     modules = dict(model.named_modules())

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from rl.config import TrainerConfig
-from rl.fp4.qat import export_weights, fake_quant_weights
+from rl.fp4.qat import export_weights, fake_quant_weights, to_cpu
 from rl.trainer.torch_backend import TorchTrainer, lr_lambda
 
 ZERO_STAGES = (1, 2, 3)
@@ -88,7 +88,7 @@ class DeepSpeedTrainer(TorchTrainer):
         # DeepSpeed also reads the launcher's variables; set them for this rank (one process per actor)
         os.environ.update(
             RANK=str(self.dist.rank),
-            LOCAL_RANK=str(self.dist.rank if torch.cuda.is_available() else 0),
+            LOCAL_RANK=str(self.device.index or 0),
             WORLD_SIZE=str(self.dist.world_size),
             MASTER_ADDR=self.dist.master_addr,
             MASTER_PORT=str(self.dist.master_port),
@@ -150,18 +150,22 @@ class DeepSpeedTrainer(TorchTrainer):
     def export_weights(self) -> dict[str, Any]:
         """Rank 0: the full weights with QAT linears packed as FP4; other ranks: {} (collective)."""
         with self._gathered():
-            return export_weights(self.model, self.qat_names, self.fp4) if self.dist.rank == 0 else {}
+            return to_cpu(export_weights(self.model, self.qat_names, self.fp4)) if self.dist.rank == 0 else {}
 
     def fake_quant_weights(self) -> dict[str, torch.Tensor]:
         with self._gathered():
-            return fake_quant_weights(self.model, self.qat_names, self.fp4) if self.dist.rank == 0 else {}
+            return (
+                to_cpu(fake_quant_weights(self.model, self.qat_names, self.fp4))
+                if self.dist.rank == 0
+                else {}
+            )
 
     def save(self, path: str) -> None:
         """HF weights (rank 0, gathered) and DeepSpeed's checkpoint of every rank's partition (collective)."""
         out = Path(path)
         with self._gathered():
             if self.dist.rank == 0:
-                state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                 self.model.save_pretrained(out, state_dict=state)  # type: ignore[operator]
         client = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
         self.engine.save_checkpoint(str(out / CHECKPOINT_DIR), tag=CHECKPOINT_TAG, client_state=client)

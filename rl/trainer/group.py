@@ -10,8 +10,9 @@ from ray.util.placement_group import remove_placement_group
 
 from rl.config import AlgorithmConfig, ClusterConfig, TrainerConfig
 from rl.placement import actor_bundle, in_group, role_placement_group
+from rl.trainer.backends import BACKENDS
 from rl.trainer.torch_backend import DistInfo
-from rl.trainer.worker import ACTORS, BACKENDS
+from rl.trainer.worker import ACTORS
 from rl.types import LossNormalizer, TrainBatch
 
 

@@ -25,7 +25,7 @@ from rl.algorithms.kl import get_kl_fn
 from rl.algorithms.mismatch import CorrectionConfig, apply_correction, mismatch_metrics
 from rl.algorithms.policy_loss import get_policy_loss_fn
 from rl.config import AlgorithmConfig, TrainerConfig
-from rl.fp4.qat import apply_qat, export_weights, fake_quant_weights
+from rl.fp4.qat import apply_qat, export_weights, fake_quant_weights, to_cpu
 from rl.models import load_model
 from rl.types import LossNormalizer, TrainBatch
 
@@ -104,13 +104,16 @@ class TorchTrainer:
         self.cfg, self.algo, self.dist = cfg, algo, dist_info or DistInfo()
         self.temperature = temperature
         torch.manual_seed(seed)
+        self.device = self._pick_device()
         if self.dist.world_size > 1 or self.always_distributed:
             self._init_process_group()
-        self.model = load_model(model_path, dtype).train()
+        self.model = load_model(model_path, dtype).to(self.device).train()
         self.fp4 = fp4
         self.qat_names = apply_qat(self.model, fp4) if fp4 != "none" else []
         self.ref_model = (
-            load_model(model_path, dtype).eval().requires_grad_(False) if algo.kl_coef > 0 else None
+            load_model(model_path, dtype).to(self.device).eval().requires_grad_(False)
+            if algo.kl_coef > 0
+            else None
         )
         self.policy_loss_fn = get_policy_loss_fn(algo.policy_loss)
         self.kl_fn = get_kl_fn(algo.kl_estimator)
@@ -125,6 +128,14 @@ class TorchTrainer:
         self._train_calls = 0
 
     always_distributed = False  # backends that need a process group even on one rank
+
+    def _pick_device(self) -> torch.device:
+        """This rank's GPU (one per rank: Ray gives each actor its own, a launcher numbers them), else CPU."""
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        index = self.dist.rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
 
     def _setup_optimizer(self, optimizer_steps: int) -> None:
         """AdamW over the master weights, the LR schedule, and DDP when there are several ranks."""
@@ -160,7 +171,7 @@ class TorchTrainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
         nonfinite = not (math.isfinite(grad_norm) and math.isfinite(loss))
         if self.ddp is not None:  # every rank must take the same decision
-            flag = torch.tensor([float(nonfinite)])
+            flag = torch.tensor([float(nonfinite)], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             nonfinite = bool(flag.item())
         if nonfinite:
@@ -182,13 +193,13 @@ class TorchTrainer:
     @torch.no_grad()
     def forward_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         """Current policy's per-token log-probs [B, T] (no gradient), micro-batched."""
-        out = []
+        out, batch = [], batch.to(self.device)
         for start in range(0, batch.num_sequences, self.cfg.micro_batch_size):
             micro = batch.select(slice(start, start + self.cfg.micro_batch_size))
             out.append(
                 token_logprobs(self.model, micro.input_ids_BT, micro.attention_mask_BT, self.temperature)[0]
             )
-        return torch.cat(out)
+        return torch.cat(out).cpu()
 
     def train_step(self, batch: TrainBatch, norm: LossNormalizer) -> dict[str, float]:
         """One optimizer step on this rank's shard; ``norm`` counts the whole (all-rank) batch.
@@ -197,6 +208,7 @@ class TorchTrainer:
         reports ``train/nonfinite = 1``; the controller decides when too many in a row stop the run.
         """
         self._zero_grad()
+        batch = batch.to(self.device)
         self._train_calls += 1
         poison = self._nan_after is not None and self._train_calls > self._nan_after
         sums: dict[str, float] = {}
@@ -272,11 +284,11 @@ class TorchTrainer:
 
         Rank 0 answers; other ranks return {} (backends that shard weights gather them in this call).
         """
-        return export_weights(self.model, self.qat_names, self.fp4) if self.dist.rank == 0 else {}
+        return to_cpu(export_weights(self.model, self.qat_names, self.fp4)) if self.dist.rank == 0 else {}
 
     def fake_quant_weights(self) -> dict[str, torch.Tensor]:
         """The weights each QAT linear multiplies by in the training forward (rank 0; for the bitwise check)."""
-        return fake_quant_weights(self.model, self.qat_names, self.fp4) if self.dist.rank == 0 else {}
+        return to_cpu(fake_quant_weights(self.model, self.qat_names, self.fp4)) if self.dist.rank == 0 else {}
 
     def save(self, path: str) -> None:
         """Weights (HF format), optimizer, scheduler and RNG into ``path`` (rank 0 writes; all ranks agree)."""

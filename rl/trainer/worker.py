@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import ray
 
-from rl.trainer.deepspeed_backend import DeepSpeedTrainer
-from rl.trainer.torch_backend import TorchTrainer
-
-BACKENDS: dict[str, type[TorchTrainer]] = {"torch": TorchTrainer, "deepspeed": DeepSpeedTrainer}
+from rl.trainer.backends import BACKENDS
 
 ACTORS = {name: ray.remote(cls) for name, cls in BACKENDS.items()}
