@@ -1,0 +1,29 @@
+"""The resource check names, per role, what the cluster lacks -- before any actor starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from rl.config import ClusterConfig
+from rl.placement import ResourceError, actor_bundle, check_resources, role_needs
+
+
+def test_bundles_ask_for_gpus_only_when_configured() -> None:
+    assert actor_bundle(ClusterConfig(actor_cpus=0.5)) == {"CPU": 0.5}
+    assert actor_bundle(ClusterConfig(actor_cpus=1, actor_gpus=0.5)) == {"CPU": 1, "GPU": 0.5}
+    assert role_needs(3, ClusterConfig(actor_cpus=1, actor_gpus=0.5)) == {"CPU": 3, "GPU": 1.5}
+
+
+def test_a_role_that_alone_exceeds_the_cluster_is_named() -> None:
+    needs = {"rollout": {"CPU": 1.0, "GPU": 1.0}, "trainer": {"CPU": 2.0, "GPU": 2.0}}
+    with pytest.raises(
+        ResourceError, match=r"^not enough cluster resources: trainer needs 2 GPUs, cluster has 1$"
+    ):
+        check_resources(needs, total={"CPU": 16.0, "GPU": 1.0})
+
+
+def test_roles_that_fit_alone_but_not_together_are_named_together() -> None:
+    needs = {"rollout": {"CPU": 2.0}, "trainer": {"CPU": 2.0}}
+    with pytest.raises(ResourceError, match=r"rollout \+ trainer need 4 CPUs together, cluster has 3"):
+        check_resources(needs, total={"CPU": 3.0})
+    check_resources(needs, total={"CPU": 4.0})  # fits exactly: no error
