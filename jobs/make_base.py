@@ -14,11 +14,14 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
+import importlib
 import json
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -27,8 +30,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 from jobs.common import user_errors
-from rewards.math import score_math
 from rl.config import BaseRecipe, MakeBaseConfig, register_configs, to_typed
+from rl.controller import specialist_rollouts, specialist_scores
 from rl.models import cache_dir, save_model, tiny_qwen3_config, token_id
 from rl.rollout.hf import HFEngine
 from rl.sft import batches, chat_prompt_ids, encode_demo, sft_loss
@@ -42,17 +45,84 @@ CHAT_TEMPLATE = (
 )
 
 
+@dataclass(frozen=True)
+class BaseDemo:
+    """One SFT demonstration: a task and its completion as segments (text, trained?); observations of an
+    agent transcript are context, not target."""
+
+    task: Task
+    segments: tuple[tuple[str, bool], ...]
+
+
+DOMAIN_MODULES = {"math": "specialists.math", "code": "specialists.code", "agent": "specialists.agent"}
+EVAL_MAX_NEW_TOKENS = {"math": 48, "code": 64, "agent": 48}
+AGENT_EVAL_TURNS = 4
+
+
+def specialist(domain: str) -> Any:
+    if domain not in DOMAIN_MODULES:
+        raise ValueError(f"unknown recipe domain {domain!r}; valid: {', '.join(DOMAIN_MODULES)}")
+    return importlib.import_module(DOMAIN_MODULES[domain])
+
+
+def domain_demos(
+    recipe: BaseRecipe, domain: str, n: int | None = None, split: str = "train"
+) -> list[BaseDemo]:
+    """The recipe's demonstrations of one domain (``n`` overrides the recipe's count)."""
+    specialist(domain)  # an unknown domain fails here, naming the valid ones
+    if domain == "math":
+        demos = synthetic.math_demos(
+            n or recipe.num_demos, split, recipe.seed, boxed_share=recipe.boxed_share
+        )
+        return [BaseDemo(d.task, ((d.solution, True),)) for d in demos]
+    if domain == "code":
+        demos = specialist("code").demos(
+            n or recipe.num_code_demos, split, recipe.seed, recipe.code_fenced_share
+        )
+        return [BaseDemo(d.task, ((d.solution, True),)) for d in demos]
+    demos = specialist("agent").demos(
+        n or recipe.num_agent_demos, split, recipe.seed, recipe.agent_boxed_share
+    )
+    return [BaseDemo(d.task, tuple(d.segments)) for d in demos]
+
+
+def heldout_tasks(recipe: BaseRecipe, domain: str) -> list[Task]:
+    if domain == "math":
+        return synthetic.math_tasks(recipe.num_eval_tasks, "heldout", recipe.seed)
+    return [d.task for d in domain_demos(recipe, domain, recipe.num_eval_tasks, "heldout")]
+
+
+def _completion(demo: BaseDemo) -> str:
+    """A demo's target as hashed: the text of a single trained segment, else every segment with its flag."""
+    (text, trained), *rest = demo.segments
+    return text if trained and not rest else str(demo.segments)
+
+
+def _unused_fields(recipe: BaseRecipe) -> set[str]:
+    """Fields that cannot change this base: threads, and the settings of domains it does not include (so a
+    math-only base keeps the hash it had before code and agent demos existed)."""
+    unused = {"torch_threads"}
+    if "code" not in recipe.domains:
+        unused |= {"num_code_demos", "code_fenced_share"}
+    if "agent" not in recipe.domains:
+        unused |= {"num_agent_demos", "agent_boxed_share"}
+    if recipe.domains == ["math"]:
+        unused.add("domains")
+    return unused
+
+
 def recipe_hash(recipe: BaseRecipe) -> str:
-    """Stable hash of the recipe fields (threads excluded) and of what the task generator produces.
+    """Stable hash of the recipe fields (threads excluded) and of what the task generators produce.
 
     Hashing sample output rather than source means a reformat does not rebuild, but any change to the
     task distribution or the demo format does.
     """
-    fields = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "torch_threads"}
+    fields = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in _unused_fields(recipe)}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
-    for split in synthetic.SPLITS:
-        for demo in synthetic.math_demos(64, split, recipe.seed, boxed_share=recipe.boxed_share):
-            digest.update(f"{demo.task}|{demo.solution}".encode())
+    for domain in recipe.domains:
+        for split in synthetic.SPLITS:
+            for demo in domain_demos(recipe, domain, 64, split):
+                digest.update(f"{demo.task}|{_completion(demo)}".encode())
     return digest.hexdigest()[:12]
 
 
@@ -62,6 +132,10 @@ def cached_base_path(recipe: BaseRecipe) -> Path:
 
 def chat_text(prompt: str, completion: str) -> str:
     return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{completion}<|im_end|>\n"
+
+
+def demo_text(demo: BaseDemo) -> str:
+    return chat_text(demo.task.prompt, "".join(text for text, _ in demo.segments))
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -82,20 +156,28 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     )
 
 
-def greedy_pass_at_1(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, tasks: list[Task]) -> float:
-    """Held-out greedy pass@1 with the math reward (what RL will optimise)."""
+def greedy_pass_at_1(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, domain: str, tasks: list[Task]
+) -> float:
+    """Held-out greedy pass@1 of one domain with its specialist's reward (what RL will optimise)."""
+    module = specialist(domain)
     engine = HFEngine(model, tokenizer, max_batch_size=len(tasks))
-    outs = engine.generate([chat_prompt_ids(tokenizer, t.prompt) for t in tasks], SamplingParams(48, 0.0))
+    prompts = [chat_prompt_ids(tokenizer, t.prompt) for t in tasks]
+    params = SamplingParams(EVAL_MAX_NEW_TOKENS[domain], 0.0)
+    budget = params.max_new_tokens * AGENT_EVAL_TURNS
+    outs = specialist_rollouts(
+        module, engine.generate, tokenizer, tasks, prompts, params, AGENT_EVAL_TURNS, budget
+    )
     model.train()
-    return sum(score_math(o.text, t.answer).score for o, t in zip(outs, tasks, strict=True)) / len(tasks)
+    return sum(r.score for r in specialist_scores(module, tasks, outs)) / len(tasks)
 
 
 def build_base(recipe: BaseRecipe, out: Path) -> dict:
     """Train tokenizer and model, SFT until the target pass@1 (or ``max_steps``), save into ``out``."""
     if recipe.torch_threads > 0:
         torch.set_num_threads(recipe.torch_threads)
-    demos = synthetic.math_demos(recipe.num_demos, "train", recipe.seed, boxed_share=recipe.boxed_share)
-    tokenizer = train_tokenizer([chat_text(d.task.prompt, d.solution) for d in demos], recipe.vocab_size)
+    demos = [demo for domain in recipe.domains for demo in domain_demos(recipe, domain)]
+    tokenizer = train_tokenizer([demo_text(d) for d in demos], recipe.vocab_size)
     torch.manual_seed(recipe.seed)
     config = tiny_qwen3_config(
         len(tokenizer),
@@ -111,10 +193,10 @@ def build_base(recipe: BaseRecipe, out: Path) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(recipe.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    examples = [encode_demo(tokenizer, d.task.prompt, d.solution) for d in demos]
+    examples = [encode_demo(tokenizer, d.task.prompt, list(d.segments)) for d in demos]
     stream = batches(examples, recipe.batch_size, token_id(tokenizer, "pad"), random.Random(recipe.seed))
-    heldout = synthetic.math_tasks(recipe.num_eval_tasks, "heldout", recipe.seed)
-    curve, started, step, score = [], time.perf_counter(), 0, 0.0
+    heldout = {domain: heldout_tasks(recipe, domain) for domain in recipe.domains}
+    curve, started, step, scores = [], time.perf_counter(), 0, {d: 0.0 for d in recipe.domains}
     model.train()
     for step in range(1, recipe.max_steps + 1):
         loss = sft_loss(model, *next(stream))
@@ -124,20 +206,21 @@ def build_base(recipe: BaseRecipe, out: Path) -> dict:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if step % recipe.eval_every == 0 or step == recipe.max_steps:
-            score = greedy_pass_at_1(model, tokenizer, heldout)
-            curve.append({"step": step, "loss": loss.item(), "pass@1": score})
+            scores = {d: greedy_pass_at_1(model, tokenizer, d, tasks) for d, tasks in heldout.items()}
+            curve.append({"step": step, "loss": loss.item(), "pass@1": scores})
+            shown = " ".join(f"{d} {v:.3f}" for d, v in scores.items())
             print(
-                f"make_base: step {step}/{recipe.max_steps} loss {loss.item():.3f} held-out pass@1 {score:.3f} "
+                f"make_base: step {step}/{recipe.max_steps} loss {loss.item():.3f} held-out pass@1 {shown} "
                 f"({time.perf_counter() - started:.0f}s)",
                 flush=True,
             )
-            if score >= recipe.target_pass_at_1:
+            if min(scores.values()) >= recipe.target_pass_at_1:
                 break
     report = {
         "recipe": dataclasses.asdict(recipe),
         "hash": recipe_hash(recipe),
         "sft_steps": step,
-        "pass@1": score,
+        "pass@1": scores,
         "curve": curve,
         "seconds": time.perf_counter() - started,
     }
@@ -169,7 +252,8 @@ def main(dcfg: DictConfig) -> None:
     with user_errors():
         path = ensure_base(cfg.recipe, cfg.output, cfg.force)
     report = json.loads((path / "base.json").read_text())
-    print(f"base: {path}\nSFT steps {report['sft_steps']}, held-out greedy pass@1 {report['pass@1']:.3f}")
+    shown = ", ".join(f"{d} {v:.3f}" for d, v in report["pass@1"].items())
+    print(f"base: {path}\nSFT steps {report['sft_steps']}, held-out greedy pass@1: {shown}")
 
 
 register_configs()

@@ -23,7 +23,7 @@ from jobs.common import forwarded_env, init_ray, prepare_run_dir, resolve_model_
 from rl.batching import TaskStream
 from rl.checkpoint import load_state
 from rl.config import SpecialistRunConfig, register_configs, to_typed
-from rl.controller import SpecialistController
+from rl.controller import SpecialistController, response_budget
 from rl.fp4.formats import get_format
 from rl.models import load_tokenizer, model_context
 from rl.placement import check_resources, role_needs
@@ -35,7 +35,7 @@ from rl.trainer.backends import BACKENDS
 from rl.trainer.deepspeed_backend import deepspeed_config
 from rl.trainer.group import TrainerGroup
 
-SPECIALISTS = {"math": "specialists.math"}
+SPECIALISTS = {"math": "specialists.math", "code": "specialists.code", "agent": "specialists.agent"}
 
 
 def load_specialist(domain: str) -> Any:
@@ -44,14 +44,15 @@ def load_specialist(domain: str) -> Any:
     return importlib.import_module(SPECIALISTS[domain])
 
 
-def check_context(tokenizer: Any, tasks: list, max_new_tokens: int, context: int) -> None:
-    """Every prompt plus the generation limit must fit the model's context."""
+def check_context(tokenizer: Any, tasks: list, response_tokens: int, context: int) -> None:
+    """Every prompt plus the longest response (all turns, for agents) must fit the model's context."""
     longest = max(tasks, key=lambda t: len(t.prompt))
-    need = len(chat_prompt_ids(tokenizer, longest.prompt)) + max_new_tokens
+    need = len(chat_prompt_ids(tokenizer, longest.prompt)) + response_tokens
     if need > context:
         raise ValueError(
-            f"prompt {longest.uid} needs {need} tokens with rollout.max_new_tokens={max_new_tokens}, "
-            f"more than the model's context of {context}"
+            f"prompt {longest.uid} needs {need} tokens with a response budget of {response_tokens} "
+            f"(rollout.max_new_tokens, times specialist.max_turns for agents), more than the model's "
+            f"context of {context}"
         )
 
 
@@ -110,7 +111,8 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     train_tasks, eval_tasks = specialist.train_tasks(cfg.specialist), specialist.eval_tasks(cfg.specialist)
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path)
-    check_context(tokenizer, train_tasks + eval_tasks, cfg.rollout.max_new_tokens, model_context(model_path))
+    budget = response_budget(cfg, specialist)
+    check_context(tokenizer, train_tasks + eval_tasks, budget, model_context(model_path))
     init_ray(cfg.cluster)
     trainer, rollout = start_workers(cfg, model_path)
     stream = TaskStream(train_tasks, seed=cfg.specialist.data_seed)

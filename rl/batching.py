@@ -49,7 +49,8 @@ class TaskStream:
 
 
 def build_train_batch(rollouts: Sequence[Rollout], advantages: Sequence[float], pad_id: int) -> TrainBatch:
-    """Right-padded prompt+response rows; response tokens carry the mask, advantage and sampler log-prob."""
+    """Right-padded prompt+response rows; trained response tokens (observations excluded) carry the mask,
+    advantage and sampler log-prob."""
     width = max(len(r.prompt_ids) + len(r.response_ids) for r in rollouts)
     rows = len(rollouts)
     ids = torch.full((rows, width), pad_id, dtype=torch.long)
@@ -61,7 +62,7 @@ def build_train_batch(rollouts: Sequence[Rollout], advantages: Sequence[float], 
         p, n = len(r.prompt_ids), len(r.response_ids)
         ids[b, : p + n] = torch.tensor(r.prompt_ids + r.response_ids)
         attention[b, : p + n] = 1
-        mask[b, p : p + n] = 1.0
-        adv[b, p : p + n] = a
+        mask[b, p : p + n] = torch.tensor(r.trained_mask(), dtype=torch.float32)
+        adv[b, p : p + n] = a * mask[b, p : p + n]
         logprobs[b, p : p + n] = torch.tensor(r.logprobs)
     return TrainBatch(ids, attention, mask, adv, logprobs)

@@ -83,8 +83,10 @@ class AlgorithmConfig:
 
 @dataclass
 class SpecialistConfig:
-    domain: str = "math"  # which specialist (specialists/<domain>.py)
-    train_data: str = "synthetic"  # synthetic | gsm8k | math500 | math
+    domain: str = "math"  # which specialist (specialists/<domain>.py): math | code | agent
+    train_data: str = (
+        "synthetic"  # math: synthetic | gsm8k | math500 | math; code: synthetic | mbpp | humaneval
+    )
     train_path: str = ""  # JSONL file for file-based train data
     eval_data: str = "synthetic"  # held-out set: synthetic | gsm8k | math500 | math
     eval_path: str = ""  # JSONL file for file-based eval data
@@ -92,6 +94,7 @@ class SpecialistConfig:
     num_eval_tasks: int = 200  # held-out tasks evaluated
     levels: list[int] = field(default_factory=lambda: [1, 2, 3])  # synthetic difficulty levels
     data_seed: int = 0  # seed of the synthetic generator and of the prompt order
+    max_turns: int = 4  # agent: model turns per episode (rollout.max_new_tokens bounds each turn)
 
 
 @dataclass
@@ -146,9 +149,18 @@ class BaseRecipe:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 384
-    num_demos: int = 20000  # procedurally generated SFT demonstrations
+    # what the base sees; code and agent demos exist (recipe.domains=[math,code,agent]) but the default base
+    # stays math-only until a mixed recipe that leaves every domain RL headroom is tuned
+    domains: list[str] = field(default_factory=lambda: ["math"])
+    num_demos: int = 20000  # procedurally generated math SFT demonstrations
     boxed_share: float = (
         0.5  # demos ending in \\boxed{} (the rest: "The answer is N."); RL learns the rewarded one
+    )
+    num_code_demos: int = 8000  # synthetic code tasks with reference solutions
+    code_fenced_share: float = 0.5  # code demos in the ```python block the prompt asks for (the rest bare)
+    num_agent_demos: int = 8000  # scripted tool-use transcripts of the built-in agent environment
+    agent_boxed_share: float = (
+        0.5  # agent demos whose final answer is \\boxed{} (the rest "The answer is N.")
     )
     batch_size: int = 64
     lr: float = 4e-3
@@ -156,7 +168,7 @@ class BaseRecipe:
     max_steps: int = 1500  # SFT steps at most
     eval_every: int = 50  # greedy held-out pass@1 period
     num_eval_tasks: int = 200
-    target_pass_at_1: float = 0.2  # stop at the first eval at or above this (leaves headroom for RL)
+    target_pass_at_1: float = 0.2  # stop at the first eval where every domain is at or above this
     seed: int = 0
     torch_threads: int = 0  # 0 = all cores
 

@@ -26,6 +26,7 @@ from rl.checkpoint import save_checkpoint
 from rl.config import SpecialistRunConfig
 from rl.models import token_id
 from rl.rollout.group import RolloutGroup
+from rl.rollout.multiturn import Generate, multi_turn_rollouts
 from rl.sft import chat_prompt_ids
 from rl.tracking import Tracker
 from rl.trainer.group import TrainerGroup
@@ -62,6 +63,49 @@ class NonFiniteGuard:
             )
 
 
+def specialist_rollouts(
+    specialist: ModuleType,
+    generate: Generate,
+    tokenizer: Any,
+    tasks: list[Task],
+    prompts: list[list[int]],
+    params: SamplingParams,
+    max_turns: int,
+    max_response_tokens: int,
+) -> list[Rollout]:
+    """One completion per task with any engine's ``generate``: a single generation, or, for a specialist with
+    an environment (``make_env``), a multi-turn episode."""
+    if not hasattr(specialist, "make_env"):
+        return generate(prompts, params)
+    envs = [specialist.make_env(t) for t in tasks]
+    return multi_turn_rollouts(generate, tokenizer, prompts, envs, params, max_turns, specialist.TOOL_STOP,
+                               max_response_tokens)  # fmt: skip
+
+
+def specialist_scores(specialist: ModuleType, tasks: list[Task], rollouts: list[Rollout]) -> list[Reward]:
+    """Rewards in order; specialists that run programs score a whole batch at once (``score_batch``)."""
+    if hasattr(specialist, "score_batch"):
+        return specialist.score_batch(tasks, rollouts)
+    return [specialist.score(t, r) for t, r in zip(tasks, rollouts, strict=True)]
+
+
+def response_budget(cfg: SpecialistRunConfig, specialist: ModuleType) -> int:
+    """Most response tokens one rollout can have: one generation, or every turn plus its observations."""
+    turns = cfg.specialist.max_turns if hasattr(specialist, "make_env") else 1
+    return cfg.rollout.max_new_tokens * turns
+
+
+def turn_metrics(rollouts: list[Rollout]) -> dict[str, float]:
+    """Multi-turn figures: turns per episode, tool calls per episode, share of tool calls that errored."""
+    calls = sum(r.tool_calls for r in rollouts)
+    return {
+        "rollout/turns_mean": sum(r.turns for r in rollouts) / len(rollouts),
+        "rollout/tool_calls_mean": calls / len(rollouts),
+        "reward/tool_error_rate": sum(r.tool_errors for r in rollouts) / max(calls, 1),
+        "rollout/turn_limit_frac": sum(r.finish_reason == "turn_limit" for r in rollouts) / len(rollouts),
+    }
+
+
 class SpecialistController:
     """Owns the loop state (data position, eval history); the workers own the model."""
 
@@ -86,6 +130,8 @@ class SpecialistController:
         self.last_checkpoint: str | None = None
         self._prompt_cache: dict[str, list[int]] = {}
         self._clock: tuple[float, int] | None = None  # (time, step) of the first step this process ran
+        self.multi_turn = hasattr(specialist, "make_env")  # agent specialists: episodes with an environment
+        self.max_response_tokens = response_budget(cfg, specialist)
 
     def run(self, start_step: int = 0) -> dict[str, Any]:
         """Steps ``start_step + 1 .. cfg.steps``; returns the run summary."""
@@ -126,11 +172,13 @@ class SpecialistController:
         started, rounds = time.perf_counter(), 0
         while len(kept) < wanted and rounds <= (algo.max_refill_rounds if algo.dynamic_sampling else 0):
             tasks = self.stream.take(wanted - len(kept))
-            prompts = [self.prompt_ids(t) for t in tasks for _ in range(g)]
-            rollouts = self.rollout.generate(
-                prompts, self.sampling(self.cfg.seed * 100_003 + step * 101 + rounds)
-            )
-            groups = [self._score(t, rollouts[i * g : (i + 1) * g]) for i, t in enumerate(tasks)]
+            expanded = [t for t in tasks for _ in range(g)]
+            rollouts = self.generate(expanded, self.sampling(self.cfg.seed * 100_003 + step * 101 + rounds))
+            rewards = self.score(expanded, rollouts)
+            groups = [
+                Group(t, rollouts[i * g : (i + 1) * g], rewards[i * g : (i + 1) * g])
+                for i, t in enumerate(tasks)
+            ]
             sampled += groups
             keep = zero_variance_groups(self._rewards([grp.rewards for grp in groups]))
             kept += [
@@ -140,8 +188,14 @@ class SpecialistController:
         elapsed = time.perf_counter() - started
         return kept[:wanted], self._sample_metrics(sampled, kept, rounds, elapsed)
 
-    def _score(self, task: Task, rollouts: list[Rollout]) -> Group:
-        return Group(task, rollouts, [self.specialist.score(task, r) for r in rollouts])
+    def generate(self, tasks: list[Task], params: SamplingParams) -> list[Rollout]:
+        """One completion per task: a single generation, or an episode for a multi-turn specialist."""
+        prompts = [self.prompt_ids(t) for t in tasks]
+        return specialist_rollouts(self.specialist, self.rollout.generate, self.tokenizer, tasks, prompts, params,
+                                   self.cfg.specialist.max_turns, self.max_response_tokens)  # fmt: skip
+
+    def score(self, tasks: list[Task], rollouts: list[Rollout]) -> list[Reward]:
+        return specialist_scores(self.specialist, tasks, rollouts)
 
     @staticmethod
     def _rewards(rewards: list[list[Reward]]) -> torch.Tensor:
@@ -164,6 +218,7 @@ class SpecialistController:
             "rollout/sampling_rounds": float(rounds),
             "perf/rollout_s": elapsed,
             "perf/rollout_tokens_per_s": tokens / max(elapsed, 1e-9),
+            **(turn_metrics(rollouts) if self.multi_turn else {}),
         }
 
     def train(self, groups: list[Group], step: int) -> dict[str, float]:
@@ -180,7 +235,7 @@ class SpecialistController:
         rows_per_mb = -(-batch.num_sequences // n_mb)
         for start in range(0, batch.num_sequences, rows_per_mb):
             mb = batch.select(slice(start, start + rows_per_mb))
-            metrics |= self.trainer.train_step(mb, self.cfg.rollout.max_new_tokens)
+            metrics |= self.trainer.train_step(mb, self.max_response_tokens)
             self.guard.update(bool(metrics["train/nonfinite"]), step, self.last_checkpoint)
         metrics["perf/train_s"] = time.perf_counter() - started
         return metrics
@@ -191,21 +246,19 @@ class SpecialistController:
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out greedy pass@1 and sampled mean@k, per level where tasks have levels."""
         started = time.perf_counter()
-        prompts = [self.prompt_ids(t) for t in self.eval_tasks]
-        greedy = self.rollout.generate(prompts, self.sampling(seed=step, temperature=0.0))
-        scores = [self.specialist.score(t, r).score for t, r in zip(self.eval_tasks, greedy, strict=True)]
+        greedy = self.generate(self.eval_tasks, self.sampling(seed=step, temperature=0.0))
+        scores = [r.score for r in self.score(self.eval_tasks, greedy)]
         k = self.cfg.eval_samples
-        sampled = self.rollout.generate(
-            [p for p in prompts for _ in range(k)], self.sampling(seed=10_000 + step)
-        )
-        sampled_scores = [
-            self.specialist.score(self.eval_tasks[i // k], r).score for i, r in enumerate(sampled)
-        ]
+        expanded = [t for t in self.eval_tasks for _ in range(k)]
+        sampled = self.generate(expanded, self.sampling(seed=10_000 + step))
+        sampled_scores = [r.score for r in self.score(expanded, sampled)]
         metrics = {
             "eval/pass@1": sum(scores) / len(scores),
             f"eval/mean@{k}": sum(sampled_scores) / len(sampled_scores),
             "eval/response_len": sum(len(r.response_ids) for r in greedy) / len(greedy),
         }
+        if self.multi_turn:
+            metrics |= {f"eval/{k}": v for k, v in turn_metrics(greedy).items()}
         for level in sorted({t.level for t in self.eval_tasks if t.level}):
             level_scores = [s for t, s in zip(self.eval_tasks, scores, strict=True) if t.level == level]
             metrics[f"eval/pass@1/level_{level}"] = sum(level_scores) / len(level_scores)

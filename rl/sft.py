@@ -24,12 +24,21 @@ def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int
 
 
 def encode_demo(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str
+    tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str | list[tuple[str, bool]]
 ) -> tuple[list[int], list[int]]:
-    """(input ids, loss mask) for one demonstration: the completion and its EOS are trained."""
-    prompt_ids = chat_prompt_ids(tokenizer, prompt)
-    completion_ids = [*tokenizer.encode(completion, add_special_tokens=False), token_id(tokenizer, "eos")]
-    return prompt_ids + completion_ids, [0] * len(prompt_ids) + [1] * len(completion_ids)
+    """(input ids, loss mask) for one demonstration: the completion and its EOS are trained.
+
+    A completion given as segments ``[(text, trained), ...]`` (a multi-turn transcript) is tokenized segment by
+    segment, as the multi-turn rollout driver builds its context, and only ``trained`` segments are targets.
+    """
+    segments = [(completion, True)] if isinstance(completion, str) else completion
+    ids = chat_prompt_ids(tokenizer, prompt)
+    mask = [0] * len(ids)
+    for text, trained in segments:
+        piece = tokenizer.encode(text, add_special_tokens=False)
+        ids += piece
+        mask += [int(trained)] * len(piece)
+    return [*ids, token_id(tokenizer, "eos")], [*mask, 1]
 
 
 def batches(

@@ -43,8 +43,18 @@ class Rollout:
     prompt_ids: tuple[int, ...]  # chat-formatted prompt tokens
     response_ids: tuple[int, ...]  # generated tokens, EOS included when it was sampled
     logprobs: tuple[float, ...]  # sampling policy's log-prob of each response token (temperature-scaled)
-    finish_reason: str  # "eos" | "stop" | "length"
+    finish_reason: str  # "eos" | "stop" | "length" | "turn_limit" (multi-turn)
     text: str  # decoded response, special tokens removed
+    # Multi-turn episodes (rl/rollout/multiturn.py): the response interleaves the policy's tokens with
+    # environment observations, which carry log-prob 0 and loss_mask 0 (never trained).
+    loss_mask: tuple[int, ...] = ()  # per response token, 1 = sampled by the policy; () = all 1
+    turns: int = 1  # model turns in the episode
+    tool_calls: int = 0  # turns that ended in a tool call
+    tool_errors: int = 0  # tool calls the environment answered with an error
+
+    def trained_mask(self) -> tuple[int, ...]:
+        """``loss_mask``, with the single-turn default (every response token trained) spelled out."""
+        return self.loss_mask or (1,) * len(self.response_ids)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from jobs.make_base import ensure_base
     from rl.config import BaseRecipe
 
-    recipe = BaseRecipe(num_demos=2000, max_steps=30, eval_every=30, num_eval_tasks=16, target_pass_at_1=1.0)
+    recipe = BaseRecipe(num_demos=2000, num_code_demos=400, num_agent_demos=400, max_steps=30, eval_every=30,
+                        num_eval_tasks=16, target_pass_at_1=1.0)  # fmt: skip
     return ensure_base(recipe, output=str(tmp_path_factory.mktemp("base") / "tiny"))
 
 

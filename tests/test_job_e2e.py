@@ -129,7 +129,7 @@ def test_nonfinite_losses_stop_the_run_with_the_last_good_checkpoint_intact(
     [
         (["trainer.traner_lr=1"], "Could not override 'trainer.traner_lr'"),
         (["model.path=/nonexistent/model"], "error: model path /nonexistent/model does not exist"),
-        (["specialist.domain=poetry"], "error: unknown specialist.domain 'poetry'; valid: math"),
+        (["specialist.domain=poetry"], "error: unknown specialist.domain 'poetry'; valid: math, code, agent"),
         (["fp4=mxfp5"], "error: unknown FP4 format 'mxfp5'; valid: ['mxfp4', 'nvfp4']"),
         (["rollout.max_new_tokens=100000"], "more than the model's context of"),
         (

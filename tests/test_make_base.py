@@ -6,6 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
+
 from jobs.make_base import cached_base_path, ensure_base, recipe_hash
 from rl.config import BaseRecipe
 
@@ -27,3 +29,15 @@ def test_cached_base_is_reused_not_rebuilt(tiny_base: Path, monkeypatch) -> None
     assert report["hash"] == recipe_hash(recipe) and report["sft_steps"] == recipe.max_steps
     monkeypatch.setenv("DISTILLERY_CACHE", "/some/cache")
     assert cached_base_path(recipe) == Path(f"/some/cache/bases/tiny-{recipe_hash(recipe)}")
+
+
+def test_domain_settings_count_only_when_the_base_includes_the_domain() -> None:
+    base = BaseRecipe()
+    assert recipe_hash(dataclasses.replace(base, num_agent_demos=5, code_fenced_share=1.0)) == recipe_hash(
+        base
+    )
+    mixed = dataclasses.replace(base, domains=["math", "agent"])
+    assert recipe_hash(mixed) != recipe_hash(base)
+    assert recipe_hash(dataclasses.replace(mixed, agent_boxed_share=1.0)) != recipe_hash(mixed)
+    with pytest.raises(ValueError, match="unknown recipe domain 'poetry'"):
+        recipe_hash(dataclasses.replace(base, domains=["math", "poetry"]))

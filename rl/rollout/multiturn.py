@@ -1,0 +1,122 @@
+"""Multi-turn rollouts: the policy acts, an environment answers, until the episode ends or the turn limit.
+
+The driver only calls an engine's ``generate(prompts, params) -> list[Rollout]``, so it works with every
+rollout engine (``hf``, ``vllm``) and with ``RolloutGroup`` across workers. Each turn it generates for all
+unfinished episodes at once, stopping at the tool-call stop string; each turn's text goes to its episode's
+``env.step``; an observation is tokenized and appended to the context with log-prob 0 and ``loss_mask`` 0, so
+it conditions later turns but is never trained. The context is built from token ids (never re-tokenized), so
+the trainer's forward sees exactly the tokens the sampler saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from transformers import PreTrainedTokenizerBase
+
+from rl.types import Rollout, SamplingParams
+
+
+class StepLike(Protocol):
+    observation: str
+    done: bool
+    info: dict[str, Any]
+
+
+class EnvLike(Protocol):
+    """What the driver needs of an environment (``specialists/agent_env.py`` defines the full interface)."""
+
+    def step(self, action: str) -> StepLike: ...
+
+
+Generate = Callable[[list[list[int]], SamplingParams], list[Rollout]]
+
+
+@dataclass
+class Episode:
+    """One episode's growing response: policy tokens (trained) interleaved with observation tokens."""
+
+    env: EnvLike
+    prompt: list[int]
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    mask: list[int] = field(default_factory=list)
+    turns: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    finish: str = ""
+
+    @property
+    def done(self) -> bool:
+        return bool(self.finish)
+
+    def act(self, out: Rollout, tokenizer: PreTrainedTokenizerBase, room: int) -> None:
+        """Take one model turn, step the environment, append its observation (if the episode goes on)."""
+        self.tokens += out.response_ids
+        self.logprobs += out.logprobs
+        self.mask += [1] * len(out.response_ids)
+        self.turns += 1
+        result = self.env.step(out.text)
+        if result.info.get("tool") is not None or result.info.get("tool_error"):
+            self.tool_calls += 1
+            self.tool_errors += int(bool(result.info.get("tool_error")))
+        if result.done:
+            self.finish = out.finish_reason if out.finish_reason != "stop" else "eos"
+            return
+        observation = tokenizer.encode(result.observation, add_special_tokens=False)
+        if out.finish_reason == "length" or len(observation) >= room:
+            self.finish = "length"  # no room left for the observation and another turn
+            return
+        self.tokens += observation
+        self.logprobs += [0.0] * len(observation)
+        self.mask += [0] * len(observation)
+
+    def rollout(self, tokenizer: PreTrainedTokenizerBase) -> Rollout:
+        return Rollout(
+            prompt_ids=tuple(self.prompt),
+            response_ids=tuple(self.tokens),
+            logprobs=tuple(self.logprobs),
+            finish_reason=self.finish or "turn_limit",
+            text=str(tokenizer.decode(self.tokens, skip_special_tokens=True)),
+            loss_mask=tuple(self.mask),
+            turns=self.turns,
+            tool_calls=self.tool_calls,
+            tool_errors=self.tool_errors,
+        )
+
+
+def multi_turn_rollouts(
+    generate: Generate,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    envs: list[EnvLike],
+    params: SamplingParams,
+    max_turns: int,
+    tool_stop: str,
+    max_response_tokens: int,
+) -> list[Rollout]:
+    """One episode per (prompt, env), in order. ``params.max_new_tokens`` bounds each turn and
+    ``max_response_tokens`` the whole response (policy and observation tokens together)."""
+    if len(prompts) != len(envs):
+        raise ValueError(f"{len(prompts)} prompts but {len(envs)} environments")
+    episodes = [Episode(env, list(p)) for p, env in zip(prompts, envs, strict=True)]
+    for turn in range(max_turns):
+        for episode in episodes:
+            if not episode.done and len(episode.tokens) >= max_response_tokens:
+                episode.finish = "length"
+        active = [e for e in episodes if not e.done]
+        if not active:
+            break
+        room = min(max_response_tokens - len(e.tokens) for e in active)
+        turn_params = replace(
+            params,
+            max_new_tokens=max(1, min(params.max_new_tokens, room)),
+            stop=(*params.stop, tool_stop),
+            seed=params.seed * 7919 + turn,
+        )
+        outs = generate([e.prompt + e.tokens for e in active], turn_params)
+        for episode, out in zip(active, outs, strict=True):
+            episode.act(out, tokenizer, max_response_tokens - len(episode.tokens) - len(out.response_ids))
+    return [e.rollout(tokenizer) for e in episodes]
