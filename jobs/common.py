@@ -42,15 +42,15 @@ def init_ray(cluster: ClusterConfig) -> None:
 
 def resolve_model_path(model: ModelConfig) -> str:
     """A local directory for ``model.path``: builds the embedded base or converts SmolLM2 on first use."""
-    if model.path == "embedded:tiny":
-        from jobs.make_base import ensure_base
+    if model.path in ("embedded:tiny", "embedded:tiny-all"):
+        from jobs.make_base import ensure_base, mixed_recipe
 
-        return str(ensure_base())
+        return str(ensure_base(mixed_recipe() if model.path == "embedded:tiny-all" else None))
     if model.path == "pypi:smollm2-135m":
         return str(smollm2_path())
     if model.path.startswith(("embedded:", "pypi:")):
         raise ModelLoadError(
-            f"unknown model.path {model.path!r}; built-ins: embedded:tiny, pypi:smollm2-135m"
+            f"unknown model.path {model.path!r}; built-ins: embedded:tiny, embedded:tiny-all, pypi:smollm2-135m"
         )
     return model.path
 

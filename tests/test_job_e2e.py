@@ -106,6 +106,31 @@ def test_vllm_and_deepspeed_backends_give_the_default_backends_outputs_and_resum
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.parametrize(
+    ("domain", "extra", "keys"),
+    [
+        (
+            "agent",
+            ["specialist.max_turns=3"],
+            {"rollout/turns_mean", "reward/tool_error_rate", "eval/rollout/turns_mean"},
+        ),
+        ("code", ["rollout.max_new_tokens=32"], {"reward/mean", "eval/pass@1/level_3"}),
+    ],
+)
+def test_code_and_agent_specialists_run_as_jobs(
+    tiny_base: Path, tmp_path: Path, job_env: dict[str, str], domain: str, extra: list[str], keys: set[str]
+) -> None:
+    run_job(job_env, f"model.path={tiny_base}", f"runs_root={tmp_path}", f"specialist={domain}",
+            "run_name=spec", "steps=2", *extra)  # fmt: skip
+    lines = metrics(tmp_path / "spec")
+    assert [m["step"] for m in lines] == [0, 1, 2]
+    assert keys <= set(lines[0]) | set(lines[-1])
+    summary = json.loads((tmp_path / "spec" / "summary.json").read_text())
+    assert 0.0 <= summary["eval/pass@1"] <= 1.0 and "eval/pass@1_gain" in summary
+    if domain == "agent":  # multi-turn: observation tokens are masked, so turns and tool calls are counted
+        assert lines[1]["rollout/turns_mean"] >= 1.0
+
+
 def test_nonfinite_losses_stop_the_run_with_the_last_good_checkpoint_intact(
     tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
 ) -> None:

@@ -1,0 +1,64 @@
+"""The code specialist: tasks (synthetic functions, MBPP, HumanEval-format JSONL) and a sandboxed test reward.
+
+A completion scores 1 when the last ```python block in it passes the task's hidden tests in the sandbox
+(``rewards/sandbox.py``); otherwise 0 with the reason (no code block, syntax error, wrong answer, timeout, ...).
+Rollouts of a step are scored together on a pool of sandboxes (``score_batch``).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from rewards.code import make_answer, score_code, score_code_batch
+from rewards.sandbox import SandboxPool
+from rl.config import SpecialistConfig
+from rl.types import Reward, Rollout, Task
+from specialists.code_data import DatasetError, load_code_tasks
+from specialists.synthetic_code import code_demos, code_problems, to_task
+
+DOMAIN = "code"
+SOURCES = ("synthetic", "mbpp", "mbpp_sanitized", "humaneval")
+
+
+def synthetic_tasks(n: int, split: str, seed: int, levels: tuple[int, ...]) -> list[Task]:
+    problems = code_problems(n, split, seed, levels)
+    return [to_task(p, f"synthetic-code/{split}/{i}", make_answer) for i, p in enumerate(problems)]
+
+
+def demos(n: int, split: str, seed: int, fenced_share: float) -> list:
+    """SFT demonstrations for ``jobs.make_base``."""
+    return code_demos(n, split, seed, make_answer, fenced_share)
+
+
+def _load(name: str, path: str, split: str, n: int, cfg: SpecialistConfig) -> list[Task]:
+    if name not in SOURCES:
+        raise DatasetError(f"unknown code dataset {name!r}; valid: {', '.join(SOURCES)}")
+    if name == "synthetic":
+        return synthetic_tasks(n, split, cfg.data_seed, tuple(cfg.levels))
+    if not path:
+        raise DatasetError(f"code dataset {name!r} needs a file path (specialist.train_path / eval_path)")
+    # MBPP's own splits: train = task ids 601-974, test = 11-510; a HumanEval-format file is its own split
+    return load_code_tasks(name, path, split="test" if split == "heldout" else "train", limit=n or None)
+
+
+def train_tasks(cfg: SpecialistConfig) -> list[Task]:
+    return _load(cfg.train_data, cfg.train_path, "train", cfg.num_train_tasks, cfg)
+
+
+def eval_tasks(cfg: SpecialistConfig) -> list[Task]:
+    return _load(cfg.eval_data, cfg.eval_path, "heldout", cfg.num_eval_tasks, cfg)
+
+
+@cache
+def pool() -> SandboxPool:
+    """One pool of sandbox runners per process, shared by every step."""
+    return SandboxPool()
+
+
+def score(task: Task, rollout: Rollout) -> Reward:
+    return score_code(rollout.text, task.answer)
+
+
+def score_batch(tasks: list[Task], rollouts: list[Rollout]) -> list[Reward]:
+    """Every rollout of a step, in order, run in parallel sandboxes."""
+    return score_code_batch([(r.text, t.answer) for t, r in zip(tasks, rollouts, strict=True)], pool())

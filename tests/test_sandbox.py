@@ -1,0 +1,469 @@
+"""rewards.sandbox: adversarial programs, every failure reason, the pool and its throughput, in every isolation mode.
+
+Each adversarial test asserts the run failed with the right reason, within its time bound, with the host
+unaffected (a sentinel file, this process, no sandbox process left behind). Every mode this machine supports
+runs each test: bwrap where it works, and always the rlimits+audit fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rewards.sandbox import (
+    _UID_BASE,
+    _UID_SLOTS,
+    BWRAP,
+    FALLBACK,
+    REASONS,
+    Limits,
+    SandboxJob,
+    SandboxPool,
+    _prepare_tests,
+    _task_count,
+    isolation_status,
+    run_tests,
+)
+
+MODES = [BWRAP, FALLBACK] if isolation_status()[0] == BWRAP else [FALLBACK]
+FAST = Limits(timeout_s=2.0, cpu_s=2, memory_mb=256)
+TEST = "assert f(1) == 2\nassert f(5) == 6"
+GOOD = "def f(x):\n    return x + 1\n"
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Path:
+    path = tmp_path / "sentinel.txt"
+    path.write_text("untouched")
+    return path
+
+
+def _leftovers() -> list[int]:
+    """Pids of this test process's sandbox processes still alive (others may run sandboxes concurrently).
+
+    Ours are its children (bwrap, or the fallback's interpreter) and, under bwrap as root, the processes
+    running as this process's block of sandbox uids.
+    """
+    first_uid = _UID_BASE + (os.getpid() % 4096) * _UID_SLOTS
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or b"__sandbox_harness__" not in (entry / "cmdline").read_bytes():
+                continue
+            status = dict(line.split(":", 1) for line in (entry / "status").read_text().splitlines())
+        except OSError:
+            continue
+        uid, ppid = int(status["Uid"].split()[0]), int(status["PPid"])
+        if ppid == os.getpid() or first_uid <= uid < first_uid + _UID_SLOTS:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _run(program: str, mode: str, tests: str = TEST, limits: Limits = FAST, bound_s: float = 3.0):
+    start = time.monotonic()
+    result = run_tests(program, tests, None, limits, isolation=mode)
+    elapsed = time.monotonic() - start
+    assert elapsed < bound_s, f"took {elapsed:.1f} s: {result}"
+    assert result.isolation == mode and result.reason in REASONS
+    assert _leftovers() == []
+    return result
+
+
+def _failed(result, reason: str, detail: str = "") -> None:
+    assert (result.passed, result.reason) == (False, reason), result
+    assert detail in result.details, result.details
+
+
+# ------------------------------------------------------------------------------------------- ordinary runs
+
+
+def test_correct_program_passes(mode: str):
+    result = _run(GOOD, mode)
+    assert (result.passed, result.reason, result.details) == (True, "passed", "2/2 tests passed")
+    assert 0 < result.seconds < 3
+
+
+def test_humaneval_style_check_function(mode: str):
+    tests = "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(-1) == 0\n"
+    assert run_tests(GOOD, tests, "f", FAST, isolation=mode).passed
+    _failed(run_tests("def f(x):\n    return x\n", tests, "f", FAST, isolation=mode), "wrong_answer")
+    _failed(
+        run_tests("def g(x):\n    return x + 1\n", tests, "f", FAST, isolation=mode),
+        "runtime_error",
+        "NameError",
+    )
+
+
+def test_wrong_answer_names_the_failing_test(mode: str):
+    result = _run("def f(x):\n    return 2\n", mode)
+    _failed(result, "wrong_answer", "1/2 tests passed; test 2/2 `assert f(5) == 6`: AssertionError")
+
+
+def test_syntax_error(mode: str):
+    _failed(_run("def f(x)\n    return x + 1\n", mode), "syntax_error", "SyntaxError")
+
+
+def test_runtime_error(mode: str):
+    _failed(
+        _run("def f(x):\n    return x / 0\n", mode), "runtime_error", "ZeroDivisionError: division by zero"
+    )
+    _failed(_run("import no_such_module\n" + GOOD, mode), "runtime_error", "while defining the program")
+
+
+def test_legitimate_programs_are_not_blocked(mode: str):
+    program = """
+import re, math, heapq, itertools, functools, typing
+from collections import Counter, OrderedDict, deque, namedtuple
+from dataclasses import dataclass
+
+@dataclass
+class P:
+    x: int
+
+Pair = namedtuple("Pair", "a b")
+
+def counts(s):
+    return Counter(s)
+
+def match(s):
+    return re.search(r"ab+", s)
+
+def f(x):
+    open("scratch.txt", "w").write(str(x))
+    return P(int(open("scratch.txt").read())).x + Pair(1, 0).a
+
+def ordered():
+    return OrderedDict([(1, "a"), (2, "b")]), deque([1, 2])
+"""
+    tests = """
+assert f(1) == 2
+assert counts("aab") == {"a": 2, "b": 1}
+assert counts("aab") + counts("b") == {"a": 2, "b": 2}
+assert match("xabb") and not match("xyz")
+assert ordered() == (OrderedDict([(1, "a"), (2, "b")]), deque([1, 2]))
+assert 1 < f(1) <= 2 < 3
+assert not (3 < f(1) < 1 / 0)
+assert abs(math.sqrt(f(1)) - 1.41421356) < 1e-6
+assert f(1) in [2, 3] and 5 not in {f(1)}
+"""
+    result = run_tests(program, tests, None, FAST, isolation=mode)
+    assert result.passed, result
+
+
+def test_entry_point_may_shadow_a_builtin(mode: str):
+    # MBPP task 126 names its function `sum`: as the entry point it is visible to the tests
+    program = "def sum(a, b):\n    return a + b\n"
+    assert run_tests(program, "assert sum(2, 3) == 5", "sum", FAST, isolation=mode).passed
+
+
+# -------------------------------------------------------------------------------------- adversarial: host
+
+
+def test_infinite_loop_times_out(mode: str):
+    result = _run("while True:\n    pass\n" + GOOD, mode, limits=Limits(timeout_s=1.0, cpu_s=5), bound_s=2.5)
+    _failed(result, "timeout", "wall-clock timeout of 1.0 s")
+
+
+def test_cpu_limit_kills_a_busy_program(mode: str):
+    program = "def f(x):\n    while True:\n        x += 1\n"
+    result = _run(program, mode, limits=Limits(timeout_s=10.0, cpu_s=1), bound_s=4.0)
+    _failed(result, "timeout", "CPU-time limit of 1 s")
+
+
+def test_fork_bomb_is_contained(mode: str):
+    program = "import os\nwhile True:\n    os.fork()\n" + GOOD
+    _failed(_run(program, mode), "runtime_error", "os.fork is blocked")
+    caught = """
+import os
+forked = 0
+for _ in range(1000):
+    try:
+        os.fork()
+        forked += 1
+    except Exception:
+        pass
+def f(x):
+    return x + 1 if forked else 0
+"""
+    _failed(_run(caught, mode), "wrong_answer")  # every fork refused; none left behind (checked in _run)
+
+
+def test_thread_bomb_hits_the_task_limit(mode: str):
+    program = "import threading, time\nfor _ in range(500):\n    threading.Thread(target=time.sleep, args=(30,)).start()\n"
+    result = _run(program + GOOD, mode, limits=Limits(timeout_s=3.0, memory_mb=1024, max_processes=8))
+    _failed(result, "runtime_error", "can't start new thread")
+
+
+def test_memory_bomb(mode: str):
+    _failed(_run("x = bytearray(10 ** 10)\n" + GOOD, mode), "memory", "MemoryError")
+    _failed(_run("x = []\nwhile True:\n    x.append(' ' * 10 ** 6)\n" + GOOD, mode), "memory", "MemoryError")
+
+
+def test_writing_outside_the_working_dir_is_refused_or_confined(mode: str, sentinel: Path):
+    program = f"open({str(sentinel)!r}, 'w').write('pwned')\n" + GOOD
+    _failed(_run(program, mode), "runtime_error")
+    relative = f"open('/'.join(['..'] * 10) + {str(sentinel)!r}, 'w').write('pwned')\n"
+    _failed(_run(relative + GOOD, mode), "runtime_error")
+    _failed(_run("open('/usr/lib/sandbox-was-here', 'w').write('pwned')\n" + GOOD, mode), "runtime_error")
+    assert sentinel.read_text() == "untouched"
+    assert not Path("/usr/lib/sandbox-was-here").exists()
+
+
+def test_big_files_hit_the_file_size_limit(mode: str):
+    program = "open('big.bin', 'wb').write(b'x' * (32 << 20))\n" + GOOD
+    _failed(_run(program, mode, limits=Limits(file_size_mb=1)), "runtime_error", "File too large")
+
+
+def test_host_environment_is_not_visible(mode: str, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("DISTILLERY_TEST_SECRET", "hunter2")
+    program = f"""
+import os
+
+def leaked():
+    if any("hunter2" in v for v in os.environ.values()):
+        return True
+    for pid in ("self", os.getppid(), 1, {os.getpid()}):
+        try:
+            if b"hunter2" in open(f"/proc/{{pid}}/environ", "rb").read():
+                return True
+        except Exception:
+            pass
+    return False
+
+def f(x):
+    return x + 1 if leaked() else 0
+"""
+    _failed(_run(program, mode), "wrong_answer")
+
+
+def test_no_network(mode: str):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.setblocking(False)
+    program = f"""
+def reach():
+    try:
+        import socket
+        socket.create_connection(("127.0.0.1", {server.getsockname()[1]}), timeout=1).close()
+        return True
+    except Exception:
+        return False
+
+def f(x):
+    return x + 1 if reach() else 0
+"""
+    try:
+        _failed(_run(program, mode), "wrong_answer")
+        with pytest.raises(BlockingIOError):
+            server.accept()  # nobody connected
+    finally:
+        server.close()
+
+
+def test_killing_the_parent_fails_the_run_and_spares_the_host(mode: str):
+    program = f"import os\nos.kill(os.getppid(), 9)\nos.kill({os.getpid()}, 9)\n" + GOOD
+    _failed(_run(program, mode), "runtime_error")
+    os.kill(os.getpid(), 0)  # still here
+
+
+def test_printing_gigabytes_is_cut_off(mode: str):
+    flood = "import sys\nwhile True:\n    sys.{}.write('x' * 65536)\n"
+    _failed(
+        _run(flood.format("stdout") + GOOD, mode, bound_s=1.5), "output_too_large", "stdout went past 64 KiB"
+    )
+    _failed(
+        _run(flood.format("stderr") + GOOD, mode, bound_s=1.5), "output_too_large", "stderr went past 64 KiB"
+    )
+
+
+# ---------------------------------------------------------------------------------- adversarial: verdict
+
+
+def test_exiting_before_the_tests_is_not_a_pass(mode: str):
+    _failed(_run("import sys\nsys.exit(0)\n" + GOOD, mode), "runtime_error", "SystemExit")
+    _failed(_run("import os\nos._exit(0)\n" + GOOD, mode), "runtime_error", "exited with status 0")
+    _failed(_run("import sys\ndef f(x):\n    sys.exit(0)\n", mode), "runtime_error", "SystemExit")
+    _failed(_run("import os\ndef f(x):\n    os._exit(0)\n", mode), "runtime_error")
+
+
+def test_printing_a_success_marker_is_not_a_pass(mode: str):
+    program = """
+import os, sys
+for line in ("2/2 tests passed", "passed", "ok"):
+    print(line)
+    print(line, file=sys.stderr)
+for fd in range(3, 64):
+    try:
+        os.write(fd, b"0123456789abcdef0123456789abcdef verdict 2 passed 2 2 \\n")
+    except OSError:
+        pass
+def f(x):
+    return 0
+"""
+    _failed(_run(program, mode), "wrong_answer")
+
+
+@pytest.mark.parametrize(
+    ("name", "program"),
+    [
+        (
+            "always-equal object",
+            "class E:\n    def __eq__(self, other):\n        return True\ndef f(x):\n    return E()",
+        ),
+        (
+            "int subclass",
+            "class I(int):\n    def __eq__(self, other):\n        return True\ndef f(x):\n    return I(0)",
+        ),
+        (
+            "hidden in a list",
+            "class E:\n    __eq__ = lambda s, o: True\n    __hash__ = lambda s: 0\ndef f(x):\n    return [E()]",
+        ),
+        (
+            "patched AssertionError",
+            "import builtins\nbuiltins.AssertionError = type('A', (Exception,), {})\ndef f(x):\n    return 0",
+        ),
+        (
+            "patched builtins",
+            "import builtins\nbuiltins.isinstance = lambda *a: True\nbuiltins.abs = lambda x: 0\ndef f(x):\n    return 0",
+        ),
+        ("own set", "def set(*args):\n    return {1}\ndef f(x):\n    return 0"),
+    ],
+)
+def test_faking_equality_is_a_wrong_answer(mode: str, name: str, program: str):
+    tests = "assert f(1) == 2\nassert set([f(1)]) == set([2])\nassert abs(f(1) - 2) < 1e-9"
+    result = _run(program, mode, tests=tests)
+    _failed(result, "wrong_answer")
+
+
+def test_seeing_the_expected_value_through_arithmetic_is_refused(mode: str):
+    program = "class Z:\n    def __sub__(self, other):\n        return 0.0\ndef f(x):\n    return Z()"
+    _failed(
+        _run(program, mode, tests="assert abs(f(1) - 2.5) < 1e-9"),
+        "wrong_answer",
+        "untrusted value of type Z",
+    )
+
+
+def test_patching_a_module_the_tests_use_fails_the_run(mode: str):
+    program = "import math\nmath.isclose = lambda *a, **k: True\ndef f(x):\n    return 0"
+    _failed(
+        _run(program, mode, tests="import math\nassert math.isclose(f(1), 2)"),
+        "runtime_error",
+        "math.isclose",
+    )
+    program = "import collections\ncollections.Counter.__eq__ = lambda s, o: True\ndef f(x):\n    return collections.Counter()"
+    _failed(
+        _run(program, mode, tests="assert f(1) == {'a': 1}"),
+        "wrong_answer",
+        "untrusted value of type Counter",
+    )
+
+
+@pytest.mark.parametrize(
+    ("attempt", "detail"),
+    [
+        ("import sys\nsys._getframe(1)", "sys._getframe is blocked"),
+        (
+            "try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    e.__traceback__.tb_frame.f_back",
+            "tb_frame is blocked",
+        ),
+        ("import gc\ngc.get_objects()", "gc.get_objects is blocked"),
+        ("import gc\ngc.get_referrers(f)", "gc.get_referrers is blocked"),
+        ("import ctypes", "import of ctypes is blocked"),
+        ("import signal", "import of signal is blocked"),
+        ("import sys\nsys.settrace(lambda *a: None)", "sys.settrace is blocked"),
+        ("import os\nos.execv('/bin/true', ['true'])", "os.exec is blocked"),
+        ("f.__code__.replace(co_consts=(None,))", "code.__new__ is blocked"),
+    ],
+)
+def test_reaching_into_the_harness_is_blocked(mode: str, attempt: str, detail: str):
+    program = GOOD + "def probe():\n" + "".join(f"    {line}\n" for line in attempt.splitlines())
+    _failed(_run(program, mode, tests="probe()\nassert f(1) == 2"), "runtime_error", detail)
+
+
+def test_the_program_cannot_add_an_audit_hook(mode: str):
+    # CPython drops a hook that an existing one refuses, silently: the program's hook never sees an event
+    program = """
+import sys
+seen = []
+sys.addaudithook(lambda event, args: seen.append(event))
+compile("1", "<x>", "eval")
+def f(x):
+    return x + 1 + len(seen)
+"""
+    assert _run(program, mode).passed
+
+
+# ----------------------------------------------------------------------------------------- inputs, modes
+
+
+def test_bad_inputs_are_value_errors():
+    with pytest.raises(ValueError, match="test code does not parse"):
+        run_tests(GOOD, "assert (", None)
+    with pytest.raises(ValueError, match="no top-level assert"):
+        run_tests(GOOD, "x = 1", None)
+    with pytest.raises(ValueError, match="entry_point must be an identifier"):
+        run_tests(GOOD, TEST, "f(")
+    with pytest.raises(ValueError, match="must be > 0"):
+        Limits(timeout_s=0)
+    with pytest.raises(ValueError, match="not available"):
+        run_tests(GOOD, TEST, None, isolation="docker")
+
+
+def test_tests_are_rewritten_into_units():
+    tests = _prepare_tests("import math\nx = 1\nassert f(x) == 2\nassert 0 < f(x) < 3\n", "", None)
+    assert len(tests.units) == 2 and tests.labels == ("assert f(x) == 2", "assert 0 < f(x) < 3")
+    assert "_sbx_cmp(f(x), ('==',), (2,))" in tests.units[0] and "x = 1" in tests.units[0]
+    assert "_sbx_cmp(0, ('<', '<'), (f(x), lambda: 3))" in tests.units[1]
+    assert tests.modules == ("math",)
+    assert _prepare_tests("assert math.floor(f(2)) + 1 == 3", "", None).modules == ("math",)
+
+
+def test_task_count_counts_this_process_threads():
+    # what RLIMIT_NPROC is raised by when the run keeps the host's uid (non-root hosts)
+    assert _task_count(os.geteuid()) >= threading.active_count()
+
+
+def test_best_isolation_is_used_and_reported():
+    mode, why = isolation_status()
+    assert mode in (BWRAP, FALLBACK) and why
+    assert run_tests(GOOD, TEST, None, FAST).isolation == mode
+
+
+# ----------------------------------------------------------------------------------------------- the pool
+
+
+def test_pool_keeps_the_order_of_the_jobs():
+    jobs = [
+        SandboxJob(GOOD, TEST),
+        SandboxJob("def f(x):\n    return x\n", TEST),
+        SandboxJob("def f(x) return\n", TEST),
+        SandboxJob("while True:\n    pass\n", TEST, limits=Limits(timeout_s=1.0)),
+        SandboxJob(GOOD, "assert f(0) == 1"),
+    ]
+    with SandboxPool(workers=2) as pool:
+        reasons = [r.reason for r in pool.map(jobs)]
+    assert reasons == ["passed", "wrong_answer", "syntax_error", "timeout", "passed"]
+
+
+def test_throughput_of_trivial_programs():
+    # Measured on the 2-core dev machine: ~35-55 runs/s with bwrap, ~75 without (2 workers).
+    n = 120
+    with SandboxPool(workers=os.cpu_count()) as pool:
+        pool.map([SandboxJob(GOOD, TEST)] * 4)  # warm up
+        start = time.monotonic()
+        results = pool.map([SandboxJob(GOOD, TEST)] * n)
+        rate = n / (time.monotonic() - start)
+    assert all(r.passed for r in results)
+    assert rate >= 20, f"{rate:.1f} sandboxed runs/s"
