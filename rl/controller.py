@@ -274,10 +274,13 @@ class SpecialistController:
 
     def checkpoint(self, step: int) -> None:
         state = {"data": self.stream.position(), "wandb_run_id": self.tracker.run_id, "history": self.history}
-        path = save_checkpoint(
-            self.run_dir, step, lambda p: self.trainer.save(str(p)), state, self.cfg.keep_checkpoints
-        )
+        path = save_checkpoint(self.run_dir, step, self._write_model, state, self.cfg.keep_checkpoints)
         self.last_checkpoint = str(path)
+
+    def _write_model(self, path: Path) -> None:
+        """Trainer state and the tokenizer: a checkpoint directory loads as a model (e.g. a distillation teacher)."""
+        self.trainer.save(str(path))
+        self.tokenizer.save_pretrained(path)
 
     def summary(self) -> dict[str, Any]:
         start, last = self.history.get("eval_start", {}), self.history.get("eval_last", {})

@@ -129,6 +129,10 @@ def test_code_and_agent_specialists_run_as_jobs(
     assert 0.0 <= summary["eval/pass@1"] <= 1.0 and "eval/pass@1_gain" in summary
     if domain == "agent":  # multi-turn: observation tokens are masked, so turns and tool calls are counted
         assert lines[1]["rollout/turns_mean"] >= 1.0
+    # a checkpoint is a loadable model directory, tokenizer included (what a distillation teacher needs)
+    from rl.models import load_tokenizer
+
+    assert load_tokenizer(summary["checkpoint"]).chat_template
 
 
 def test_nonfinite_losses_stop_the_run_with_the_last_good_checkpoint_intact(
