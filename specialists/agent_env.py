@@ -48,7 +48,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from rewards.math import extract_boxed
 from rl.types import Reward, Task
-from specialists.synthetic import split_of
+from specialists.synthetic import check_generator_args, split_of
 
 TOOL_OPEN = "<tool>"
 TOOL_STOP = "</tool>"
@@ -468,13 +468,7 @@ def agent_demos(
 ) -> list[AgentDemo]:
     """``n`` seeded tool-use tasks with worked transcripts, levels drawn uniformly from ``levels``; a
     ``boxed_share`` of them end in ``\\boxed{N}``, the rest in "The answer is N." (like ``math_demos``)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    unknown = set(levels) - set(LEVELS)
-    if unknown or not levels:
-        raise ValueError(f"unknown agent levels {sorted(unknown)}; valid: {list(LEVELS)}")
-    if not 0.0 <= boxed_share <= 1.0:
-        raise ValueError(f"boxed_share must be in [0, 1], got {boxed_share}")
+    check_generator_args("agent", split, levels, boxed_share)
     rng = random.Random(f"{DOMAIN}/{split}/{seed}")
     return [make_agent_demo(rng, rng.choice(levels), i, split, boxed_share) for i in range(n)]
 

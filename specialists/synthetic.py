@@ -113,18 +113,23 @@ def make_demo(rng: random.Random, level: int, index: int, split: str, boxed_shar
     return Demo(task=task, solution="\n".join([*lines, final]))
 
 
+def check_generator_args(what: str, split: str, levels: tuple[int, ...], share: float) -> None:
+    """The arguments every procedural generator takes: a split, levels among 1-3, a format share in [0, 1]."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    unknown = set(levels) - set(LEVELS)
+    if unknown or not levels:
+        raise ValueError(f"unknown {what} levels {sorted(unknown)}; valid: {list(LEVELS)}")
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"the format share must be in [0, 1], got {share}")
+
+
 def math_demos(
     n: int, split: str = "train", seed: int = 0, levels: tuple[int, ...] = LEVELS, boxed_share: float = 1.0
 ) -> list[Demo]:
     """``n`` seeded math problems with worked solutions, levels drawn uniformly from ``levels``;
     a ``boxed_share`` of the solutions end in ``\\boxed{}``, the rest in "The answer is N." """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    unknown = set(levels) - set(LEVELS)
-    if unknown or not levels:
-        raise ValueError(f"unknown synthetic math levels {sorted(unknown)}; valid: {list(LEVELS)}")
-    if not 0.0 <= boxed_share <= 1.0:
-        raise ValueError(f"boxed_share must be in [0, 1], got {boxed_share}")
+    check_generator_args("synthetic math", split, levels, boxed_share)
     rng = random.Random(f"{split}/{seed}")
     return [make_demo(rng, rng.choice(levels), i, split, boxed_share) for i in range(n)]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rl.types import Task
-from specialists.synthetic import HELDOUT_PERCENT, LEVELS, SPLITS
+from specialists.synthetic import HELDOUT_PERCENT, LEVELS, check_generator_args
 
 FENCE_INSTRUCTION = "Answer with the code in a ```python block."
 _NAMES = ("f", "g", "calc", "solve", "step", "value", "result", "compute")
@@ -111,10 +111,7 @@ def code_problems(
     n: int, split: str = "train", seed: int = 0, levels: tuple[int, ...] = LEVELS
 ) -> list[CodeProblem]:
     """``n`` seeded problems of ``split``, levels drawn uniformly from ``levels``."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    if not levels or any(level not in _BY_LEVEL for level in levels):
-        raise ValueError(f"code levels must be among {sorted(_BY_LEVEL)}, got {list(levels)}")
+    check_generator_args("synthetic code", split, levels, 1.0)
     rng, out = random.Random(f"code/{split}/{seed}"), []
     while len(out) < n:
         problem = _BY_LEVEL[rng.choice(levels)](rng, rng.choice(_NAMES))
@@ -138,6 +135,7 @@ def code_demos(
     levels: tuple[int, ...] = LEVELS,
 ) -> list[CodeDemo]:  # fmt: skip
     """Tasks with their reference solutions as SFT targets; a ``fenced_share`` of them in a ```python block."""
+    check_generator_args("synthetic code", split, levels, fenced_share)
     rng = random.Random(f"code-format/{seed}")
     demos = []
     for i, problem in enumerate(code_problems(n, split, seed, levels)):

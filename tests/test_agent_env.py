@@ -322,7 +322,7 @@ def test_boxed_share_mixes_final_formats_without_changing_the_tasks() -> None:
         expected = Reward(1.0, "correct") if demo in boxed else Reward(0.0, "no_answer")
         assert score_agent(demo.task, demo.text) == expected
     assert all("\\boxed{" not in d.text for d in agent_env.agent_demos(30, boxed_share=0.0))
-    with pytest.raises(ValueError, match=r"boxed_share must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"format share must be in \[0, 1\]"):
         agent_env.agent_demos(1, boxed_share=1.5)
 
 

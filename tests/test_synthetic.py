@@ -43,7 +43,7 @@ def test_boxed_share_mixes_formats_without_changing_the_tasks() -> None:
             assert demo.solution.endswith(f"The answer is {demo.task.answer}.")
             assert (reward.score, reward.reason) == (0.0, "no_boxed_answer")
     assert all("\\boxed{" not in d.solution for d in synthetic.math_demos(50, boxed_share=0.0))
-    with pytest.raises(ValueError, match=r"boxed_share must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"format share must be in \[0, 1\]"):
         synthetic.math_demos(1, boxed_share=1.5)
 
 
