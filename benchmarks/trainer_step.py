@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import statistics
 import tempfile
 import time
@@ -32,6 +31,7 @@ import torch.multiprocessing as mp
 from rl.config import AlgorithmConfig, TrainerConfig
 from rl.fp4.qat import payload_nbytes
 from rl.models import tiny_qwen3_config
+from rl.trainer.torch_backend import free_port
 from rl.types import LossNormalizer, TrainBatch
 
 # Qwen3-0.6B's shape (config.json of Qwen/Qwen3-0.6B), random weights
@@ -153,12 +153,6 @@ def check_export(trainer: Any, exported: dict[str, Any], args: argparse.Namespac
         "ct_max_abs_diff": worst,
         "ct_roundtrip_s": seconds,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_case(case: Case, args: argparse.Namespace, model_dir: Path, scratch: Path) -> dict[str, Any]:

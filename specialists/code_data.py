@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
-
 from rewards.code import answer_job, make_answer
 from rewards.sandbox import DEFAULT_LIMITS, Limits, SandboxPool, SandboxResult
 from rl.types import Task
-from specialists.math_data import DatasetError, _load_rows
+from specialists.math_data import DatasetError, _load_rows, load_json_rows
 
 __all__ = [
     "CODE_INSTRUCTION",
@@ -182,16 +180,7 @@ def load_mbpp_sanitized_examples(
     _check_limit(limit)
     path = Path(path)
     checked = _read_json_array(path, "mbpp_sanitized")
-    try:
-        rows = datasets.load_dataset("json", data_files=str(path), split="train")
-    except Exception as e:  # pyarrow's errors name neither the file nor the row
-        raise DatasetError(
-            f"mbpp_sanitized file {path}: datasets could not load it: {type(e).__name__}: {e}"
-        ) from e
-    if len(rows) != len(checked):
-        raise DatasetError(
-            f"mbpp_sanitized file {path}: datasets read {len(rows)} rows, expected {len(checked)}"
-        )
+    rows = load_json_rows(path, "mbpp_sanitized", len(checked))
     examples = []
     for i in range(len(rows)):
         row, where = rows[i], f"mbpp_sanitized file {path} row {i}"

@@ -64,6 +64,19 @@ def _check_row(raw: bytes, required: tuple[str, ...], where: str) -> None:
         _field(row, name, where)
 
 
+def load_json_rows(path: Path, source: str, expected: int) -> Any:
+    """A JSON / JSONL file through ``datasets``, which must read the ``expected`` rows our own check counted."""
+    try:
+        dataset = datasets.load_dataset("json", data_files=str(path), split="train")
+    except Exception as e:  # pyarrow's errors name neither the file nor the line
+        raise DatasetError(
+            f"{source} file {path}: datasets could not load it: {type(e).__name__}: {e}"
+        ) from e
+    if len(dataset) != expected:
+        raise DatasetError(f"{source} file {path}: datasets read {len(dataset)} rows, expected {expected}")
+    return dataset
+
+
 def _load_rows(
     path: str | Path, source: str, required: tuple[str, ...], limit: int | None
 ) -> list[tuple[str, dict[str, Any]]]:
@@ -72,16 +85,7 @@ def _load_rows(
         raise DatasetError(f"limit must be >= 0 or None, got {limit}")
     path = Path(path)
     line_numbers = _read_lines(path, source, required)
-    try:
-        dataset = datasets.load_dataset("json", data_files=str(path), split="train")
-    except Exception as e:  # pyarrow's errors name neither the file nor the line
-        raise DatasetError(
-            f"{source} file {path}: datasets could not load it: {type(e).__name__}: {e}"
-        ) from e
-    if len(dataset) != len(line_numbers):
-        raise DatasetError(
-            f"{source} file {path}: datasets read {len(dataset)} rows, expected {len(line_numbers)}"
-        )
+    dataset = load_json_rows(path, source, len(line_numbers))
     end = len(line_numbers) if limit is None else min(limit, len(line_numbers))
     return [(f"{source} file {path} line {line_numbers[i]}", dataset[i]) for i in range(end)]
 

@@ -90,11 +90,12 @@ class VLLMEngine:
         if not on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.cpu_kv_cache_gib:g}")
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # leave the actor's threads alone
-        model = load_model(model_path, dtype)
-        names = qat_linear_names(model, fp4) if fp4 != "none" else []
+        # the HF model is read only for FP4: which linears are quantized, and their first packed values
+        model = load_model(model_path, dtype) if fp4 != "none" else None
+        names = qat_linear_names(model, fp4) if model is not None else []
         mode = "none" if fp4 == "none" else "packed" if on_gpu else "simulated"
         load_path = model_path
-        if mode == "packed":  # Marlin runs W4A16 with bf16 activations
+        if mode == "packed" and model is not None:  # Marlin runs W4A16 with bf16 activations
             from rl.fp4.compressed import save_compressed
 
             dtype = "bfloat16"
@@ -104,7 +105,7 @@ class VLLMEngine:
             )
         llm = _start_llm(load_path, model_path, cfg, dtype, on_gpu)
         engine = cls(llm, model_path, fp4, names, mode, dtype)
-        if mode == "simulated":
+        if mode == "simulated" and model is not None:
             engine.load_weights(export_weights(model, names, fp4))
         return engine
 

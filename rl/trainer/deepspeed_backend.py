@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import random
 from contextlib import AbstractContextManager, nullcontext
@@ -136,8 +137,7 @@ class DeepSpeedTrainer(TorchTrainer):
         self.engine.step()
         norm = self.engine.get_global_grad_norm()  # None only if no step ran
         grad_norm = float(norm) if norm is not None else float("nan")
-        nonfinite = not (torch.isfinite(torch.tensor([grad_norm, loss])).all())
-        return grad_norm, bool(nonfinite)
+        return grad_norm, not (math.isfinite(grad_norm) and math.isfinite(loss))
 
     def _gathered(self) -> AbstractContextManager:
         """Full weights on every rank for the duration (ZeRO-3 only; other stages hold them already)."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import ray
 import torch
 from ray.util.placement_group import remove_placement_group
@@ -11,15 +9,9 @@ from ray.util.placement_group import remove_placement_group
 from rl.config import AlgorithmConfig, ClusterConfig, TrainerConfig
 from rl.placement import actor_bundle, in_group, role_placement_group
 from rl.trainer.backends import BACKENDS
-from rl.trainer.torch_backend import DistInfo
+from rl.trainer.torch_backend import DistInfo, free_port
 from rl.trainer.worker import ACTORS
 from rl.types import LossNormalizer, TrainBatch
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TrainerGroup:

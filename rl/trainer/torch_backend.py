@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import socket
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,13 @@ class DistInfo:
     world_size: int = 1
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
+
+
+def free_port() -> int:
+    """A TCP port free on this host right now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def token_logprobs(
