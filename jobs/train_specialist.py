@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from jobs.common import forwarded_env, init_ray, prepare_run_dir, resolve_model_path, user_errors
 from rl.batching import TaskStream
 from rl.checkpoint import load_state
-from rl.config import SpecialistRunConfig, register_configs, to_typed
+from rl.config import DistillRunConfig, SpecialistRunConfig, register_configs, to_typed
 from rl.controller import SpecialistController, response_budget
 from rl.fp4.formats import get_format
 from rl.models import load_tokenizer, model_context
@@ -34,6 +34,7 @@ from rl.tracking import Tracker, truncate_metrics
 from rl.trainer.backends import BACKENDS
 from rl.trainer.deepspeed_backend import deepspeed_config
 from rl.trainer.group import TrainerGroup
+from specialists.registry import SpecialistEntry, register, registry_path
 
 SPECIALISTS = {"math": "specialists.math", "code": "specialists.code", "agent": "specialists.agent"}
 
@@ -56,7 +57,7 @@ def check_context(tokenizer: Any, tasks: list, response_tokens: int, context: in
         )
 
 
-def check_backends(cfg: SpecialistRunConfig) -> None:
+def check_backends(cfg: SpecialistRunConfig | DistillRunConfig) -> None:
     """Engine and backend names, their options, and their packages -- before any actor starts."""
     if cfg.rollout.engine not in ENGINES:
         raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; valid: {', '.join(ENGINES)}")
@@ -130,8 +131,25 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     finally:
         trainer.shutdown()
         rollout.shutdown()
+    summary["registry"] = record_specialist(cfg, model_path, summary, tracker)
     tracker.finish(summary)
     return summary
+
+
+def record_specialist(cfg: SpecialistRunConfig, base: str, summary: dict[str, Any], tracker: Tracker) -> str:
+    """The finished run's final checkpoint in the registry (and as a W&B artifact) under ``run_name``."""
+    evals = {k: v for k, v in summary.items() if k.startswith("eval/")}
+    artifact = tracker.log_model(summary["checkpoint"], f"specialist-{cfg.run_name}", "specialist",
+                                 {"domain": cfg.specialist.domain, **evals})  # fmt: skip
+    path = registry_path(cfg.registry, cfg.runs_root)
+    register(path, SpecialistEntry(
+        name=cfg.run_name, domain=cfg.specialist.domain, checkpoint=str(Path(summary["checkpoint"]).resolve()),
+        fp4=cfg.fp4, base=base, eval=evals, config=dataclasses.asdict(cfg),
+        run_dir=str((Path(cfg.runs_root) / cfg.run_name).resolve()), wandb_run_id=tracker.run_id,
+        wandb_artifact=artifact,
+    ))  # fmt: skip
+    print(f"registered specialist {cfg.run_name!r} ({cfg.specialist.domain}) in {path}", flush=True)
+    return str(path)
 
 
 @hydra.main(config_path="../configs", config_name="train_specialist", version_base="1.3")

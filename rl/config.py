@@ -137,6 +137,52 @@ class SpecialistRunConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     seed: int = 0  # seeds model init-free randomness: sampling, data order
     resume: bool = False  # continue from the run directory's latest checkpoint
+    registry: str = (
+        ""  # specialist registry (JSON) the finished run is recorded in; "" = <runs_root>/registry.json
+    )
+
+
+@dataclass
+class DistillConfig:
+    """On-policy distillation: which teachers, which objective, how the domains are mixed."""
+
+    teachers: dict[str, str] = field(default_factory=dict)  # domain -> registry name of its teacher
+    weights: dict[str, float] = field(default_factory=dict)  # domain -> loss weight w_e (missing = 1.0)
+    loss: str = (
+        "reverse_kl"  # reverse_kl (full vocabulary, fused) | sampled_token | gkd_jsd | topk_forward_kl
+    )
+    lr: float = 1e-4  # student AdamW peak LR (trainer.lr is not used by distillation)
+    samples_per_prompt: int = 2  # student completions per prompt
+    beta: float = 0.5  # gkd_jsd: 0 = forward KL, 1 = reverse KL
+    top_k: int = 64  # topk_forward_kl: teacher tokens kept besides the tail bucket
+    is_cap: float = 2.0  # sampled_token: cap of the importance weight pi / mu
+    vocab_chunk: int = 0  # reverse_kl: vocabulary columns per chunk; 0 = sized from the token count
+    num_eval_tasks: int = 100  # held-out tasks per domain for every model's eval
+    max_turns: int = 4  # agent-domain episodes: model turns
+    teacher_cpus: float = 0.25  # Ray CPUs per teacher actor (teachers run between the other roles' calls)
+
+
+@dataclass
+class DistillRunConfig:
+    """``python -m jobs.distill``: one student learns every teacher's domain from its own samples."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)  # the student (usually the teachers' base)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    fp4: str = "mxfp4"  # the student's FP4: QAT in the trainer + packed FP4 rollouts: mxfp4 | nvfp4 | none
+    run_name: str = "distill"  # run directory name under runs_root
+    runs_root: str = "runs"  # parent of run directories
+    registry: str = ""  # where teachers are looked up; "" = <runs_root>/registry.json
+    steps: int = 40  # distillation steps (one optimizer step each)
+    prompts_per_step: int = 24  # prompts per step, split evenly over the teachers' domains
+    eval_every: int = 20  # eval period in steps; 0 = only at start and end
+    checkpoint_every: int = 20  # checkpoint period in steps; the last step is always saved
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    seed: int = 0  # sampling and data-order seed
+    resume: bool = False  # continue from the run directory's latest checkpoint
 
 
 @dataclass
@@ -186,6 +232,7 @@ _GROUPS: dict[str, type] = {
     "trainer": TrainerConfig,
     "algorithm": AlgorithmConfig,
     "specialist": SpecialistConfig,
+    "distill": DistillConfig,
     "logger": LoggerConfig,
     "cluster": ClusterConfig,
 }
@@ -198,6 +245,7 @@ def register_configs() -> None:
         store.store(group=group, name="_schema", node=schema)
     store.store(name="_specialist_run_schema", node=SpecialistRunConfig)
     store.store(name="_make_base_schema", node=MakeBaseConfig)
+    store.store(name="_distill_run_schema", node=DistillRunConfig)
 
 
 def to_typed(cfg: DictConfig | Any, schema: type[T]) -> T:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config
@@ -158,3 +159,14 @@ def model_context(name_or_path: str) -> int:
     from transformers import AutoConfig
 
     return int(getattr(AutoConfig.from_pretrained(name_or_path), "max_position_embeddings", 1 << 30))
+
+
+def lm_head_weight(model: torch.nn.Module) -> torch.Tensor:
+    """The [V, D] weight that turns last-layer hidden states into logits (the tied embedding or not)."""
+    head: Any = model.get_output_embeddings()  # type: ignore[operator]
+    return head.weight
+
+
+def hidden_size(model: torch.nn.Module) -> int:
+    config: Any = model.config
+    return int(config.hidden_size)

@@ -92,6 +92,16 @@ class Tracker:
         table = wandb.Table(columns=["step", *columns], data=[[step, *(r[c] for c in columns)] for r in rows])
         self.run.log({"samples": table}, step=step)
 
+    def log_model(self, path: str, name: str, kind: str, metadata: dict[str, Any]) -> str | None:
+        """Record the model directory ``path`` as a W&B artifact (by reference: nothing is copied);
+        returns ``"<name>:latest"``, or None with W&B disabled."""
+        if self.run.disabled:
+            return None
+        artifact = wandb.Artifact(name, type=kind, metadata=metadata)
+        artifact.add_reference(Path(path).resolve().as_uri())
+        self.run.log_artifact(artifact)
+        return f"{name}:latest"
+
     def finish(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json``, set the W&B summary and close the run."""
         write_json_atomic(self.run_dir / "summary.json", summary)

@@ -120,3 +120,22 @@ class LossNormalizer:
     num_tokens: int  # trained tokens in the global batch
     num_sequences: int  # sequences in the global batch
     max_response_tokens: int  # the constant of seq-mean-token-sum (Dr. GRPO): the generation limit
+
+
+@dataclass(frozen=True)
+class DistillPart:
+    """The student's rollouts routed to one teacher, for one trainer rank (on-policy distillation).
+
+    The teacher's hidden states for these rows travel beside it (a separate argument, so Ray hands them from
+    the teacher actor to the trainer without passing through the controller): [N, D], one row per position
+    ``t`` with ``loss_mask_BT[b, t + 1] == 1`` (the state that predicts a trained token), rows in order.
+    """
+
+    teacher: str  # registry name of the teacher (metrics are keyed by it)
+    batch: TrainBatch  # the sequences; advantages_BT unused (zeros)
+    weight: float  # the teacher's loss weight w_e
+
+
+def predicting_mask(loss_mask_BT: torch.Tensor) -> torch.Tensor:
+    """[B, T-1] bool: positions whose hidden state predicts a trained token (the OPD positions)."""
+    return loss_mask_BT[:, 1:] > 0

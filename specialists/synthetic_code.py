@@ -13,14 +13,13 @@ sandboxed tests has to learn the asked-for format and correct code.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rl.types import Task
-from specialists.synthetic import HELDOUT_PERCENT, LEVELS, check_generator_args
+from specialists.synthetic import LEVELS, check_generator_args, split_of
 
 FENCE_INSTRUCTION = "Answer with the code in a ```python block."
 _NAMES = ("f", "g", "calc", "solve", "step", "value", "result", "compute")
@@ -91,11 +90,6 @@ def _list_arg(rng: random.Random, name: str) -> CodeProblem:
 
 
 _BY_LEVEL = {1: _one_arg, 2: _two_args, 3: _list_arg}
-
-
-def split_of(prompt: str) -> str:
-    bucket = int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 100
-    return "heldout" if bucket < HELDOUT_PERCENT else "train"
 
 
 def test_code(problem: CodeProblem) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import ray
 import torch
 from ray.util.placement_group import remove_placement_group
@@ -11,7 +13,7 @@ from rl.placement import actor_bundle, in_group, role_placement_group
 from rl.trainer.backends import BACKENDS
 from rl.trainer.torch_backend import DistInfo, free_port
 from rl.trainer.worker import ACTORS
-from rl.types import LossNormalizer, TrainBatch
+from rl.types import DistillPart, LossNormalizer, TrainBatch
 
 
 class TrainerGroup:
@@ -58,14 +60,15 @@ class TrainerGroup:
             for rank in range(cfg.num_ranks)
         ]
 
-    def _shards(self, batch: TrainBatch) -> list[TrainBatch]:
+    def shards(self, batch: TrainBatch) -> list[TrainBatch]:
+        """``batch`` split into one contiguous row range per rank."""
         n = len(self.ranks)
         bounds = [batch.num_sequences * i // n for i in range(n + 1)]
         return [batch.select(slice(bounds[i], bounds[i + 1])) for i in range(n)]
 
     def forward_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         parts = ray.get(
-            [r.forward_logprobs.remote(s) for r, s in zip(self.ranks, self._shards(batch), strict=True)]
+            [r.forward_logprobs.remote(s) for r, s in zip(self.ranks, self.shards(batch), strict=True)]
         )
         return torch.cat(parts)
 
@@ -73,7 +76,7 @@ class TrainerGroup:
         """One optimizer step over ``batch`` split across ranks; metrics token-weighted across ranks."""
         norm = LossNormalizer(batch.num_tokens, batch.num_sequences, max_response_tokens)
         results = ray.get(
-            [r.train_step.remote(s, norm) for r, s in zip(self.ranks, self._shards(batch), strict=True)]
+            [r.train_step.remote(s, norm) for r, s in zip(self.ranks, self.shards(batch), strict=True)]
         )
         tokens = sum(m["train/tokens"] for m in results)
         merged = {k: sum(m[k] * m["train/tokens"] for m in results) / tokens for k in results[0]}
@@ -81,6 +84,33 @@ class TrainerGroup:
         merged["train/loss"] = sum(m["train/loss"] for m in results)
         merged["train/tokens"] = tokens
         merged["train/sequences"] = float(batch.num_sequences)
+        return merged
+
+    def set_teacher_heads(self, heads: dict[str, torch.Tensor], loss: str, options: Any) -> None:
+        heads_ref = ray.put(heads)
+        ray.get([r.set_teacher_heads.remote(heads_ref, loss, options) for r in self.ranks])
+
+    def distill_step(
+        self,
+        parts_by_rank: list[list[DistillPart]],
+        hidden_by_rank: list[list[ray.ObjectRef]],
+        total_tokens: int,
+    ) -> dict[str, float]:
+        """One OPD optimizer step: rank ``r`` trains on ``parts_by_rank[r]`` with the teacher hidden states
+        behind ``hidden_by_rank[r]`` (Ray resolves them in the rank's process). Per-teacher KL is token-weighted
+        over ranks: ``opd/kl/<teacher>``, ``opd/tokens/<teacher>``."""
+        results = ray.get([r.distill_step.remote(parts, total_tokens, *hidden)
+                           for r, parts, hidden in zip(self.ranks, parts_by_rank, hidden_by_rank, strict=True)])  # fmt: skip
+        merged = {k: results[0][k] for k in ("train/grad_norm", "train/lr", "train/nonfinite")}
+        merged["train/loss"] = sum(m["train/loss"] for m in results)
+        for key in {k for m in results for k in m if k.startswith("opd/tokens/")}:
+            teacher = key.removeprefix("opd/tokens/")
+            tokens = sum(m.get(key, 0.0) for m in results)
+            merged[key] = tokens
+            merged[f"opd/kl/{teacher}"] = sum(m.get(f"opd/kl/{teacher}_sum", 0.0) for m in results) / max(
+                tokens, 1
+            )
+        merged["train/tokens"] = float(total_tokens)
         return merged
 
     def export_weights(self) -> ray.ObjectRef:

@@ -27,8 +27,8 @@ from rl.algorithms.mismatch import CorrectionConfig, apply_correction, mismatch_
 from rl.algorithms.policy_loss import get_policy_loss_fn
 from rl.config import AlgorithmConfig, TrainerConfig
 from rl.fp4.qat import apply_qat, export_weights, fake_quant_weights, to_cpu
-from rl.models import load_model
-from rl.types import LossNormalizer, TrainBatch
+from rl.models import lm_head_weight, load_model
+from rl.types import DistillPart, LossNormalizer, TrainBatch, predicting_mask
 
 
 @dataclass(frozen=True)
@@ -273,6 +273,65 @@ class TorchTrainer:
         metrics["train/entropy_sum"] = float((entropy.detach() * mask).sum())
         metrics["train/tokens"] = tokens
         return loss * self.dist.world_size, metrics
+
+    # ------------------------------------------------------------------------- on-policy distillation
+
+    def set_teacher_heads(self, heads: dict[str, torch.Tensor], loss: str, options: Any) -> None:
+        """Teachers' LM heads (kept on CPU; one at a time goes to the device) and the OPD objective by name."""
+        from distill.losses import get_opd_loss
+
+        self.teacher_heads, self.opd_loss, self.opd_options = heads, get_opd_loss(loss), options
+
+    def distill_step(
+        self, parts: list[DistillPart], total_tokens: int, *hidden: torch.Tensor
+    ) -> dict[str, float]:
+        """One optimizer step of on-policy distillation over ``parts`` (grouped by teacher); ``hidden[i]`` is
+        the teacher's hidden states for ``parts[i]``. ``total_tokens`` counts the trained tokens of the whole
+        batch (all ranks, all parts), so the loss is the weighted token-mean of reference §8.2."""
+        self._zero_grad()
+        sums: dict[str, float] = {"train/loss": 0.0}
+        calls = [
+            (part, micro, h)
+            for part, h in zip(parts, hidden, strict=True)
+            for micro, h in self._opd_micro(part, h)
+        ]
+        for i, (part, micro, h_t) in enumerate(calls):
+            with self._accumulate(i == len(calls) - 1):
+                loss, kl_sum, tokens = self._opd_micro_loss(part, micro, h_t, total_tokens)
+                self._backward(loss)
+            sums["train/loss"] += loss.item() / self.dist.world_size
+            sums[f"opd/kl/{part.teacher}_sum"] = sums.get(f"opd/kl/{part.teacher}_sum", 0.0) + kl_sum
+            sums[f"opd/tokens/{part.teacher}"] = sums.get(f"opd/tokens/{part.teacher}", 0.0) + tokens
+        grad_norm, nonfinite = self._optimizer_step(sums["train/loss"])
+        return sums | {"train/grad_norm": grad_norm, "train/lr": float(self.scheduler.get_last_lr()[0]),
+                       "train/nonfinite": float(nonfinite)}  # fmt: skip
+
+    def _opd_micro(self, part: DistillPart, hidden_ND: torch.Tensor):
+        """Micro-batches of ``part`` with their slice of the teacher's hidden states."""
+        counts = predicting_mask(part.batch.loss_mask_BT).sum(1).tolist()
+        for start in range(0, part.batch.num_sequences, self.cfg.micro_batch_size):
+            rows = slice(start, start + self.cfg.micro_batch_size)
+            first, n = sum(counts[:start]), sum(counts[rows])
+            yield part.batch.select(rows), hidden_ND[first : first + n]
+
+    def _opd_micro_loss(
+        self, part: DistillPart, micro: TrainBatch, h_t_ND: torch.Tensor, total_tokens: int
+    ) -> tuple[torch.Tensor, float, float]:
+        from distill.losses import SampledTokens
+
+        micro = micro.to(self.device)
+        out = self.forward_module(input_ids=micro.input_ids_BT, attention_mask=micro.attention_mask_BT,
+                                  output_hidden_states=True, logits_to_keep=1)  # fmt: skip
+        mask = predicting_mask(micro.loss_mask_BT)
+        h_s = out.hidden_states[-1][:, :-1][mask]
+        w_s = lm_head_weight(self.model)
+        w_t = self.teacher_heads[part.teacher].to(self.device, w_s.dtype)  # the one head on the device now
+        weight = torch.full((h_s.shape[0],), part.weight * self.dist.world_size / max(total_tokens, 1),
+                            device=self.device)  # fmt: skip
+        sampled = SampledTokens(micro.input_ids_BT[:, 1:][mask], micro.rollout_logprobs_BT[:, 1:][mask])
+        loss, kl_N = self.opd_loss(h_s, w_s, h_t_ND.to(self.device, h_s.dtype), w_t, weight, sampled,
+                                   self.opd_options)  # fmt: skip
+        return loss, float(kl_N.sum()), float(h_s.shape[0])
 
     def _step_metrics(
         self, sums: dict[str, float], batch: TrainBatch, grad_norm: float, nonfinite: bool

@@ -1,0 +1,242 @@
+"""The on-policy distillation loop: student samples -> teachers prefill -> fused reverse KL -> push weights.
+
+Runs in the job's driver. Each step: the student's FP4 rollout workers sample completions of a mix of every
+domain's prompts (multi-turn episodes where the domain has an environment); each domain's rollouts go, as one
+part per trainer rank, to that domain's teacher, which returns last-layer hidden states straight to the rank
+(Ray hands the object over; the controller never holds them); the ranks take one optimizer step over all
+parts, grouped by teacher so one teacher head is on the device at a time; the new weights go to the rollout
+workers before the next step samples. The student's rewards on its own samples are logged too
+(``reward/<domain>``): they cost nothing and show the distillation working before the eval does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from distill.routing import Route
+from distill.teacher import TeacherGroup
+from rl.batching import TaskStream, build_train_batch
+from rl.checkpoint import save_checkpoint
+from rl.config import DistillRunConfig
+from rl.controller import NonFiniteGuard, specialist_rollouts, specialist_scores, turn_metrics
+from rl.models import token_id
+from rl.rollout.multiturn import Generate
+from rl.sft import chat_prompt_ids
+from rl.tracking import Tracker
+from rl.trainer.group import TrainerGroup
+from rl.types import DistillPart, Rollout, SamplingParams, Task, TrainBatch
+
+
+@dataclass
+class DomainData:
+    """A route's prompt stream and held-out tasks."""
+
+    stream: TaskStream
+    eval_tasks: list[Task]
+
+
+class Prompts:
+    """Chat-formatted prompt ids, encoded once per task."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer, self._cache = tokenizer, {}
+
+    def __call__(self, task: Task) -> list[int]:
+        if task.uid not in self._cache:
+            self._cache[task.uid] = chat_prompt_ids(self.tokenizer, task.prompt)
+        return self._cache[task.uid]
+
+
+def rollouts_for(route: Route, generate: Generate, prompts: Prompts, tasks: list[Task], params: SamplingParams
+                 ) -> list[Rollout]:  # fmt: skip
+    return specialist_rollouts(route.specialist, generate, prompts.tokenizer, tasks, [prompts(t) for t in tasks],
+                               params, route.max_turns, params.max_new_tokens * route.max_turns)  # fmt: skip
+
+
+def evaluate_domains(
+    routes: list[Route],
+    data: dict[str, DomainData],
+    generate: Generate,
+    prompts: Prompts,
+    params: SamplingParams,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Greedy held-out pass@1 on every domain (and per level) of one model; a few sample rows per domain."""
+    metrics: dict[str, float] = {}
+    rows: list[dict[str, Any]] = []
+    for route in routes:
+        tasks = data[route.domain].eval_tasks
+        rollouts = rollouts_for(route, generate, prompts, tasks, params)
+        scores = [r.score for r in specialist_scores(route.specialist, tasks, rollouts)]
+        metrics[f"eval/{route.domain}/pass@1"] = sum(scores) / len(scores)
+        for level in sorted({t.level for t in tasks if t.level}):
+            at = [s for t, s in zip(tasks, scores, strict=True) if t.level == level]
+            metrics[f"eval/{route.domain}/pass@1/level_{level}"] = sum(at) / len(at)
+        rows += [{"domain": route.domain, "prompt": t.prompt, "response": r.text, "score": s}
+                 for t, r, s in list(zip(tasks, rollouts, scores, strict=True))[:3]]  # fmt: skip
+    return metrics, rows
+
+
+class DistillController:
+    """Owns the loop state (data positions, eval history); the workers own the models."""
+
+    def __init__(self, cfg: DistillRunConfig, run_dir: Path, routes: list[Route], data: dict[str, DomainData],
+                 tokenizer: Any, rollout: Any, trainer: TrainerGroup, teachers: TeacherGroup, tracker: Tracker):  # fmt: skip
+        self.cfg, self.run_dir, self.routes, self.data = cfg, run_dir, routes, data
+        self.prompts, self.pad_id = Prompts(tokenizer), token_id(tokenizer, "pad")
+        self.rollout, self.trainer, self.teachers, self.tracker = rollout, trainer, teachers, tracker
+        self.guard = NonFiniteGuard(cfg.trainer.max_nonfinite_steps)
+        self.history: dict[str, Any] = {}
+        self.last_checkpoint: str | None = None
+        self._clock: tuple[float, int] | None = None
+
+    def run(self, start_step: int = 0) -> dict[str, Any]:
+        """Steps ``start_step + 1 .. cfg.steps``; returns the summary."""
+        if start_step == 0:
+            self.history["eval_start"] = self.evaluate(0)
+            self.tracker.log(self.history["eval_start"], 0)
+        for step in range(start_step + 1, self.cfg.steps + 1):
+            started = time.perf_counter()
+            batches, metrics = self.sample(step)
+            metrics |= self.train(batches, step)
+            metrics |= self.rollout.push_weights(self.trainer.export_weights())
+            metrics["perf/step_s"] = time.perf_counter() - started
+            if step == self.cfg.steps or (self.cfg.eval_every and step % self.cfg.eval_every == 0):
+                metrics |= self.evaluate(step)
+                self.history["eval_last"] = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+            self.tracker.log(metrics, step)
+            self.history["last_step"] = {k: v for k, v in metrics.items() if k.startswith(("opd/", "train/"))}
+            self._progress(step, metrics)
+            if step == self.cfg.steps or step % self.cfg.checkpoint_every == 0:
+                self.checkpoint(step)
+        return self.summary()
+
+    @staticmethod
+    def greedy(cfg: DistillRunConfig) -> SamplingParams:
+        r = cfg.rollout
+        return SamplingParams(r.max_new_tokens, 0.0, r.top_p, r.top_k, tuple(r.stop), 0)
+
+    def sampling(self, seed: int, temperature: float | None = None) -> SamplingParams:
+        r = self.cfg.rollout
+        temp = r.temperature if temperature is None else temperature
+        return SamplingParams(r.max_new_tokens, temp, r.top_p, r.top_k, tuple(r.stop), seed)
+
+    def sample(self, step: int) -> tuple[dict[str, TrainBatch], dict[str, float]]:
+        """Each domain's share of the step's prompts, ``samples_per_prompt`` student completions each."""
+        started, metrics, batches = time.perf_counter(), {}, {}
+        share = -(-self.cfg.prompts_per_step // len(self.routes))
+        for i, route in enumerate(self.routes):
+            tasks = [
+                t
+                for t in self.data[route.domain].stream.take(share)
+                for _ in range(self.cfg.distill.samples_per_prompt)
+            ]
+            rollouts = rollouts_for(route, self.rollout.generate, self.prompts, tasks,
+                                    self.sampling(self.cfg.seed * 100_003 + step * 101 + i))  # fmt: skip
+            rewards = specialist_scores(route.specialist, tasks, rollouts)
+            metrics[f"reward/{route.domain}"] = sum(r.score for r in rewards) / len(rewards)
+            metrics[f"rollout/{route.domain}/response_len"] = sum(
+                len(r.response_ids) for r in rollouts
+            ) / len(rollouts)
+            if route.multi_turn:
+                metrics |= {
+                    k.replace("/", f"/{route.domain}/", 1): v for k, v in turn_metrics(rollouts).items()
+                }
+            batches[route.domain] = build_train_batch(rollouts, [0.0] * len(rollouts), self.pad_id)
+        metrics["perf/rollout_s"] = time.perf_counter() - started
+        return batches, metrics
+
+    def train(self, batches: dict[str, TrainBatch], step: int) -> dict[str, float]:
+        """Teacher prefill per rank shard, then one optimizer step over every teacher's parts."""
+        started = time.perf_counter()
+        ranks = len(self.trainer.ranks)
+        parts: list[list[DistillPart]] = [[] for _ in range(ranks)]
+        hidden: list[list[ray.ObjectRef]] = [[] for _ in range(ranks)]
+        seconds: dict[str, list[ray.ObjectRef]] = {}
+        for route in self.routes:
+            name = route.teacher.name
+            for rank, shard in enumerate(self.trainer.shards(batches[route.domain])):
+                hidden_ref, seconds_ref = self.teachers.hidden_states(name, shard)
+                parts[rank].append(DistillPart(name, shard, route.weight))
+                hidden[rank].append(hidden_ref)
+                seconds.setdefault(name, []).append(seconds_ref)
+        total = sum(b.num_tokens for b in batches.values())
+        metrics = self.trainer.distill_step(parts, hidden, total)
+        self.guard.update(bool(metrics["train/nonfinite"]), step, self.last_checkpoint)
+        metrics |= {f"opd/teacher_s/{name}": sum(ray.get(refs)) for name, refs in seconds.items()}
+        metrics["perf/train_s"] = time.perf_counter() - started
+        return metrics
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        started = time.perf_counter()
+        metrics, rows = evaluate_domains(self.routes, self.data, self.rollout.generate, self.prompts,
+                                         self.sampling(seed=step, temperature=0.0))  # fmt: skip
+        self.tracker.log_samples(rows[: self.cfg.logger.sample_rows], step)
+        metrics["perf/eval_s"] = time.perf_counter() - started
+        return metrics
+
+    def checkpoint(self, step: int) -> None:
+        state = {"data": {d: v.stream.position() for d, v in self.data.items()},
+                 "wandb_run_id": self.tracker.run_id, "history": self.history}  # fmt: skip
+        path = save_checkpoint(self.run_dir, step, self._write_model, state, self.cfg.keep_checkpoints)
+        self.last_checkpoint = str(path)
+
+    def _write_model(self, path: Path) -> None:
+        self.trainer.save(str(path))
+        self.prompts.tokenizer.save_pretrained(path)
+
+    def summary(self) -> dict[str, Any]:
+        start, last = self.history.get("eval_start", {}), self.history.get("eval_last", {})
+        summary: dict[str, Any] = {"steps": self.cfg.steps, "checkpoint": self.last_checkpoint,
+                                   "rollout/fp4_mode": self.rollout.fp4_mode}  # fmt: skip
+        summary |= {f"{k}_start": v for k, v in start.items()} | last | self.history.get("last_step", {})
+        return summary
+
+    def _progress(self, step: int, metrics: dict[str, float]) -> None:
+        if self._clock is None:
+            self._clock = (time.perf_counter() - metrics["perf/step_s"], step - 1)
+        started, first = self._clock
+        eta = (time.perf_counter() - started) / (step - first) * (self.cfg.steps - step)
+        kls = " ".join(
+            f"kl/{r.domain} {metrics.get(f'opd/kl/{r.teacher.name}', float('nan')):.3f}" for r in self.routes
+        )
+        evals = " ".join(f"{r.domain} {metrics[f'eval/{r.domain}/pass@1']:.2f}" for r in self.routes
+                         if f"eval/{r.domain}/pass@1" in metrics)  # fmt: skip
+        print(f"step {step}/{self.cfg.steps} {kls} {metrics['perf/step_s']:.1f}s/step eta {eta:.0f}s"
+              + (f" eval/pass@1 {evals}" if evals else ""), flush=True)  # fmt: skip
+
+
+def recovery_table(base: dict[str, float], teachers: dict[str, dict[str, float]], student: dict[str, float],
+                   routes: list[Route]) -> tuple[str, dict[str, float]]:  # fmt: skip
+    """Markdown table of greedy pass@1 per domain for base, each teacher and the student, with the share of
+    each teacher's gain over the base on its own domain that the student recovered."""
+    names = [r.teacher.name for r in routes]
+    lines = ["| domain | base | " + " | ".join(names) + " | student | recovered |",
+             "|---" * (len(names) + 4) + "|"]  # fmt: skip
+    recovered: dict[str, float] = {}
+    for route in routes:
+        key = f"eval/{route.domain}/pass@1"
+        gain = teachers[route.teacher.name][key] - base[key]
+        recovered[route.domain] = (student[key] - base[key]) / gain if gain > 0 else float("nan")
+        cells = [f"{teachers[n][key]:.3f}" for n in names]
+        lines.append(f"| {route.domain} | {base[key]:.3f} | " + " | ".join(cells)
+                     + f" | {student[key]:.3f} | {recovered[route.domain]:.0%} |")  # fmt: skip
+    return "\n".join(lines), recovered
+
+
+def teacher_evals(routes: list[Route], data: dict[str, DomainData], make_generate: Any, prompts: Prompts,
+                  params: SamplingParams) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Every teacher on every domain, each served as its own FP4 rollout (``make_generate(entry)`` yields a
+    generate function and a closer)."""
+    out = {}
+    for route in routes:
+        generate, close = make_generate(route.teacher)
+        try:
+            out[route.teacher.name] = evaluate_domains(routes, data, generate, prompts, params)[0]
+        finally:
+            close()
+    return out
