@@ -51,8 +51,8 @@ def build_routes(cfg: DistillConfig, registry: Path) -> list[Route]:
         raise ValueError(
             f"unknown domain(s) {', '.join(unknown)} in distill.teachers; valid: {', '.join(DOMAINS)}"
         )
-    if stray := sorted(set(cfg.weights) - set(cfg.teachers)):
-        raise ValueError(f"distill.weights names domain(s) without a teacher: {', '.join(stray)}")
+    if stray := sorted(set(cfg.weights) - set(DOMAINS)):
+        raise ValueError(f"unknown domain(s) {', '.join(stray)} in distill.weights; valid: {', '.join(DOMAINS)}")
     routes = []
     for domain, name in cfg.teachers.items():
         entry = lookup(registry, name)
