@@ -213,7 +213,7 @@ class DistillController:
 def recovery_table(base: dict[str, float], teachers: dict[str, dict[str, float]], student: dict[str, float],
                    routes: list[Route]) -> tuple[str, dict[str, float]]:  # fmt: skip
     """Markdown table of greedy pass@1 per domain for base, each teacher and the student, with the share of
-    each teacher's gain over the base on its own domain that the student recovered."""
+    each teacher's gain over the base on its own domain that the student recovered (where there is a gain)."""
     names = [r.teacher.name for r in routes]
     lines = ["| domain | base | " + " | ".join(names) + " | student | recovered |",
              "|---" * (len(names) + 4) + "|"]  # fmt: skip
@@ -221,10 +221,16 @@ def recovery_table(base: dict[str, float], teachers: dict[str, dict[str, float]]
     for route in routes:
         key = f"eval/{route.domain}/pass@1"
         gain = teachers[route.teacher.name][key] - base[key]
-        recovered[route.domain] = (student[key] - base[key]) / gain if gain > 0 else float("nan")
+        share = "n/a (the teacher is not ahead of the base)"
+        if gain > 0:
+            recovered[route.domain] = (student[key] - base[key]) / gain
+            share = f"{recovered[route.domain]:.0%}"
         cells = [f"{teachers[n][key]:.3f}" for n in names]
-        lines.append(f"| {route.domain} | {base[key]:.3f} | " + " | ".join(cells)
-                     + f" | {student[key]:.3f} | {recovered[route.domain]:.0%} |")  # fmt: skip
+        lines.append(
+            f"| {route.domain} | {base[key]:.3f} | "
+            + " | ".join(cells)
+            + f" | {student[key]:.3f} | {share} |"
+        )
     return "\n".join(lines), recovered
 
 

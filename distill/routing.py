@@ -52,7 +52,9 @@ def build_routes(cfg: DistillConfig, registry: Path) -> list[Route]:
             f"unknown domain(s) {', '.join(unknown)} in distill.teachers; valid: {', '.join(DOMAINS)}"
         )
     if stray := sorted(set(cfg.weights) - set(DOMAINS)):
-        raise ValueError(f"unknown domain(s) {', '.join(stray)} in distill.weights; valid: {', '.join(DOMAINS)}")
+        raise ValueError(
+            f"unknown domain(s) {', '.join(stray)} in distill.weights; valid: {', '.join(DOMAINS)}"
+        )
     routes = []
     for domain, name in cfg.teachers.items():
         entry = lookup(registry, name)

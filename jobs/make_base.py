@@ -61,14 +61,14 @@ AGENT_EVAL_TURNS = 4
 
 def mixed_recipe() -> BaseRecipe:
     """``embedded:tiny-all``: the tiny base SFT'd on math, code and agent demonstrations (for the code and agent
-    specialists and for distillation): a fixed 800 steps at a lower LR than the math-only default. Synthetic
-    code is easy to copy from its prompt, so only a fifth of the code demos use the asked-for ```python block,
-    and only a fifth of the agent transcripts end in the rewarded ``\\boxed{}``: the base knows the skills but
-    mostly answers in the unrewarded form, so each specialist's RL has a format (and the harder levels) to
-    learn, as the math default does with half of its demos boxed."""
-    return BaseRecipe(domains=["math", "code", "agent"], num_code_demos=10000, code_fenced_share=0.2,
-                      num_agent_demos=10000, agent_boxed_share=0.2, lr=3e-3, max_steps=800, eval_every=200,
-                      num_eval_tasks=100, target_pass_at_1=1.0)  # fmt: skip
+    specialists and for distillation): a fixed 1000 steps at a lower LR than the math-only default, most of
+    them math (the hardest of the three for this size). In every domain only a fifth of the demos use the
+    rewarded form (``\\boxed{}`` for math and the agent's final answer, the asked-for ```python block for
+    code): the base knows the skills but mostly answers in the unrewarded form, so each specialist's RL has a
+    format (and the harder levels) to learn, as the math-only default does with half of its demos boxed."""
+    return BaseRecipe(domains=["math", "code", "agent"], boxed_share=0.2, num_code_demos=6000,
+                      code_fenced_share=0.2, num_agent_demos=6000, agent_boxed_share=0.2, lr=3e-3,
+                      max_steps=1000, eval_every=250, num_eval_tasks=100, target_pass_at_1=1.0)  # fmt: skip
 
 
 def specialist(domain: str) -> Any:

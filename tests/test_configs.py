@@ -9,7 +9,14 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError
 
-from rl.config import MakeBaseConfig, SpecialistRunConfig, register_configs, to_typed, to_yaml
+from rl.config import (
+    DistillRunConfig,
+    MakeBaseConfig,
+    SpecialistRunConfig,
+    register_configs,
+    to_typed,
+    to_yaml,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir())
@@ -29,9 +36,20 @@ def test_every_group_has_options() -> None:
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_each_option_composes_into_the_schema(group: str, option: str) -> None:
-    cfg = to_typed(_compose("train_specialist", [f"{group}={option}"]), SpecialistRunConfig)
-    assert isinstance(cfg, SpecialistRunConfig)
+    top, schema = (
+        ("distill", DistillRunConfig) if group == "distill" else ("train_specialist", SpecialistRunConfig)
+    )
+    cfg = to_typed(_compose(top, [f"{group}={option}"]), schema)
+    assert isinstance(cfg, schema)
     assert "${" not in to_yaml(cfg)  # everything resolved, as the run directory records it
+
+
+def test_distill_composes_with_teachers_by_domain() -> None:
+    cfg = to_typed(_compose("distill", ["distill.lr=3e-6", "distill.loss=gkd_jsd", "distill.weights.code=0.5",
+                                        "trainer=deepspeed", "rollout=vllm"]), DistillRunConfig)  # fmt: skip
+    assert cfg.distill.teachers == {"math": "math", "code": "code", "agent": "agent"}
+    assert cfg.distill.lr == pytest.approx(3e-6) and cfg.distill.weights["code"] == 0.5
+    assert cfg.model.path == "embedded:tiny-all" and cfg.run_name.startswith("distill-")
 
 
 def test_defaults_and_overrides_land_typed() -> None:

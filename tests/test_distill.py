@@ -225,3 +225,29 @@ def test_alternative_objectives_train_through_the_same_step(
     hidden = teacher.hidden_states(batch)[0]
     metrics = trainer.distill_step([DistillPart("t", batch, 1.0)], batch.num_tokens, hidden)
     assert metrics["train/grad_norm"] > 0 and metrics["opd/kl/t_sum"] > 0
+
+
+def test_recovery_table_by_hand(tmp_path: Path, tiny_base: Path) -> None:
+    from distill.controller import recovery_table
+
+    path = tmp_path / "registry.json"
+    for name, domain in (("m", "math"), ("c", "code")):
+        register(
+            path,
+            SpecialistEntry(
+                name, domain, str(tiny_base), "none", "b", config={"specialist": {"domain": domain}}
+            ),
+        )
+    routes = build_routes(DistillConfig(teachers={"math": "m", "code": "c"}), path)
+    base = {"eval/math/pass@1": 0.2, "eval/code/pass@1": 0.5}
+    teachers = {
+        "m": {"eval/math/pass@1": 0.6, "eval/code/pass@1": 0.1},
+        "c": {"eval/math/pass@1": 0.2, "eval/code/pass@1": 0.4},
+    }
+    student = {"eval/math/pass@1": 0.5, "eval/code/pass@1": 0.45}
+    table, recovered = recovery_table(base, teachers, student, routes)
+    assert recovered == {
+        "math": pytest.approx(0.75)
+    }  # (0.5 - 0.2) / (0.6 - 0.2); code's teacher is behind the base
+    assert "| math | 0.200 | 0.600 | 0.200 | 0.500 | 75% |" in table
+    assert "| code | 0.500 | 0.100 | 0.400 | 0.450 | n/a (the teacher is not ahead of the base) |" in table
