@@ -176,7 +176,7 @@ class DistillRunConfig:
     run_name: str = "distill"  # run directory name under runs_root
     runs_root: str = "runs"  # parent of run directories
     registry: str = ""  # where teachers are looked up; "" = <runs_root>/registry.json
-    steps: int = 40  # distillation steps (one optimizer step each)
+    steps: int = 60  # distillation steps (one optimizer step each)
     prompts_per_step: int = 24  # prompts per step, split evenly over the teachers' domains
     eval_every: int = 20  # eval period in steps; 0 = only at start and end
     checkpoint_every: int = 20  # checkpoint period in steps; the last step is always saved
