@@ -20,6 +20,7 @@ import ray
 
 from distill.routing import Route
 from distill.teacher import TeacherGroup
+from rewards.guard import check_error_rate
 from rl.batching import TaskStream, build_train_batch
 from rl.checkpoint import save_checkpoint
 from rl.config import DistillRunConfig
@@ -71,7 +72,10 @@ def evaluate_domains(
     for route in routes:
         tasks = data[route.domain].eval_tasks
         rollouts = rollouts_for(route, generate, prompts, tasks, params)
-        scores = [r.score for r in specialist_scores(route.specialist, tasks, rollouts)]
+        scores = [
+            r.score
+            for r in specialist_scores(route.specialist, tasks, rollouts, route.tasks_cfg.reward_timeout_s)
+        ]
         metrics[f"eval/{route.domain}/pass@1"] = sum(scores) / len(scores)
         for level in sorted({t.level for t in tasks if t.level}):
             at = [s for t, s in zip(tasks, scores, strict=True) if t.level == level]
@@ -137,7 +141,8 @@ class DistillController:
             ]
             rollouts = rollouts_for(route, self.rollout.generate, self.prompts, tasks,
                                     self.sampling(self.cfg.seed * 100_003 + step * 101 + i))  # fmt: skip
-            rewards = specialist_scores(route.specialist, tasks, rollouts)
+            rewards = specialist_scores(route.specialist, tasks, rollouts, route.tasks_cfg.reward_timeout_s)
+            check_error_rate(rewards, route.tasks_cfg.max_reward_error_rate, f"step {step}, {route.domain}")
             metrics[f"reward/{route.domain}"] = sum(r.score for r in rewards) / len(rewards)
             metrics[f"rollout/{route.domain}/response_len"] = sum(
                 len(r.response_ids) for r in rollouts
@@ -156,18 +161,18 @@ class DistillController:
         ranks = len(self.trainer.ranks)
         parts: list[list[DistillPart]] = [[] for _ in range(ranks)]
         hidden: list[list[ray.ObjectRef]] = [[] for _ in range(ranks)]
-        seconds: dict[str, list[ray.ObjectRef]] = {}
+        seconds: dict[str, float] = {}
         for route in self.routes:
-            name = route.teacher.name
-            for rank, shard in enumerate(self.trainer.shards(batches[route.domain])):
-                hidden_ref, seconds_ref = self.teachers.hidden_states(name, shard)
+            name, shards = route.teacher.name, self.trainer.shards(batches[route.domain])
+            refs, seconds[name] = self.teachers.prefill(name, shards)
+            for rank, (shard, ref) in enumerate(zip(shards, refs, strict=True)):
                 parts[rank].append(DistillPart(name, shard, route.weight))
-                hidden[rank].append(hidden_ref)
-                seconds.setdefault(name, []).append(seconds_ref)
+                hidden[rank].append(ref)
         total = sum(b.num_tokens for b in batches.values())
         metrics = self.trainer.distill_step(parts, hidden, total)
         self.guard.update(bool(metrics["train/nonfinite"]), step, self.last_checkpoint)
-        metrics |= {f"opd/teacher_s/{name}": sum(ray.get(refs)) for name, refs in seconds.items()}
+        metrics |= {f"opd/teacher_s/{name}": s for name, s in seconds.items()}
+        metrics["opd/teacher_restarts"] = float(self.teachers.restarts)
         metrics["perf/train_s"] = time.perf_counter() - started
         return metrics
 

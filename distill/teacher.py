@@ -18,9 +18,11 @@ from typing import Any
 
 import ray
 import torch
+from ray.exceptions import RayActorError
 from ray.util.placement_group import remove_placement_group
 
 from rl.config import ClusterConfig
+from rl.faults import maybe_kill
 from rl.fp4.qat import fake_quant_weights, qat_linear_names
 from rl.models import hidden_size, lm_head_weight, load_model, model_context
 from rl.placement import in_group, role_placement_group
@@ -54,6 +56,7 @@ class Teacher:
     def hidden_states(self, batch: TrainBatch, micro_batch_size: int = 64) -> tuple[torch.Tensor, float]:
         """[N, D] last-layer hidden states at the positions predicting ``batch``'s trained tokens (row-major
         order, see ``rl.types.DistillPart``), on CPU; and the seconds it took."""
+        maybe_kill("teacher")
         started = time.perf_counter()
         out = []
         for start in range(0, batch.num_sequences, micro_batch_size):
@@ -74,21 +77,26 @@ TeacherWorker = ray.remote(Teacher)
 
 
 class TeacherGroup:
-    """One TeacherWorker per teacher (by registry name), in one placement group."""
+    """One TeacherWorker per teacher (by registry name), in one placement group; a dead one is restarted."""
 
     def __init__(self, teachers: dict[str, tuple[str, str]], dtype: str, cluster: ClusterConfig, cpus: float,
                  env: dict[str, str]):  # fmt: skip
         """``teachers``: registry name -> (checkpoint path, fp4 format)."""
         bundle = {"CPU": cpus, **({"GPU": cluster.actor_gpus} if cluster.actor_gpus else {})}
         self.group = role_placement_group("teacher", [dict(bundle) for _ in teachers])
-        self.workers: dict[str, Any] = {
-            name: TeacherWorker.options(  # type: ignore[attr-defined]
-                num_cpus=cpus, num_gpus=cluster.actor_gpus, scheduling_strategy=in_group(self.group, i),
-                runtime_env={"env_vars": env},
-            ).remote(path, fp4, dtype, cluster.torch_threads)
-            for i, (name, (path, fp4)) in enumerate(teachers.items())
-        }  # fmt: skip
+        self.teachers, self.index = teachers, {name: i for i, name in enumerate(teachers)}
+        self._spawn_args = (dtype, cluster, cpus, env)
+        self.workers: dict[str, Any] = {name: self._spawn(name) for name in teachers}
         ray.get([w.ready.remote() for w in self.workers.values()])
+        self.restarts = 0
+
+    def _spawn(self, name: str) -> Any:
+        dtype, cluster, cpus, env = self._spawn_args
+        path, fp4 = self.teachers[name]
+        return TeacherWorker.options(  # type: ignore[attr-defined]
+            num_cpus=cpus, num_gpus=cluster.actor_gpus, scheduling_strategy=in_group(self.group, self.index[name]),
+            runtime_env={"env_vars": env},
+        ).remote(path, fp4, dtype, cluster.torch_threads)  # fmt: skip
 
     def heads(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.workers, ray.get([w.head.remote() for w in self.workers.values()]), strict=True))
@@ -97,6 +105,25 @@ class TeacherGroup:
         """References to ``batch``'s hidden states [N, D] from ``teacher`` and to the seconds it took: the
         trainer takes the first straight from the object store, the controller only reads the second."""
         return self.workers[teacher].hidden_states.options(num_returns=2).remote(batch)
+
+    def prefill(self, teacher: str, shards: list[TrainBatch]) -> tuple[list[ray.ObjectRef], float]:
+        """Hidden-state references for each of ``shards`` and the teacher's seconds; a teacher that dies on the
+        way is restarted (same bundle; its weights are frozen, so nothing else to restore) and the batch redone."""
+        for attempt in range(2):
+            calls = [self.hidden_states(teacher, shard) for shard in shards]
+            try:
+                return [hidden for hidden, _ in calls], sum(ray.get([seconds for _, seconds in calls]))
+            except RayActorError as err:
+                if attempt:
+                    raise
+                print(
+                    f"teacher {teacher!r} died ({type(err).__name__}); restarted, redoing its batch",
+                    flush=True,
+                )
+                ray.kill(self.workers[teacher])
+                self.workers[teacher] = self._spawn(teacher)
+                self.restarts += 1
+        raise AssertionError("unreachable")
 
     def shutdown(self) -> None:
         for worker in self.workers.values():

@@ -78,11 +78,16 @@ def user_errors() -> Iterator[None]:
 
     Used inside the Hydra task function, because Hydra reports exceptions raised there as a traceback.
     """
+    from rewards.guard import RewardErrorRateError
     from rl.controller import NonFiniteLossError
     from rl.placement import ResourceError
+    from rl.trainer.group import TrainerDiedError
 
     try:
         yield
-    except (ValueError, FileNotFoundError, ResourceError, NonFiniteLossError) as err:
+    except (ValueError, FileNotFoundError, ResourceError, NonFiniteLossError, RewardErrorRateError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except TrainerDiedError as err:  # not bad input: a retry with resume=true is expected to succeed
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(3)

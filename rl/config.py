@@ -95,6 +95,10 @@ class SpecialistConfig:
     levels: list[int] = field(default_factory=lambda: [1, 2, 3])  # synthetic difficulty levels
     data_seed: int = 0  # seed of the synthetic generator and of the prompt order
     max_turns: int = 4  # agent: model turns per episode (rollout.max_new_tokens bounds each turn)
+    reward_timeout_s: float = 10.0  # a reward still running after this gets 0 ("reward_error: timeout")
+    max_reward_error_rate: float = (
+        0.25  # share of a step's rewards that may raise or hang before the run stops
+    )
 
 
 @dataclass

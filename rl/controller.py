@@ -9,6 +9,7 @@ uninterrupted one would have.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from rewards.guard import check_error_rate, guarded_scores, is_reward_error
 from rewards.math import reason_kind
 from rl.algorithms.advantages import get_advantage_fn
 from rl.algorithms.sampling import zero_variance_groups
@@ -33,6 +35,7 @@ from rl.trainer.group import TrainerGroup
 from rl.types import Reward, Rollout, SamplingParams, Task
 
 SUMMARY_PREFIXES = ("mismatch/", "reward/", "train/")  # last-step figures copied into summary.json
+REWARD_TIMEOUT_S = 10.0  # per-sample reward time limit where no config gives one
 
 
 class NonFiniteLossError(RuntimeError):
@@ -82,11 +85,18 @@ def specialist_rollouts(
                                max_response_tokens)  # fmt: skip
 
 
-def specialist_scores(specialist: ModuleType, tasks: list[Task], rollouts: list[Rollout]) -> list[Reward]:
-    """Rewards in order; specialists that run programs score a whole batch at once (``score_batch``)."""
-    if hasattr(specialist, "score_batch"):
-        return specialist.score_batch(tasks, rollouts)
-    return [specialist.score(t, r) for t, r in zip(tasks, rollouts, strict=True)]
+def specialist_scores(
+    specialist: ModuleType, tasks: list[Task], rollouts: list[Rollout], timeout_s: float = REWARD_TIMEOUT_S
+) -> list[Reward]:
+    """Rewards in order, never raising: a reward that raises or hangs gives 0 with a ``reward_error`` reason
+    (``rewards.guard``). Specialists that run programs score a whole batch at once (``score_batch``, whose
+    sandbox bounds every program); if that raises, the batch is scored sample by sample, guarded."""
+    if hasattr(specialist, "score_batch") and not os.environ.get("DISTILLERY_FAULT_REWARD"):
+        try:
+            return specialist.score_batch(tasks, rollouts)
+        except Exception:  # retried per sample below, so each failure is recorded where it happened
+            pass
+    return guarded_scores(specialist.score, tasks, rollouts, timeout_s)
 
 
 def response_budget(cfg: SpecialistRunConfig, specialist: ModuleType) -> int:
@@ -175,6 +185,7 @@ class SpecialistController:
             expanded = [t for t in tasks for _ in range(g)]
             rollouts = self.generate(expanded, self.sampling(self.cfg.seed * 100_003 + step * 101 + rounds))
             rewards = self.score(expanded, rollouts)
+            check_error_rate(rewards, self.cfg.specialist.max_reward_error_rate, f"step {step}")
             groups = [
                 Group(t, rollouts[i * g : (i + 1) * g], rewards[i * g : (i + 1) * g])
                 for i, t in enumerate(tasks)
@@ -195,7 +206,7 @@ class SpecialistController:
                                    self.cfg.specialist.max_turns, self.max_response_tokens)  # fmt: skip
 
     def score(self, tasks: list[Task], rollouts: list[Rollout]) -> list[Reward]:
-        return specialist_scores(self.specialist, tasks, rollouts)
+        return specialist_scores(self.specialist, tasks, rollouts, self.cfg.specialist.reward_timeout_s)
 
     @staticmethod
     def _rewards(rewards: list[list[Reward]]) -> torch.Tensor:
@@ -210,12 +221,14 @@ class SpecialistController:
         reasons = Counter(reason_kind(rw.reason) for rw in rewards)
         return {
             "reward/mean": sum(rw.score for rw in rewards) / len(rewards),
+            "reward/error_rate": sum(is_reward_error(rw) for rw in rewards) / len(rewards),
             **{f"reward/reason/{k}": v / len(rewards) for k, v in reasons.items()},
             "rollout/response_len": tokens / len(rollouts),
             "rollout/truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
             "rollout/kept_groups": float(len(kept[: self.cfg.prompts_per_step])),
             "rollout/kept_groups_frac": len(kept) / len(sampled),
             "rollout/sampling_rounds": float(rounds),
+            "rollout/worker_restarts": float(self.rollout.restarts),  # cumulative, this process
             "perf/rollout_s": elapsed,
             "perf/rollout_tokens_per_s": tokens / max(elapsed, 1e-9),
             **(turn_metrics(rollouts) if self.multi_turn else {}),

@@ -203,3 +203,22 @@ def test_rerun_without_resume_refuses_to_overwrite_checkpoints(
     run_job(job_env, *common)
     proc = run_job(job_env, *common, check=False)
     assert proc.returncode == 2 and "already has checkpoints; pass resume=true" in proc.stderr
+
+
+def test_failing_rewards_score_zero_with_a_reason_and_too_many_stop_the_run(
+    tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
+) -> None:
+    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "steps=2"]
+    run_job({**job_env, "DISTILLERY_FAULT_REWARD": "raise:4"}, *common, "run_name=some")
+    for line in metrics(tmp_path / "some")[
+        1:
+    ]:  # every 4th reward raised: recorded, counted, the step went on
+        assert line["reward/error_rate"] == pytest.approx(0.25, abs=0.05)
+        assert line["reward/reason/reward_error"] == pytest.approx(0.25, abs=0.05)
+    proc = run_job({**job_env, "DISTILLERY_FAULT_REWARD": "raise:1"}, *common, "run_name=all", check=False)
+    assert proc.returncode == 2
+    assert (
+        "error: step 1: 16 of 16 rewards failed (100%), more than specialist.max_reward_error_rate=0.25"
+        in proc.stderr
+    )
+    assert "first: reward_error: RuntimeError: injected reward fault" in proc.stderr

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import remove_placement_group
 
 from rl.config import ClusterConfig, RolloutConfig
@@ -27,20 +29,53 @@ class RolloutGroup:
     ):
         bundles = [actor_bundle(cluster) for _ in range(cfg.num_workers)]
         self.group = role_placement_group("rollout", bundles)
-        self.workers = [
-            RolloutActor.options(  # type: ignore[attr-defined]
-                num_cpus=cluster.actor_cpus,
-                num_gpus=cluster.actor_gpus,
-                scheduling_strategy=in_group(self.group, i),
-                runtime_env={"env_vars": env},
-            ).remote(model_path, cfg, threads=cluster.torch_threads, fp4=fp4)
-            for i in range(cfg.num_workers)
-        ]
+        self._spawn_args = (model_path, cfg, cluster, env, fp4)
+        self.workers = [self._spawn(i) for i in range(cfg.num_workers)]
         ray.get([w.ready.remote() for w in self.workers])
         self.fp4_mode: str = ray.get(self.workers[0].fp4_mode.remote())  # packed | simulated | none
+        self._weights: ray.ObjectRef | None = None  # the last pushed weights, for a restarted worker
+        self.restarts = 0
+
+    def _spawn(self, index: int) -> Any:
+        model_path, cfg, cluster, env, fp4 = self._spawn_args
+        return RolloutActor.options(  # type: ignore[attr-defined]
+            num_cpus=cluster.actor_cpus,
+            num_gpus=cluster.actor_gpus,
+            scheduling_strategy=in_group(self.group, index),
+            runtime_env={"env_vars": env},
+        ).remote(model_path, cfg, threads=cluster.torch_threads, fp4=fp4)
+
+    def _replace_dead(self) -> list[int]:
+        """Start a new worker, with the current weights, in the bundle of each one that no longer answers."""
+        dead = []
+        for i, worker in enumerate(self.workers):
+            try:
+                ray.get(worker.ready.remote(), timeout=60)
+            except (RayActorError, GetTimeoutError):
+                dead.append(i)
+        for i in dead:
+            ray.kill(self.workers[i])  # type: ignore[arg-type]
+            self.workers[i] = self._spawn(i)
+            if self._weights is not None:
+                ray.get(self.workers[i].load_weights.remote(self._weights))
+        self.restarts += len(dead)
+        return dead
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
-        """Completions for ``prompts`` in order; each worker gets a contiguous slice and its own seed."""
+        """Completions for ``prompts`` in order; each worker gets a contiguous slice and its own seed.
+
+        A worker that dies mid-generation is replaced (same bundle, current weights) and the whole call is
+        redone once: seeds are per call, so the redone batch is the one the dead worker would have returned.
+        """
+        try:
+            return self._generate(prompts, params)
+        except RayActorError as err:
+            dead = self._replace_dead()
+            print(f"rollout worker(s) {dead} died ({type(err).__name__}); restarted with the current weights, "
+                  "redoing the batch", flush=True)  # fmt: skip
+            return self._generate(prompts, params)
+
+    def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
         n = len(self.workers)
         bounds = [len(prompts) * i // n for i in range(n + 1)]
         futures = [
@@ -55,6 +90,7 @@ class RolloutGroup:
     def push_weights(self, weights_ref: ray.ObjectRef) -> dict[str, float]:
         """Load the weights behind ``weights_ref`` into every worker; returns perf metrics."""
         start = time.perf_counter()
+        self._weights = weights_ref
         loads = ray.get([w.load_weights.remote(weights_ref) for w in self.workers])
         return {
             "perf/weight_sync_s": time.perf_counter() - start,

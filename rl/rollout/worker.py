@@ -17,6 +17,7 @@ import ray
 import torch
 
 from rl.config import RolloutConfig
+from rl.faults import maybe_kill
 from rl.fp4.qat import payload_nbytes
 from rl.types import Rollout, SamplingParams
 
@@ -58,6 +59,7 @@ class RolloutWorker:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
         """One completion per prompt (token ids, sampling log-probs, finish reason, text)."""
+        maybe_kill("rollout")
         return self.engine.generate(prompts, params)
 
     def load_weights(self, state: dict[str, Any]) -> tuple[float, int]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import ray
 import torch
+from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import remove_placement_group
 
 from rl.config import AlgorithmConfig, ClusterConfig, TrainerConfig
@@ -14,6 +16,10 @@ from rl.trainer.backends import BACKENDS
 from rl.trainer.torch_backend import DistInfo, free_port
 from rl.trainer.worker import ACTORS
 from rl.types import DistillPart, LossNormalizer, TrainBatch
+
+
+class TrainerDiedError(RuntimeError):
+    """A trainer rank's process died: the run stops (its optimizer state is gone) and resumes from a checkpoint."""
 
 
 class TrainerGroup:
@@ -60,6 +66,23 @@ class TrainerGroup:
             for rank in range(cfg.num_ranks)
         ]
 
+    def _get(self, refs: list[ray.ObjectRef]) -> list[Any]:
+        """``ray.get`` that turns a dead rank into one error naming it (the job stops; ``resume=true`` or a
+        ``jobs.submit`` retry continues from the last checkpoint)."""
+        try:
+            return ray.get(refs)
+        except RayActorError as err:
+            dead = []
+            for rank, actor in enumerate(self.ranks):
+                try:
+                    ray.get(actor.ready.remote(), timeout=30)
+                except (RayActorError, GetTimeoutError):
+                    dead.append(rank)
+            raise TrainerDiedError(
+                f"trainer rank(s) {dead or '?'} of {len(self.ranks)} died ({type(err).__name__}); resubmit with "
+                "resume=true to continue from the last checkpoint"
+            ) from None
+
     def shards(self, batch: TrainBatch) -> list[TrainBatch]:
         """``batch`` split into one contiguous row range per rank."""
         n = len(self.ranks)
@@ -67,7 +90,7 @@ class TrainerGroup:
         return [batch.select(slice(bounds[i], bounds[i + 1])) for i in range(n)]
 
     def forward_logprobs(self, batch: TrainBatch) -> torch.Tensor:
-        parts = ray.get(
+        parts = self._get(
             [r.forward_logprobs.remote(s) for r, s in zip(self.ranks, self.shards(batch), strict=True)]
         )
         return torch.cat(parts)
@@ -75,7 +98,7 @@ class TrainerGroup:
     def train_step(self, batch: TrainBatch, max_response_tokens: int) -> dict[str, float]:
         """One optimizer step over ``batch`` split across ranks; metrics token-weighted across ranks."""
         norm = LossNormalizer(batch.num_tokens, batch.num_sequences, max_response_tokens)
-        results = ray.get(
+        results = self._get(
             [r.train_step.remote(s, norm) for r, s in zip(self.ranks, self.shards(batch), strict=True)]
         )
         tokens = sum(m["train/tokens"] for m in results)
@@ -88,7 +111,7 @@ class TrainerGroup:
 
     def set_teacher_heads(self, heads: dict[str, torch.Tensor], loss: str, options: Any) -> None:
         heads_ref = ray.put(heads)
-        ray.get([r.set_teacher_heads.remote(heads_ref, loss, options) for r in self.ranks])
+        self._get([r.set_teacher_heads.remote(heads_ref, loss, options) for r in self.ranks])
 
     def distill_step(
         self,
@@ -99,7 +122,7 @@ class TrainerGroup:
         """One OPD optimizer step: rank ``r`` trains on ``parts_by_rank[r]`` with the teacher hidden states
         behind ``hidden_by_rank[r]`` (Ray resolves them in the rank's process). Per-teacher KL is token-weighted
         over ranks: ``opd/kl/<teacher>``, ``opd/tokens/<teacher>``."""
-        results = ray.get([r.distill_step.remote(parts, total_tokens, *hidden)
+        results = self._get([r.distill_step.remote(parts, total_tokens, *hidden)
                            for r, parts, hidden in zip(self.ranks, parts_by_rank, hidden_by_rank, strict=True)])  # fmt: skip
         merged = {k: results[0][k] for k in ("train/grad_norm", "train/lr", "train/nonfinite")}
         merged["train/loss"] = sum(m["train/loss"] for m in results)
@@ -123,17 +146,19 @@ class TrainerGroup:
 
     def fake_quant_weights(self) -> dict[str, torch.Tensor]:
         """Rank 0's fake-quantized QAT weights (every rank takes part, as in ``export_weights``)."""
-        return ray.get([r.fake_quant_weights.remote() for r in self.ranks])[0]
+        return self._get([r.fake_quant_weights.remote() for r in self.ranks])[0]
 
     def save(self, path: str) -> None:
-        ray.get([r.save.remote(path) for r in self.ranks])
+        self._get([r.save.remote(path) for r in self.ranks])
 
     def load(self, path: str) -> None:
-        ray.get([r.load.remote(path) for r in self.ranks])
+        self._get([r.load.remote(path) for r in self.ranks])
 
     def shutdown(self) -> None:
         """Leave the process group, stop the actors and free the placement group."""
-        ray.get([r.shutdown.remote() for r in self.ranks])
+        for rank in self.ranks:  # a dead rank has nothing left to shut down; it is killed below either way
+            with contextlib.suppress(RayActorError, GetTimeoutError):
+                ray.get(rank.shutdown.remote(), timeout=60)
         for rank in self.ranks:
             ray.kill(rank)  # type: ignore[arg-type]
         remove_placement_group(self.group)

@@ -26,6 +26,7 @@ from rl.algorithms.kl import get_kl_fn
 from rl.algorithms.mismatch import CorrectionConfig, apply_correction, mismatch_metrics
 from rl.algorithms.policy_loss import get_policy_loss_fn
 from rl.config import AlgorithmConfig, TrainerConfig
+from rl.faults import maybe_kill
 from rl.fp4.qat import apply_qat, export_weights, fake_quant_weights, to_cpu
 from rl.models import lm_head_weight, load_model
 from rl.types import DistillPart, LossNormalizer, TrainBatch, predicting_mask
@@ -137,6 +138,9 @@ class TorchTrainer:
 
     always_distributed = False  # backends that need a process group even on one rank
 
+    def ready(self) -> bool:
+        return True
+
     def _pick_device(self) -> torch.device:
         """This rank's GPU (one per rank: Ray gives each actor its own, a launcher numbers them), else CPU."""
         if not torch.cuda.is_available():
@@ -215,6 +219,7 @@ class TorchTrainer:
         A non-finite loss or gradient norm skips the update (weights and optimizer state untouched) and
         reports ``train/nonfinite = 1``; the controller decides when too many in a row stop the run.
         """
+        maybe_kill("trainer")
         self._zero_grad()
         batch = batch.to(self.device)
         self._train_calls += 1
@@ -281,6 +286,7 @@ class TorchTrainer:
         from distill.losses import get_opd_loss
 
         self.teacher_heads, self.opd_loss, self.opd_options = heads, get_opd_loss(loss), options
+        self._head: tuple[str | None, Any] = (None, None)  # (teacher, its head on the device)
 
     def distill_step(
         self, parts: list[DistillPart], total_tokens: int, *hidden: torch.Tensor
@@ -306,6 +312,14 @@ class TorchTrainer:
         return sums | {"train/grad_norm": grad_norm, "train/lr": float(self.scheduler.get_last_lr()[0]),
                        "train/nonfinite": float(nonfinite)}  # fmt: skip
 
+    def _resident_head(self, teacher: str, dtype: torch.dtype) -> torch.Tensor:
+        """``teacher``'s head on the device; parts come grouped by teacher, so each head moves there once a step
+        and at most one is resident (the previous one is dropped first)."""
+        if self._head[0] != teacher:
+            self._head = (None, None)
+            self._head = (teacher, self.teacher_heads[teacher].to(self.device, dtype))
+        return self._head[1]
+
     def _opd_micro(self, part: DistillPart, hidden_ND: torch.Tensor):
         """Micro-batches of ``part`` with their slice of the teacher's hidden states."""
         counts = predicting_mask(part.batch.loss_mask_BT).sum(1).tolist()
@@ -325,7 +339,7 @@ class TorchTrainer:
         mask = predicting_mask(micro.loss_mask_BT)
         h_s = out.hidden_states[-1][:, :-1][mask]
         w_s = lm_head_weight(self.model)
-        w_t = self.teacher_heads[part.teacher].to(self.device, w_s.dtype)  # the one head on the device now
+        w_t = self._resident_head(part.teacher, w_s.dtype)
         weight = torch.full((h_s.shape[0],), part.weight * self.dist.world_size / max(total_tokens, 1),
                             device=self.device)  # fmt: skip
         sampled = SampledTokens(micro.input_ids_BT[:, 1:][mask], micro.rollout_logprobs_BT[:, 1:][mask])

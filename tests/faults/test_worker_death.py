@@ -1,0 +1,87 @@
+"""Workers killed for real (SIGKILL of the actor's own process, rl/faults.py) while they work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import ray
+
+from distill.teacher import TeacherGroup
+from jobs.common import forwarded_env
+from rl.batching import build_train_batch
+from rl.config import ClusterConfig, RolloutConfig
+from rl.models import load_tokenizer
+from rl.rollout.group import RolloutGroup
+from rl.sft import chat_prompt_ids
+from rl.types import SamplingParams
+from specialists.synthetic import math_tasks
+from tests.test_job_e2e import metrics, run_job
+
+CLUSTER = ClusterConfig(actor_cpus=0.5)
+
+
+def prompts(base: Path) -> list[list[int]]:
+    tokenizer = load_tokenizer(str(base))
+    return [chat_prompt_ids(tokenizer, t.prompt) for t in math_tasks(6, "train")]
+
+
+def test_a_rollout_worker_killed_mid_generation_is_replaced_and_the_batch_redone(
+    tiny_base: Path, tmp_path: Path, ray_local, monkeypatch
+) -> None:
+    params = SamplingParams(max_new_tokens=8, seed=3)
+    healthy = RolloutGroup(str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), "mxfp4")
+    expected = healthy.generate(prompts(tiny_base), params)
+    healthy.shutdown()
+    monkeypatch.setenv("DISTILLERY_FAULT_KILL", f"rollout:1:{tmp_path / 'killed'}")
+    group = RolloutGroup(str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), "mxfp4")
+    first_pid = ray.get(group.workers[0].__ray_call__.remote(lambda self: __import__("os").getpid()))
+    got = group.generate(prompts(tiny_base), params)  # the worker kills itself on this call
+    assert (tmp_path / "killed").exists() and group.restarts == 1
+    assert ray.get(group.workers[0].__ray_call__.remote(lambda self: __import__("os").getpid())) != first_pid
+    assert [r.response_ids for r in got] == [r.response_ids for r in expected]  # the same batch, redone
+    group.shutdown()
+
+
+def test_a_teacher_killed_during_prefill_is_restarted_and_its_batch_redone(
+    tiny_base: Path, tmp_path: Path, ray_local, monkeypatch
+) -> None:
+    tokenizer = load_tokenizer(str(tiny_base))
+    rollouts = RolloutGroup(str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), "none")
+    batch = build_train_batch(rollouts.generate(prompts(tiny_base), SamplingParams(max_new_tokens=8)), [0.0] * 6,
+                              int(tokenizer.pad_token_id))  # type: ignore[arg-type]  # fmt: skip
+    rollouts.shutdown()
+    monkeypatch.setenv("DISTILLERY_FAULT_KILL", f"teacher:1:{tmp_path / 'killed'}")
+    teachers = TeacherGroup({"t": (str(tiny_base), "mxfp4")}, "float32", CLUSTER, 0.25, forwarded_env())
+    refs, seconds = teachers.prefill("t", [batch.select(slice(0, 3)), batch.select(slice(3, 6))])
+    assert (tmp_path / "killed").exists() and teachers.restarts == 1 and seconds > 0
+    hidden = ray.get(refs)
+    assert sum(h.shape[0] for h in hidden) == int(batch.loss_mask_BT[:, 1:].sum())
+    teachers.shutdown()
+
+
+@pytest.mark.slow
+def test_a_job_survives_a_killed_rollout_worker_and_a_killed_trainer_stops_it_for_a_resume(
+    tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
+) -> None:
+    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "steps=3"]
+    run_job(job_env, *common, "run_name=straight")
+    env = {**job_env, "DISTILLERY_FAULT_KILL": f"rollout:3:{tmp_path / 'rollout-killed'}"}
+    proc = run_job(env, *common, "run_name=killed")
+    assert "rollout worker(s) [0] died" in proc.stdout and (tmp_path / "rollout-killed").exists()
+    lines, straight = metrics(tmp_path / "killed"), metrics(tmp_path / "straight")
+    assert [m["step"] for m in lines] == [0, 1, 2, 3]  # same number of steps, none duplicated
+    assert lines[-1]["rollout/worker_restarts"] == 1.0
+    assert [m.get("reward/mean") for m in lines] == [
+        m.get("reward/mean") for m in straight
+    ]  # the batch was redone
+
+    env = {**job_env, "DISTILLERY_FAULT_KILL": f"trainer:2:{tmp_path / 'trainer-killed'}"}
+    proc = run_job(env, *common, "run_name=trainer", check=False)
+    assert proc.returncode == 3 and "error: trainer rank(s) [0] of 1 died" in proc.stderr
+    assert [m["step"] for m in metrics(tmp_path / "trainer")] == [0, 1]  # step 2 never logged
+    proc = run_job(job_env, *common, "run_name=trainer", "resume=true")  # the resubmitted job
+    assert "resuming" in proc.stdout
+    lines = metrics(tmp_path / "trainer")
+    assert [m["step"] for m in lines] == [0, 1, 2, 3]  # nothing lost beyond the checkpoint, nothing repeated
+    assert [m.get("reward/mean") for m in lines] == [m.get("reward/mean") for m in straight]
