@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from rl.models import ModelLoadError, smollm2_path
 # Only these variables reach actors: never the whole os.environ (it breaks Ray's runtime_env agent and
 # leaks secrets into every worker).
 FORWARDED_ENV_PREFIXES = ("DISTILLERY_", "WANDB_", "HF_")
+RAY_CONNECT_TIMEOUT_S = 10.0  # how long a cluster.address may take to accept a connection
 
 
 class RunDirError(ValueError):
@@ -28,12 +30,39 @@ def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
 
 
+class ClusterUnreachableError(ConnectionError):
+    """``cluster.address`` does not answer."""
+
+
+def check_reachable(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """A TCP connection to ``address`` (``host:port`` or ``ray://host:port``) within ``timeout_s``, so a wrong or
+    dead address fails in seconds with its name instead of Ray retrying for minutes."""
+    if address == "auto":
+        return  # Ray finds the local cluster itself
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"cluster.address {address!r} is not host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ClusterUnreachableError(
+            f"Ray cluster at cluster.address={address} does not answer ({err or 'timed out'} after at most "
+            f"{timeout_s:g}s); is `ray start --head` running there?"
+        ) from None
+
+
 def init_ray(cluster: ClusterConfig) -> None:
     """Join ``cluster.address`` (or the Ray job's cluster), else start a local Ray."""
     if ray.is_initialized():
         return
     if cluster.address:
-        ray.init(address=cluster.address, log_to_driver=True)
+        check_reachable(cluster.address)  # refused or unroutable: fails here, in seconds
+        try:  # accepted but not a Ray cluster (e.g. behind a proxy): Ray gives up after its own ~20 s
+            ray.init(address=cluster.address, log_to_driver=True)
+        except ConnectionError as err:
+            raise ClusterUnreachableError(
+                f"Ray cluster at cluster.address={cluster.address} does not answer: {err}"
+            ) from None
     elif os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`
         ray.init(log_to_driver=True)
     else:
@@ -85,7 +114,8 @@ def user_errors() -> Iterator[None]:
 
     try:
         yield
-    except (ValueError, FileNotFoundError, ResourceError, NonFiniteLossError, RewardErrorRateError) as err:
+    except (ValueError, FileNotFoundError, ResourceError, NonFiniteLossError, RewardErrorRateError,
+            ClusterUnreachableError) as err:  # fmt: skip
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
     except TrainerDiedError as err:  # not bad input: a retry with resume=true is expected to succeed

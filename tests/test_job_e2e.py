@@ -169,6 +169,10 @@ def test_nonfinite_losses_stop_the_run_with_the_last_good_checkpoint_intact(
         (["trainer.backend=megatron"], "error: unknown trainer.backend 'megatron'; valid: torch, deepspeed"),
         (["rollout.engine=sglang"], "error: unknown rollout.engine 'sglang'; valid: hf, vllm"),
         (
+            ["cluster.address=127.0.0.1:1"],
+            "error: Ray cluster at cluster.address=127.0.0.1:1 does not answer",
+        ),
+        (
             ["trainer.backend=deepspeed", "trainer.zero_stage=4"],
             "trainer.zero_stage must be one of (1, 2, 3)",
         ),
