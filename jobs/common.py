@@ -110,6 +110,7 @@ def user_errors() -> Iterator[None]:
     from rewards.guard import RewardErrorRateError
     from rl.controller import NonFiniteLossError
     from rl.placement import ResourceError
+    from rl.tracking import DiskFullError
     from rl.trainer.group import TrainerDiedError
 
     try:
@@ -118,6 +119,6 @@ def user_errors() -> Iterator[None]:
             ClusterUnreachableError) as err:  # fmt: skip
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except TrainerDiedError as err:  # not bad input: a retry with resume=true is expected to succeed
+    except (TrainerDiedError, DiskFullError) as err:  # not bad input: a retry with resume=true can succeed
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(3)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rl.tracking import write_json_atomic
+from rl.tracking import DiskFullError, no_space, write_json_atomic
 
 STATE_FILE = "controller_state.json"
 POINTER = "latest"
@@ -34,8 +34,18 @@ def save_checkpoint(
     tmp = root / f".tmp-step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    write_trainer(tmp)
-    write_json_atomic(tmp / STATE_FILE, {**state, "step": step})
+    try:
+        write_trainer(tmp)
+        write_json_atomic(tmp / STATE_FILE, {**state, "step": step})
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # the partial copy goes; `latest` was never touched
+        if no_space(err):
+            previous = (root / POINTER).read_text().strip() if (root / POINTER).exists() else "none"
+            raise DiskFullError(
+                f"disk full while writing checkpoint {final.name} under {root}; the partial copy was removed and "
+                f"`latest` still names {previous}: free space and rerun with resume=true"
+            ) from None
+        raise
     if final.exists():  # a resumed run redoing this step
         shutil.rmtree(final)
     os.rename(tmp, final)

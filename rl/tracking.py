@@ -7,6 +7,8 @@ On resume the file is cut back to the checkpoint's step, so no step appears twic
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -30,15 +32,32 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+class DiskFullError(RuntimeError):
+    """No space left while writing a run's files; what was half-written has been rolled back."""
+
+
+def no_space(err: BaseException) -> bool:
+    """Whether ``err`` (or a worker's error wrapping it) is ENOSPC."""
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err)
+
+
 def _jsonable(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
+
+
+def _step_of(line: str) -> float:
+    """A metrics line's step; a torn line (a crash mid-write) counts as after every checkpoint (dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError):
+        return math.inf
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Drop lines logged after ``last_step`` (they belong to steps a resumed run will redo)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    kept = [line for line in path.read_text().splitlines() if line and _step_of(line) <= last_step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
@@ -78,10 +97,21 @@ class Tracker:
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Record one step's metrics in W&B and as one line of ``metrics.jsonl``."""
         line = {"step": step, **{k: _jsonable(float(v)) for k, v in metrics.items()}}
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(line, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        size = self.metrics_path.stat().st_size if self.metrics_path.exists() else 0
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(line, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            with contextlib.suppress(OSError):  # no half line left behind for a resume to trip on
+                os.truncate(self.metrics_path, size)
+            if no_space(err):
+                raise DiskFullError(
+                    f"disk full while writing {self.metrics_path} at step {step}; the line was rolled back and "
+                    "the last checkpoint is intact: free space and rerun with resume=true"
+                ) from None
+            raise
         self.run.log(metrics, step=step)
 
     def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
