@@ -24,7 +24,13 @@ from rewards.guard import check_error_rate
 from rl.batching import TaskStream, build_train_batch
 from rl.checkpoint import save_checkpoint
 from rl.config import DistillRunConfig
-from rl.controller import NonFiniteGuard, specialist_rollouts, specialist_scores, turn_metrics
+from rl.controller import (
+    NonFiniteGuard,
+    sampling_params,
+    specialist_rollouts,
+    specialist_scores,
+    turn_metrics,
+)
 from rl.models import token_id
 from rl.rollout.multiturn import Generate
 from rl.sft import chat_prompt_ids
@@ -119,15 +125,8 @@ class DistillController:
                 self.checkpoint(step)
         return self.summary()
 
-    @staticmethod
-    def greedy(cfg: DistillRunConfig) -> SamplingParams:
-        r = cfg.rollout
-        return SamplingParams(r.max_new_tokens, 0.0, r.top_p, r.top_k, tuple(r.stop), 0)
-
     def sampling(self, seed: int, temperature: float | None = None) -> SamplingParams:
-        r = self.cfg.rollout
-        temp = r.temperature if temperature is None else temperature
-        return SamplingParams(r.max_new_tokens, temp, r.top_p, r.top_k, tuple(r.stop), seed)
+        return sampling_params(self.cfg.rollout, seed, temperature)
 
     def sample(self, step: int) -> tuple[dict[str, TrainBatch], dict[str, float]]:
         """Each domain's share of the step's prompts, ``samples_per_prompt`` student completions each."""

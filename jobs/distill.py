@@ -32,6 +32,7 @@ from jobs.train_specialist import check_backends
 from rl.batching import TaskStream
 from rl.checkpoint import load_state
 from rl.config import AlgorithmConfig, DistillRunConfig, register_configs, to_typed
+from rl.controller import sampling_params
 from rl.fp4.formats import get_format
 from rl.models import load_tokenizer
 from rl.placement import check_resources, role_needs
@@ -109,7 +110,7 @@ def run(cfg: DistillRunConfig) -> dict[str, Any]:
     if "teachers" not in history:
         print(f"evaluating {len(routes)} teacher(s) on {len(routes)} domain(s)", flush=True)
         history["teachers"] = teacher_evals(routes, data, served_teacher(cfg, env), prompts,
-                                            DistillController.greedy(cfg))  # fmt: skip
+                                            sampling_params(cfg.rollout, seed=0, temperature=0.0))  # fmt: skip
     trainer, rollout, teachers = start_workers(cfg, student, routes, env)
     tracker = Tracker(run_dir, cfg.logger, dataclasses.asdict(cfg), cfg.run_name, job_type="distill",
                       run_id=state.get("wandb_run_id"))  # fmt: skip

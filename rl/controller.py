@@ -25,7 +25,7 @@ from rl.algorithms.advantages import get_advantage_fn
 from rl.algorithms.sampling import zero_variance_groups
 from rl.batching import TaskStream, build_train_batch
 from rl.checkpoint import save_checkpoint
-from rl.config import SpecialistRunConfig
+from rl.config import RolloutConfig, SpecialistRunConfig
 from rl.models import token_id
 from rl.rollout.group import RolloutGroup
 from rl.rollout.multiturn import Generate, multi_turn_rollouts
@@ -99,6 +99,12 @@ def specialist_scores(
     return guarded_scores(specialist.score, tasks, rollouts, timeout_s)
 
 
+def sampling_params(r: RolloutConfig, seed: int, temperature: float | None = None) -> SamplingParams:
+    """The rollout config's sampling at ``seed``; ``temperature=0.0`` for greedy eval."""
+    temp = r.temperature if temperature is None else temperature
+    return SamplingParams(r.max_new_tokens, temp, r.top_p, r.top_k, tuple(r.stop), seed)
+
+
 def response_budget(cfg: SpecialistRunConfig, specialist: ModuleType) -> int:
     """Most response tokens one rollout can have: one generation, or every turn plus its observations."""
     turns = cfg.specialist.max_turns if hasattr(specialist, "make_env") else 1
@@ -170,9 +176,7 @@ class SpecialistController:
         return self._prompt_cache[task.uid]
 
     def sampling(self, seed: int, temperature: float | None = None) -> SamplingParams:
-        r = self.cfg.rollout
-        temp = r.temperature if temperature is None else temperature
-        return SamplingParams(r.max_new_tokens, temp, r.top_p, r.top_k, tuple(r.stop), seed)
+        return sampling_params(self.cfg.rollout, seed, temperature)
 
     def sample_groups(self, step: int) -> tuple[list[Group], dict[str, float]]:
         """``prompts_per_step`` groups; with dynamic sampling, all-equal-reward groups are replaced (DAPO)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -73,3 +74,14 @@ def role_placement_group(
 
 def in_group(group: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
     return PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=index)
+
+
+def unresponsive(actors: list, timeout_s: float = 60.0) -> list[int]:
+    """Indices of ``actors`` that do not answer ``ready()`` within ``timeout_s`` (dead or hung)."""
+    dead = []
+    for i, actor in enumerate(actors):
+        try:
+            ray.get(actor.ready.remote(), timeout=timeout_s)
+        except (RayActorError, GetTimeoutError):
+            dead.append(i)
+    return dead

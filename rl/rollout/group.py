@@ -7,11 +7,11 @@ from dataclasses import replace
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import RayActorError
 from ray.util.placement_group import remove_placement_group
 
 from rl.config import ClusterConfig, RolloutConfig
-from rl.placement import actor_bundle, in_group, role_placement_group
+from rl.placement import actor_bundle, in_group, role_placement_group, unresponsive
 from rl.rollout.worker import RolloutActor
 from rl.types import Rollout, SamplingParams
 
@@ -47,12 +47,7 @@ class RolloutGroup:
 
     def _replace_dead(self) -> list[int]:
         """Start a new worker, with the current weights, in the bundle of each one that no longer answers."""
-        dead = []
-        for i, worker in enumerate(self.workers):
-            try:
-                ray.get(worker.ready.remote(), timeout=60)
-            except (RayActorError, GetTimeoutError):
-                dead.append(i)
+        dead = unresponsive(self.workers)
         for i in dead:
             ray.kill(self.workers[i])  # type: ignore[arg-type]
             self.workers[i] = self._spawn(i)

@@ -11,7 +11,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import remove_placement_group
 
 from rl.config import AlgorithmConfig, ClusterConfig, TrainerConfig
-from rl.placement import actor_bundle, in_group, role_placement_group
+from rl.placement import actor_bundle, in_group, role_placement_group, unresponsive
 from rl.trainer.backends import BACKENDS
 from rl.trainer.torch_backend import DistInfo, free_port
 from rl.trainer.worker import ACTORS
@@ -72,12 +72,7 @@ class TrainerGroup:
         try:
             return ray.get(refs)
         except RayActorError as err:
-            dead = []
-            for rank, actor in enumerate(self.ranks):
-                try:
-                    ray.get(actor.ready.remote(), timeout=30)
-                except (RayActorError, GetTimeoutError):
-                    dead.append(rank)
+            dead = unresponsive(self.ranks, timeout_s=30)
             raise TrainerDiedError(
                 f"trainer rank(s) {dead or '?'} of {len(self.ranks)} died ({type(err).__name__}); resubmit with "
                 "resume=true to continue from the last checkpoint"
