@@ -1,4 +1,4 @@
-# Quick start: `make run` (the main job on the embedded default) and `make test` (the suite).
+# Quick start: `make run` (the whole pipeline on the embedded default: base, specialists, student, report) and `make test` (the suite).
 # Both create .venv on first use. torch==2.13.0 is installed first so a CPU machine takes the local CPU
 # wheel instead of pulling several GB of CUDA packages.
 PYTHON ?= python3
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(PY) -m jobs.train_specialist specialist=math
+	$(PY) -m jobs.pipeline
 
 base: $(STAMP)
 	$(PY) -m jobs.make_base

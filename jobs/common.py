@@ -26,6 +26,11 @@ class RunDirError(ValueError):
     """The run directory conflicts with the request (e.g. checkpoints present but resume=false)."""
 
 
+def base_artifact_name(model_name: str) -> str:
+    """The W&B artifact a base model is recorded under (pipeline base stage) and used from (specialists)."""
+    return f"base-{model_name}"
+
+
 def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
 
@@ -92,7 +97,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, config: object) -> Path | None:
             f"run directory {run_dir} already has checkpoints; pass resume=true to continue it "
             "or choose another run_name"
         )
-    if checkpoint is None and run_dir.exists() and not resume:
+    if checkpoint is None and run_dir.exists():  # nothing to resume from: what a killed attempt left is stale
         for stale in ("metrics.jsonl", "summary.json"):
             (run_dir / stale).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "wandb", ignore_errors=True)

@@ -136,8 +136,22 @@ def run(cfg: DistillRunConfig) -> dict[str, Any]:
     summary |= {f"eval/{r.teacher.name}/{k.removeprefix('eval/')}": v
                 for r in routes for k, v in history["teachers"][r.teacher.name].items()}  # fmt: skip
     summary |= {f"opd/recovered/{domain}": value for domain, value in recovered.items()}
+    summary["wandb_artifact"] = record_lineage(cfg, tracker, routes, summary)
     tracker.finish(summary)
     return summary
+
+
+def record_lineage(
+    cfg: DistillRunConfig, tracker: Tracker, routes: list[Route], summary: dict[str, Any]
+) -> str | None:
+    """The student as a W&B model artifact whose inputs are its teachers' artifacts (the registry's)."""
+    for route in routes:
+        name = (route.teacher.wandb_artifact or f"specialist-{route.teacher.name}").split(":")[0]
+        tracker.use_model(route.teacher.checkpoint, name, "specialist")
+    evals = {k: v for k, v in summary.items() if k.startswith(("eval/", "opd/recovered/"))}
+    teachers = {r.domain: r.teacher.name for r in routes}
+    return tracker.log_model(summary["checkpoint"], f"student-{cfg.run_name}", "student",
+                             {"teachers": teachers, "loss": cfg.distill.loss, **evals})  # fmt: skip
 
 
 @hydra.main(config_path="../configs", config_name="distill", version_base="1.3")

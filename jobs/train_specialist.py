@@ -19,7 +19,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from jobs.common import forwarded_env, init_ray, prepare_run_dir, resolve_model_path, user_errors
+from jobs.common import (
+    base_artifact_name,
+    forwarded_env,
+    init_ray,
+    prepare_run_dir,
+    resolve_model_path,
+    user_errors,
+)
 from rl.batching import TaskStream
 from rl.checkpoint import load_state
 from rl.config import DistillRunConfig, SpecialistRunConfig, register_configs, to_typed
@@ -139,6 +146,7 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
 def record_specialist(cfg: SpecialistRunConfig, base: str, summary: dict[str, Any], tracker: Tracker) -> str:
     """The finished run's final checkpoint in the registry (and as a W&B artifact) under ``run_name``."""
     evals = {k: v for k, v in summary.items() if k.startswith("eval/")}
+    tracker.use_model(base, base_artifact_name(cfg.model.name), "base")
     artifact = tracker.log_model(summary["checkpoint"], f"specialist-{cfg.run_name}", "specialist",
                                  {"domain": cfg.specialist.domain, **evals})  # fmt: skip
     path = registry_path(cfg.registry, cfg.runs_root)

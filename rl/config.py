@@ -136,7 +136,7 @@ class SpecialistRunConfig:
     steps: int = 60  # RL steps (one optimizer batch each)
     prompts_per_step: int = 32  # prompts per step (each sampled group_size times)
     eval_every: int = 20  # held-out eval period in steps; 0 = only at start and end
-    eval_samples: int = 4  # k of mean@k sampled eval
+    eval_samples: int = 4  # k of mean@k sampled eval; 0 = greedy pass@1 only
     checkpoint_every: int = 20  # checkpoint period in steps; the last step is always saved
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     seed: int = 0  # seeds model init-free randomness: sampling, data order
@@ -213,7 +213,11 @@ class BaseRecipe:
         0.5  # agent demos whose final answer is \\boxed{} (the rest "The answer is N.")
     )
     batch_size: int = 64
+    length_buckets: int = (
+        0  # batches per length-sorted window (less padding across domains); 0 = plain shuffle
+    )
     lr: float = 4e-3
+    lr_schedule: str = "constant"  # after warmup: constant | linear | cosine (to a tenth of lr)
     warmup_steps: int = 50
     max_steps: int = 1500  # SFT steps at most
     eval_every: int = 50  # greedy held-out pass@1 period
@@ -228,6 +232,31 @@ class MakeBaseConfig:
     recipe: BaseRecipe = field(default_factory=BaseRecipe)
     output: str = ""  # where to write the base; "" = the cache directory keyed by the recipe hash
     force: bool = False  # rebuild even if a base for this recipe is cached
+
+
+@dataclass
+class PipelineRunConfig:
+    """``python -m jobs.pipeline``: base -> specialists (registered) -> one distilled student -> report.
+
+    Each stage is the stage's own job (``jobs.train_specialist``, ``jobs.distill``) composed from its config
+    with the overrides below, run in this process, in ``<runs_root>/<run_name>/<stage>/``.
+    """
+
+    model: str = "tiny-all"  # configs/model/ entry of every stage: the specialists' base and the student
+    # stage name -> overrides of jobs.train_specialist's config, nested (rollout: {max_new_tokens: 64} is
+    # rollout.max_new_tokens=64); the stage name picks the specialist group unless ``specialist: <group>`` is set
+    specialists: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # overrides of jobs.distill's config; the teachers are the specialists above, each for its domain
+    distill: dict[str, Any] = field(default_factory=dict)
+    # overrides for every stage, nested the same way, e.g. +overrides.rollout=vllm +overrides.model.path=/my/base
+    overrides: dict[str, Any] = field(default_factory=dict)
+    # every stage's W&B runs; the group is run_name unless set
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # address / num_cpus go to every stage
+    fp4: str = "mxfp4"  # every stage's FP4 format: mxfp4 | nvfp4 | none
+    run_name: str = "pipeline"  # the pipeline's directory under runs_root (and its W&B group)
+    runs_root: str = "runs"
+    resume: bool = False  # skip finished stages, continue the interrupted one from its checkpoint
 
 
 _GROUPS: dict[str, type] = {
@@ -250,6 +279,7 @@ def register_configs() -> None:
     store.store(name="_specialist_run_schema", node=SpecialistRunConfig)
     store.store(name="_make_base_schema", node=MakeBaseConfig)
     store.store(name="_distill_run_schema", node=DistillRunConfig)
+    store.store(name="_pipeline_run_schema", node=PipelineRunConfig)
 
 
 def to_typed(cfg: DictConfig | Any, schema: type[T]) -> T:

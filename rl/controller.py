@@ -265,15 +265,15 @@ class SpecialistController:
         started = time.perf_counter()
         greedy = self.generate(self.eval_tasks, self.sampling(seed=step, temperature=0.0))
         scores = [r.score for r in self.score(self.eval_tasks, greedy)]
-        k = self.cfg.eval_samples
-        expanded = [t for t in self.eval_tasks for _ in range(k)]
-        sampled = self.generate(expanded, self.sampling(seed=10_000 + step))
-        sampled_scores = [r.score for r in self.score(expanded, sampled)]
         metrics = {
             "eval/pass@1": sum(scores) / len(scores),
-            f"eval/mean@{k}": sum(sampled_scores) / len(sampled_scores),
             "eval/response_len": sum(len(r.response_ids) for r in greedy) / len(greedy),
         }
+        if (k := self.cfg.eval_samples) > 0:
+            expanded = [t for t in self.eval_tasks for _ in range(k)]
+            sampled = self.generate(expanded, self.sampling(seed=10_000 + step))
+            sampled_scores = [r.score for r in self.score(expanded, sampled)]
+            metrics[f"eval/mean@{k}"] = sum(sampled_scores) / len(sampled_scores)
         if self.multi_turn:
             metrics |= {f"eval/{k}": v for k, v in turn_metrics(greedy).items()}
         for level in sorted({t.level for t in self.eval_tasks if t.level}):

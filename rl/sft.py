@@ -41,24 +41,57 @@ def encode_demo(
     return [*ids, token_id(tokenizer, "eos")], [*mask, 1]
 
 
+def _pad(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.float32)
+    for r, (row_ids, row_mask) in enumerate(rows):
+        ids[r, : len(row_ids)] = torch.tensor(row_ids)
+        attn[r, : len(row_ids)] = 1
+        mask[r, : len(row_mask)] = torch.tensor(row_mask, dtype=torch.float32)
+    return ids, attn, mask
+
+
+def batch_order(
+    order: list[int], lengths: Sequence[int], batch_size: int, rng: random.Random, bucket: int = 0
+) -> list[list[int]]:
+    """One epoch of batches: ``order`` (indices into ``lengths``) is shuffled in place and cut into batches; the
+    remainder under a full batch is left out.
+
+    With ``bucket`` > 1, each window of ``bucket`` batches is sorted by length before it is cut (and the batch
+    order shuffled after), so a batch pads to rows of similar length: the same examples per epoch, far less
+    padding when lengths differ by domain.
+    """
+    rng.shuffle(order)
+    epoch = order[: len(order) - len(order) % batch_size]
+    if bucket > 1:
+        window = bucket * batch_size
+        epoch = [
+            i
+            for s in range(0, len(epoch), window)
+            for i in sorted(epoch[s : s + window], key=lengths.__getitem__)
+        ]
+    out = [epoch[s : s + batch_size] for s in range(0, len(epoch), batch_size)]
+    if bucket > 1:
+        rng.shuffle(out)
+    return out
+
+
 def batches(
-    examples: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int, rng: random.Random
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Endless shuffled batches of right-padded (input_ids, attention_mask, loss_mask)."""
+    examples: Sequence[tuple[list[int], list[int]]],
+    batch_size: int,
+    pad_id: int,
+    rng: random.Random,
+    bucket: int = 0,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Endless shuffled batches of right-padded (input_ids, attention_mask, loss_mask); ``bucket``: see
+    ``batch_order``."""
+    lengths = [len(ids) for ids, _ in examples]
     order = list(range(len(examples)))
     while True:
-        rng.shuffle(order)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            rows = [examples[i] for i in order[start : start + batch_size]]
-            width = max(len(ids) for ids, _ in rows)
-            ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
-            attn = torch.zeros((batch_size, width), dtype=torch.long)
-            mask = torch.zeros((batch_size, width), dtype=torch.float32)
-            for r, (row_ids, row_mask) in enumerate(rows):
-                ids[r, : len(row_ids)] = torch.tensor(row_ids)
-                attn[r, : len(row_ids)] = 1
-                mask[r, : len(row_mask)] = torch.tensor(row_mask, dtype=torch.float32)
-            yield ids, attn, mask
+        for rows in batch_order(order, lengths, batch_size, rng, bucket):
+            yield _pad([examples[i] for i in rows], pad_id)
 
 
 def sft_loss(

@@ -63,6 +63,12 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
+def model_artifact(path: str, name: str, kind: str, metadata: dict[str, Any]) -> wandb.Artifact:
+    artifact = wandb.Artifact(name, type=kind, metadata=metadata)
+    artifact.add_reference(Path(path).resolve().as_uri())
+    return artifact
+
+
 class Tracker:
     """The run's metrics sink: W&B (per ``cfg.mode``) plus ``metrics.jsonl`` and ``summary.json``."""
 
@@ -122,18 +128,46 @@ class Tracker:
         table = wandb.Table(columns=["step", *columns], data=[[step, *(r[c] for c in columns)] for r in rows])
         self.run.log({"samples": table}, step=step)
 
+    def log_media(self, items: dict[str, tuple]) -> None:
+        """Tables ``("table", columns, rows)`` and images ``("image", path)`` in one W&B log call."""
+        logged: dict[str, Any] = {}
+        for key, (kind, *spec) in items.items():
+            if kind == "table":
+                logged[key] = wandb.Table(columns=spec[0], data=spec[1])
+            elif kind == "image":
+                logged[key] = wandb.Image(str(spec[0]))
+            else:
+                raise ValueError(f"unknown media kind {kind!r} for {key}; valid: table, image")
+        self.run.log(logged)
+
     def log_model(self, path: str, name: str, kind: str, metadata: dict[str, Any]) -> str | None:
-        """Record the model directory ``path`` as a W&B artifact (by reference: nothing is copied);
+        """Record the model directory ``path`` as this run's output artifact (by reference: nothing is copied);
         returns ``"<name>:latest"``, or None with W&B disabled."""
         if self.run.disabled:
             return None
-        artifact = wandb.Artifact(name, type=kind, metadata=metadata)
-        artifact.add_reference(Path(path).resolve().as_uri())
-        self.run.log_artifact(artifact)
+        self.run.log_artifact(model_artifact(path, name, kind, metadata))
         return f"{name}:latest"
 
+    def use_model(self, path: str, name: str, kind: str) -> None:
+        """Record the model directory ``path`` (logged by another run as ``name``) as this run's input: the
+        lineage edge W&B draws from that run's artifact to this run.
+
+        W&B refuses ``use_artifact`` offline. The same artifact (same reference, so the same digest and
+        version) is logged here as a draft marked use-after-commit, which is what ``use_artifact`` does online
+        with a draft; ``wandb sync`` replays it, so an offline run syncs with its inputs.
+        """
+        if self.run.disabled:
+            return
+        artifact = model_artifact(path, name, kind, {})
+        if self.run.offline:
+            self.run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
+        else:
+            self.run.use_artifact(artifact)
+
     def finish(self, summary: dict[str, Any]) -> None:
-        """Write ``summary.json``, set the W&B summary and close the run."""
+        """Write ``summary.json`` (with the W&B run id, when W&B is on), set the W&B summary, close the run."""
+        if not self.run.disabled:
+            summary = {**summary, "wandb_run_id": self.run_id}
         write_json_atomic(self.run_dir / "summary.json", summary)
         for key, value in summary.items():
             self.run.summary[key] = value

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,3 +51,85 @@ def job_env(tmp_path: Path) -> dict[str, str]:
     env["DISTILLERY_CACHE"] = str(tmp_path / "cache")
     env["WANDB_SILENT"] = "true"
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:  # it answers (Ray 2.60 asks for its auth token, which clients send)
+            return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+@dataclass
+class RayHead:
+    address: str  # the dashboard (Ray Jobs API)
+    env: dict[str, str]  # what a client needs: the cluster's auth token
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> object:
+    """A real `ray start --head` (dashboard + job agent, 4 logical CPUs) for the Ray Jobs tests, as users run
+    one; Ray 2.60 clusters require a token, which head and clients share."""
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_"))}
+    env |= {"PATH": f"{bin_dir}:{env.get('PATH', '')}", "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # fmt: skip
+    dashboard_port = free_port()
+    ray_tmp = tempfile.mkdtemp(
+        prefix="ray", dir="/tmp"
+    )  # short: Ray's unix sockets live here (~107 chars max)
+    head = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=4",
+         "--include-dashboard=true", f"--dashboard-port={dashboard_port}", "--disable-usage-stats",
+         # the agents' default ports would clash with another Ray on this machine (the session's local Ray)
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+         f"--temp-dir={ray_tmp}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        wait_http(f"{address}/api/version", timeout_s=120)
+        wait_for_job_agent(address, env)
+        yield RayHead(address, env)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def wait_for_job_agent(address: str, env: dict[str, str], timeout_s: float = 120) -> None:
+    """The job agent can come up after the dashboard answers; a trivial job tells when jobs can run."""
+    bin_dir = Path(sys.executable).parent
+    deadline = time.monotonic() + timeout_s
+    while True:
+        proc = subprocess.run([str(bin_dir / "ray"), "job", "submit", "--address", address, "--", "true"],
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        if proc.returncode == 0 or time.monotonic() > deadline:
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+            return
+        time.sleep(3)
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """Every record of the run's offline .wandb file, through `wandb leet inspect --json`."""
+    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(wandb_file)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]

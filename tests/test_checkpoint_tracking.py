@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from rl.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from rl.config import LoggerConfig
 from rl.controller import NonFiniteGuard, NonFiniteLossError
 from rl.tracking import Tracker, truncate_metrics
+from tests.conftest import wandb_records
 
 
 def _writer(marker: str):
@@ -69,13 +68,8 @@ def test_nonfinite_guard_stops_after_the_limit() -> None:
 
 
 def wandb_history(run_dir: Path) -> list[dict]:
-    """History records of the run's offline .wandb file, through `wandb leet inspect --json`."""
-    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(wandb_file)],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
-    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return [r["history"]["item"] for r in records if r.get("type") == "history"]
+    """History records of the run's offline .wandb file."""
+    return [r["history"]["item"] for r in wandb_records(run_dir) if r.get("type") == "history"]
 
 
 def test_offline_wandb_run_matches_metrics_jsonl(tmp_path: Path) -> None:
@@ -91,7 +85,10 @@ def test_offline_wandb_run_matches_metrics_jsonl(tmp_path: Path) -> None:
     by_step = {h["_step"]: h for h in history if "train/loss" in h}
     assert by_step[1]["train/loss"] == 0.5 and by_step[2]["train/loss"] == 0.25
     assert any(h.get("samples._type") == "table-file" for h in history)
-    assert json.loads((tmp_path / "summary.json").read_text()) == {"eval/pass@1": 0.75}
+    assert json.loads((tmp_path / "summary.json").read_text()) == {
+        "eval/pass@1": 0.75,
+        "wandb_run_id": tracker.run_id,
+    }
 
 
 def test_disabled_mode_still_writes_metrics_and_unknown_mode_is_an_error(tmp_path: Path) -> None:

@@ -1,0 +1,222 @@
+"""The whole product in one command: base -> math, code and agent specialists -> one student -> report.
+
+    python -m jobs.pipeline                                   # the embedded default (make run)
+    python -m jobs.pipeline specialists.math.steps=60 distill.distill.lr=3e-4
+    python -m jobs.pipeline run_name=pipeline-20261123-120000 resume=true
+    python -m jobs.pipeline model=smollm2-135m +overrides.rollout=vllm +overrides.trainer.num_ranks=2
+
+Each stage is its own job (``jobs.train_specialist``, ``jobs.distill``) composed from that job's config plus
+the stage's overrides, and run in this process on one Ray: stage configs are checked exactly as the jobs
+check them. Every stage writes under ``<runs_root>/<run_name>/``: ``base/`` (W&B run of the SFT curve),
+one directory per specialist, ``registry.json`` (the specialists, which distillation reads), ``distill/``,
+and at the end ``report.md``, ``report.json`` and PNG plots. ``pipeline.json`` records finished stages, so
+``resume=true`` skips them and continues the interrupted one from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from jobs import distill as distill_job
+from jobs import report as report_mod
+from jobs import train_specialist
+from jobs.common import RunDirError, base_artifact_name, prepare_run_dir, resolve_model_path, user_errors
+from rl.config import (
+    DistillRunConfig,
+    ModelConfig,
+    PipelineRunConfig,
+    SpecialistRunConfig,
+    register_configs,
+    to_typed,
+    to_yaml,
+)
+from rl.models import cache_dir
+from rl.tracking import Tracker, write_json_atomic
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+_PLAIN = re.compile(r"^[\w./:+@-]*$")
+
+
+def flatten(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"steps": 30, "rollout": {"max_new_tokens": 64}}`` -> ``["steps=30", "rollout.max_new_tokens=64"]``."""
+    out = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            out += flatten(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={override_value(value)}")
+    return out
+
+
+def override_value(value: Any) -> str:
+    """A value as Hydra's override grammar reads it back (null, lists, quoted strings where needed)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    text = str(value)
+    return text if _PLAIN.match(text) else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def shared_overrides(cfg: PipelineRunConfig, stage: str) -> list[str]:
+    """What every stage takes from the pipeline: model, FP4, where it writes, W&B group, cluster, resume."""
+    logger = dataclasses.replace(cfg.logger, group=cfg.logger.group or cfg.run_name)
+    out = [f"model={cfg.model}", f"fp4={cfg.fp4}", f"runs_root={override_value(str(pipeline_dir(cfg)))}",
+           f"run_name={stage}", f"resume={override_value(cfg.resume)}"]  # fmt: skip
+    out += flatten({"logger": dataclasses.asdict(logger)})
+    out += flatten({"cluster": {"address": cfg.cluster.address, "num_cpus": cfg.cluster.num_cpus}})
+    return out + flatten(cfg.overrides)
+
+
+def specialist_overrides(stage: str, overrides: dict[str, Any]) -> list[str]:
+    """A specialist stage's overrides; the stage name picks ``configs/specialist/<stage>.yaml`` unless the stage
+    names a group itself (``specialist: gsm8k``), so ``specialist: {num_eval_tasks: 50}`` nests under it."""
+    group = [] if isinstance(overrides.get("specialist"), str) else [f"specialist={stage}"]
+    return group + flatten(overrides)
+
+
+def compose_stage(config_name: str, overrides: list[str], schema: type) -> Any:
+    """The stage's typed config, composed from ``configs/<config_name>.yaml`` as its own job would be."""
+    if GlobalHydra.instance().is_initialized():
+        return to_typed(compose(config_name=config_name, overrides=overrides), schema)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return to_typed(compose(config_name=config_name, overrides=overrides), schema)
+
+
+def pipeline_dir(cfg: PipelineRunConfig) -> Path:
+    return (Path(cfg.runs_root) / cfg.run_name).resolve()
+
+
+def stage_configs(cfg: PipelineRunConfig) -> tuple[dict[str, SpecialistRunConfig], DistillRunConfig]:
+    """Every stage's config, composed and checked before the first stage starts."""
+    if not cfg.specialists:
+        raise ValueError("pipeline needs at least one entry under specialists (stage name -> overrides)")
+    specialists = {
+        name: compose_stage(
+            "train_specialist",
+            shared_overrides(cfg, name) + specialist_overrides(name, overrides),
+            SpecialistRunConfig,
+        )
+        for name, overrides in cfg.specialists.items()
+    }
+    domains: dict[str, str] = {}
+    for name, spec in specialists.items():
+        if spec.specialist.domain in domains:
+            raise ValueError(f"specialists {domains[spec.specialist.domain]!r} and {name!r} both train the "
+                             f"{spec.specialist.domain} domain; distillation takes one teacher per domain")  # fmt: skip
+        domains[spec.specialist.domain] = name
+    teachers = {"distill": {"teachers": domains, "weights": {d: 1.0 for d in domains}}}
+    overrides = shared_overrides(cfg, "distill") + flatten(teachers) + flatten(cfg.distill)
+    distill = compose_stage("distill", overrides, DistillRunConfig)
+    distill.distill.teachers = (
+        domains  # exactly the pipeline's specialists (the config group may list others)
+    )
+    distill.distill.weights = {d: distill.distill.weights.get(d, 1.0) for d in domains}
+    return specialists, distill
+
+
+class StageLog:
+    """``pipeline.json``: which stages finished, when, in how long, with what summary."""
+
+    def __init__(self, path: Path, resume: bool):
+        self.path = path
+        if path.exists() and not resume:
+            raise RunDirError(f"{path.parent} already holds a pipeline; pass resume=true to continue it "
+                              "or choose another run_name")  # fmt: skip
+        self.state: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"stages": {}}
+
+    def done(self, stage: str) -> dict[str, Any] | None:
+        return self.state["stages"].get(stage)
+
+    def record(self, stage: str, seconds: float, summary: dict[str, Any]) -> None:
+        self.state["stages"][stage] = {"seconds": round(seconds, 1), "summary": summary}
+        write_json_atomic(self.path, self.state)
+
+
+def run_stage(log: StageLog, stage: str, title: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one stage unless ``pipeline.json`` says it finished; print a banner and its wall time."""
+    if (done := log.done(stage)) is not None:
+        print(f"== {title}: done in an earlier attempt ({done['seconds']:.0f}s), skipped", flush=True)
+        return done["summary"]
+    print(f"== {title}", flush=True)
+    started = time.perf_counter()
+    summary = work()
+    seconds = time.perf_counter() - started
+    log.record(stage, seconds, summary)
+    print(f"== {title}: finished in {seconds:.0f}s", flush=True)
+    return summary
+
+
+def base_stage(cfg: PipelineRunConfig, model: ModelConfig, group: str) -> dict[str, Any]:
+    """Build (or reuse) the base and record it as its own W&B run (job type ``base``): the SFT curve when it
+    was built by ``jobs.make_base``, and the model as an artifact the specialists use."""
+    model_path = resolve_model_path(model)  # builds the embedded base on first use (progress printed)
+    run_dir = pipeline_dir(cfg) / "base"
+    prepare_run_dir(run_dir, resume=True, config={"model": dataclasses.asdict(model), "path": model_path})
+    report_file = Path(model_path) / "base.json"
+    built = json.loads(report_file.read_text()) if report_file.exists() else {}
+    logger = dataclasses.replace(cfg.logger, group=group)
+    tracker = Tracker(run_dir, logger, {"model": dataclasses.asdict(model), "path": model_path,
+                                        "recipe": built.get("recipe")}, "base", job_type="base")  # fmt: skip
+    for point in built.get("curve", []):
+        scores = point["pass@1"] if isinstance(point["pass@1"], dict) else {"math": point["pass@1"]}
+        tracker.log({"sft/loss": point["loss"], **{f"eval/{d}/pass@1": v for d, v in scores.items()}},
+                    step=point["step"])  # fmt: skip
+    artifact = tracker.log_model(model_path, base_artifact_name(model.name), "base", {"model": model.name})
+    summary = {"path": model_path, "sft_steps": built.get("sft_steps"), "sft_seconds": built.get("seconds"),
+               "pass@1": built.get("pass@1"), "wandb_run_id": tracker.run_id, "wandb_artifact": artifact}  # fmt: skip
+    tracker.finish(summary)
+    return summary
+
+
+def run(cfg: PipelineRunConfig) -> dict[str, Any]:
+    """Every stage in order; returns the report (also written to ``report.json`` / ``report.md``)."""
+    started = time.perf_counter()
+    specialists, distill = stage_configs(cfg)
+    out = pipeline_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    log = StageLog(out / "pipeline.json", cfg.resume)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    group = cfg.logger.group or cfg.run_name
+    n = len(specialists) + 3
+    print(f"pipeline {out}: base, {', '.join(specialists)} specialists, distillation, report "
+          f"(W&B group {group}; cache {cache_dir()})", flush=True)  # fmt: skip
+    summaries = {"base": run_stage(log, "base", f"stage 1/{n}: base {cfg.model}",
+                                   lambda: base_stage(cfg, distill.model, group))}  # fmt: skip
+    for i, (name, spec) in enumerate(specialists.items(), start=2):
+        title = f"stage {i}/{n}: {spec.specialist.domain} specialist {name!r} ({spec.steps} RL steps)"
+        summaries[name] = run_stage(log, name, title, lambda spec=spec: train_specialist.run(spec))
+    summaries["distill"] = run_stage(log, "distill", f"stage {n - 1}/{n}: distillation ({distill.steps} steps)",
+                                     lambda: distill_job.run(distill))  # fmt: skip
+    seconds = {s: v["seconds"] for s, v in log.state["stages"].items()}
+    result = run_stage(log, "report", f"stage {n}/{n}: report",
+                       lambda: report_mod.write(out, cfg, specialists, summaries, seconds,
+                                                time.perf_counter() - started, group))  # fmt: skip
+    return result
+
+
+@hydra.main(config_path="../configs", config_name="pipeline", version_base="1.3")
+def main(dcfg: DictConfig) -> None:
+    with user_errors():
+        report = run(to_typed(dcfg, PipelineRunConfig))
+    print(report["table_md"])
+    print(f"report: {report['report_md']}")
+
+
+register_configs()
+
+if __name__ == "__main__":
+    main()
