@@ -60,7 +60,9 @@ def build_routes(cfg: DistillConfig, registry: Path) -> list[Route]:
         entry = lookup(registry, name)
         if entry.domain != domain:
             raise ValueError(f"teacher {name!r} is a {entry.domain} specialist, not {domain}")
-        spec = SpecialistConfig(**entry.config["specialist"])
+        # the teacher's own prompt source (its run's specialist config); an entry registered by hand without
+        # one gets the domain's defaults
+        spec = SpecialistConfig(**entry.config.get("specialist", {"domain": entry.domain}))
         spec = dataclasses.replace(spec, num_eval_tasks=cfg.num_eval_tasks)
         module = importlib.import_module(DOMAINS[domain])
         turns = cfg.max_turns if hasattr(module, "make_env") else 1

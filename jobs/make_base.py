@@ -34,7 +34,7 @@ from rl.config import BaseRecipe, MakeBaseConfig, TrainerConfig, register_config
 from rl.controller import specialist_rollouts, specialist_scores
 from rl.models import cache_dir, save_model, tiny_qwen3_config, token_id
 from rl.rollout.hf import HFEngine
-from rl.sft import batches, chat_prompt_ids, encode_demo, sft_loss
+from rl.sft import batches, chat_prompt_ids, encode_demo, sft_backward
 from rl.trainer.torch_backend import lr_lambda
 from rl.types import SamplingParams, Task
 from specialists import synthetic
@@ -70,7 +70,7 @@ def mixed_recipe() -> BaseRecipe:
     format (and the harder levels) to learn, as the math-only default does with half of its demos boxed."""
     return BaseRecipe(domains=["math", "code", "agent"], boxed_share=0.2, num_code_demos=6000,
                       code_fenced_share=0.2, num_agent_demos=6000, agent_boxed_share=0.2, lr=3e-3,
-                      lr_schedule="cosine", length_buckets=16, max_steps=1000, eval_every=500, num_eval_tasks=100, target_pass_at_1=1.0)  # fmt: skip
+                      micro_batches=4, max_steps=1000, eval_every=500, num_eval_tasks=100, target_pass_at_1=1.0)  # fmt: skip
 
 
 def specialist(domain: str) -> Any:
@@ -116,10 +116,10 @@ def _unused_fields(recipe: BaseRecipe) -> set[str]:
     """Fields that cannot change this base: threads, and the settings of domains it does not include (so a
     math-only base keeps the hash it had before code and agent demos existed)."""
     unused = {"torch_threads"}
-    if recipe.length_buckets == 0:
-        unused.add("length_buckets")
     if recipe.lr_schedule == "constant":
         unused.add("lr_schedule")
+    if recipe.micro_batches == 1:
+        unused.add("micro_batches")
     if "code" not in recipe.domains:
         unused |= {"num_code_demos", "code_fenced_share"}
     if "agent" not in recipe.domains:
@@ -212,28 +212,26 @@ def build_base(recipe: BaseRecipe, out: Path) -> dict:
     schedule = TrainerConfig(lr_schedule=recipe.lr_schedule, warmup_steps=max(recipe.warmup_steps, 1))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, recipe.max_steps))
     examples = [encode_demo(tokenizer, d.task.prompt, list(d.segments)) for d in demos]
-    stream = batches(examples, recipe.batch_size, token_id(tokenizer, "pad"), random.Random(recipe.seed),
-                     recipe.length_buckets)  # fmt: skip
+    stream = batches(examples, recipe.batch_size, token_id(tokenizer, "pad"), random.Random(recipe.seed))
     heldout = {domain: heldout_tasks(recipe, domain) for domain in recipe.domains}
     curve, started, step, scores = [], time.perf_counter(), 0, {d: 0.0 for d in recipe.domains}
     model.train()
     for step in range(1, recipe.max_steps + 1):
-        loss = sft_loss(model, *next(stream))
-        loss.backward()
+        loss = sft_backward(model, *next(stream), micro_batches=recipe.micro_batches)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if step % PROGRESS_EVERY == 0 and step % recipe.eval_every and step != recipe.max_steps:
             elapsed = time.perf_counter() - started
-            print(f"make_base: step {step}/{recipe.max_steps} loss {loss.item():.3f} {step / elapsed:.1f} steps/s "
+            print(f"make_base: step {step}/{recipe.max_steps} loss {loss:.3f} {step / elapsed:.1f} steps/s "
                   f"eta {elapsed / step * (recipe.max_steps - step):.0f}s", flush=True)  # fmt: skip
         if step % recipe.eval_every == 0 or step == recipe.max_steps:
             scores = {d: greedy_pass_at_1(model, tokenizer, d, tasks) for d, tasks in heldout.items()}
-            curve.append({"step": step, "loss": loss.item(), "pass@1": scores})
+            curve.append({"step": step, "loss": loss, "pass@1": scores})
             shown = " ".join(f"{d} {v:.3f}" for d, v in scores.items())
             print(
-                f"make_base: step {step}/{recipe.max_steps} loss {loss.item():.3f} held-out pass@1 {shown} "
+                f"make_base: step {step}/{recipe.max_steps} loss {loss:.3f} held-out pass@1 {shown} "
                 f"({time.perf_counter() - started:.0f}s)",
                 flush=True,
             )

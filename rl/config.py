@@ -213,8 +213,8 @@ class BaseRecipe:
         0.5  # agent demos whose final answer is \\boxed{} (the rest "The answer is N.")
     )
     batch_size: int = 64
-    length_buckets: int = (
-        0  # batches per length-sorted window (less padding across domains); 0 = plain shuffle
+    micro_batches: int = (
+        1  # length-sorted chunks per batch: the same gradient, less padding (rl.sft.sft_backward)
     )
     lr: float = 4e-3
     lr_schedule: str = "constant"  # after warmup: constant | linear | cosine (to a tenth of lr)

@@ -53,44 +53,20 @@ def _pad(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torc
     return ids, attn, mask
 
 
-def batch_order(
-    order: list[int], lengths: Sequence[int], batch_size: int, rng: random.Random, bucket: int = 0
-) -> list[list[int]]:
-    """One epoch of batches: ``order`` (indices into ``lengths``) is shuffled in place and cut into batches; the
-    remainder under a full batch is left out.
-
-    With ``bucket`` > 1, each window of ``bucket`` batches is sorted by length before it is cut (and the batch
-    order shuffled after), so a batch pads to rows of similar length: the same examples per epoch, far less
-    padding when lengths differ by domain.
-    """
+def batch_order(order: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch of batches: ``order`` is shuffled in place and cut into batches; the remainder under a full
+    batch is left out."""
     rng.shuffle(order)
-    epoch = order[: len(order) - len(order) % batch_size]
-    if bucket > 1:
-        window = bucket * batch_size
-        epoch = [
-            i
-            for s in range(0, len(epoch), window)
-            for i in sorted(epoch[s : s + window], key=lengths.__getitem__)
-        ]
-    out = [epoch[s : s + batch_size] for s in range(0, len(epoch), batch_size)]
-    if bucket > 1:
-        rng.shuffle(out)
-    return out
+    return [order[s : s + batch_size] for s in range(0, len(order) - batch_size + 1, batch_size)]
 
 
 def batches(
-    examples: Sequence[tuple[list[int], list[int]]],
-    batch_size: int,
-    pad_id: int,
-    rng: random.Random,
-    bucket: int = 0,
+    examples: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int, rng: random.Random
 ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Endless shuffled batches of right-padded (input_ids, attention_mask, loss_mask); ``bucket``: see
-    ``batch_order``."""
-    lengths = [len(ids) for ids, _ in examples]
+    """Endless shuffled batches of right-padded (input_ids, attention_mask, loss_mask)."""
     order = list(range(len(examples)))
     while True:
-        for rows in batch_order(order, lengths, batch_size, rng, bucket):
+        for rows in batch_order(order, batch_size, rng):
             yield _pad([examples[i] for i in rows], pad_id)
 
 
@@ -102,3 +78,24 @@ def sft_loss(
     target_mask = mask[:, 1:]
     nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
     return (nll * target_mask).sum() / target_mask.sum().clamp_min(1)
+
+
+def sft_backward(
+    model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor, micro_batches: int = 1
+) -> float:
+    """Backward of ``sft_loss`` over the batch, in ``micro_batches`` chunks of rows sorted by length, each cut
+    to its own longest row: the same gradient (the token mean is over the whole batch) with far less padding
+    when a batch mixes short and long demonstrations. Returns the loss."""
+    lengths = attn.sum(dim=1)
+    order = torch.argsort(lengths)
+    total = mask[:, 1:].sum().clamp_min(1)
+    loss = 0.0
+    for rows in torch.tensor_split(order, micro_batches):
+        if rows.numel() == 0:
+            continue
+        width = int(lengths[rows].max())
+        part = sft_loss(model, ids[rows, :width], attn[rows, :width], mask[rows, :width])
+        scaled = part * mask[rows, 1:width].sum().clamp_min(1) / total
+        scaled.backward()
+        loss += float(scaled.detach())
+    return loss

@@ -127,9 +127,14 @@ def wait_for_job_agent(address: str, env: dict[str, str], timeout_s: float = 120
 
 
 def wandb_records(run_dir: Path) -> list[dict]:
-    """Every record of the run's offline .wandb file, through `wandb leet inspect --json`."""
-    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    """Every record of the run's offline .wandb files (one per attempt of a resumed run, in order), through
+    `wandb leet inspect --json`."""
+    files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert files, f"no offline W&B run under {run_dir}"
     wandb_cli = Path(sys.executable).parent / "wandb"
-    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(wandb_file)],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    records = []
+    for wandb_file in files:
+        out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(wandb_file)],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        records += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return records

@@ -22,13 +22,13 @@ STEPS = {"math": 2, "code": 3, "agent": 1}
 
 
 def pipeline(env: dict[str, str], *overrides: str) -> subprocess.CompletedProcess:
-    stages = [f"+specialists.{s}.{k}={v}" if "." in k else f"specialists.{s}.{k}={v}"
-              for s in STEPS for k, v in QUICK_STAGE.items()]  # fmt: skip
-    stages += [f"specialists.{s}.steps={n}" for s, n in STEPS.items()] + [
-        "+specialists.agent.specialist.max_turns=2"
-    ]
-    distill = ["distill.steps=2", "+distill.prompts_per_step=3", "+distill.distill.num_eval_tasks=6",
-               "+distill.rollout.max_new_tokens=16", "+distill.distill.max_turns=2", "+distill.cluster.actor_cpus=0.5"]  # fmt: skip
+    # ++ sets a stage's key whether or not configs/pipeline.yaml lists it
+    stages = [f"++specialists.{s}.{k}={v}" for s in STEPS for k, v in QUICK_STAGE.items()]
+    stages += [f"++specialists.{s}.steps={n}" for s, n in STEPS.items()]
+    stages.append("++specialists.agent.specialist.max_turns=2")
+    distill = ["++distill.steps=2", "++distill.prompts_per_step=3", "++distill.distill.num_eval_tasks=6",
+               "++distill.rollout.max_new_tokens=16", "++distill.distill.max_turns=2",
+               "++distill.cluster.actor_cpus=0.5"]  # fmt: skip
     cmd = [sys.executable, "-m", "jobs.pipeline", *stages, *distill, *overrides]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
