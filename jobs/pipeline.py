@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shlex
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -128,11 +130,19 @@ def stage_configs(cfg: PipelineRunConfig) -> tuple[dict[str, SpecialistRunConfig
     return specialists, distill
 
 
+def resume_command(cfg: PipelineRunConfig, argv: list[str]) -> str:
+    """This command again with the pipeline's run name and ``resume=true`` (stage configs are composed from
+    the command line, so the same overrides are kept)."""
+    kept = [a for a in argv if a.split("=", 1)[0].lstrip("+") not in ("run_name", "runs_root", "resume")]
+    return shlex.join(["python", "-m", "jobs.pipeline", *kept, f"run_name={cfg.run_name}",
+                       f"runs_root={cfg.runs_root}", "resume=true"])  # fmt: skip
+
+
 class StageLog:
     """``pipeline.json``: which stages finished, when, in how long, with what summary."""
 
-    def __init__(self, path: Path, resume: bool):
-        self.path = path
+    def __init__(self, path: Path, resume: bool, resume_hint: str):
+        self.path, self.resume_hint = path, resume_hint
         if path.exists() and not resume:
             raise RunDirError(f"{path.parent} already holds a pipeline; pass resume=true to continue it "
                               "or choose another run_name")  # fmt: skip
@@ -153,7 +163,11 @@ def run_stage(log: StageLog, stage: str, title: str, work: Callable[[], dict[str
         return done["summary"]
     print(f"== {title}", flush=True)
     started = time.perf_counter()
-    summary = work()
+    try:
+        summary = work()
+    except BaseException:
+        print(f"== {title}: stopped. Finished stages are kept; continue with: {log.resume_hint}", flush=True)
+        raise
     seconds = time.perf_counter() - started
     log.record(stage, seconds, summary)
     print(f"== {title}: finished in {seconds:.0f}s", flush=True)
@@ -188,7 +202,8 @@ def run(cfg: PipelineRunConfig) -> dict[str, Any]:
     specialists, distill = stage_configs(cfg)
     out = pipeline_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    log = StageLog(out / "pipeline.json", cfg.resume)
+    hint = resume_command(cfg, sys.argv[1:])
+    log = StageLog(out / "pipeline.json", cfg.resume, hint)
     (out / "config.yaml").write_text(to_yaml(cfg))
     group = cfg.logger.group or cfg.run_name
     n = len(specialists) + 3

@@ -80,7 +80,7 @@ def plot_bars(scores: dict[str, dict[str, Any]], path: Path) -> None:
         for x, v in zip(xs, values, strict=True):
             ax.text(x, v + 0.01, f"{v:.2f}", ha="center", fontsize=7)
     ax.set_xticks(range(len(scores)), list(scores))
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.25)
     ax.set_ylabel("held-out greedy pass@1")
     ax.legend(loc="upper left", fontsize=8, ncols=3)
     fig.tight_layout()
@@ -104,8 +104,9 @@ def plot_curves(
                 label="train reward")  # fmt: skip
         evals = [(r["step"], r["eval/pass@1"]) for r in rows if "eval/pass@1" in r]
         if evals:
-            ax.plot(*zip(*evals, strict=True), marker="o", label="eval pass@1")
-        ax.set(title=f"{name} ({spec.specialist.domain}) specialist", xlabel="RL step", ylim=(0, 1.05))
+            ax.plot(*zip(*evals, strict=True), marker="o", linestyle="--", label="eval pass@1")
+        label = name if name == spec.specialist.domain else f"{name} ({spec.specialist.domain})"
+        ax.set(title=f"{label} specialist", xlabel="RL step", ylim=(0, 1.05))
         ax.legend(fontsize=7)
     rows = read_metrics(out / "distill")
     for name in specialists:

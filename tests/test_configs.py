@@ -12,6 +12,7 @@ from omegaconf.errors import ConfigKeyError
 from rl.config import (
     DistillRunConfig,
     MakeBaseConfig,
+    PipelineRunConfig,
     SpecialistRunConfig,
     register_configs,
     to_typed,
@@ -60,6 +61,14 @@ def test_defaults_and_overrides_land_typed() -> None:
     assert cfg.trainer.lr == pytest.approx(3e-5)
     assert cfg.model.path == "embedded:tiny" and cfg.logger.mode == "offline"
     assert cfg.run_name.startswith("math-")
+
+
+def test_pipeline_composes_with_a_stage_per_specialist() -> None:
+    cfg = to_typed(_compose("pipeline", ["specialists.math.steps=5", "+overrides.seed=3",
+                                         "hydra/launcher=ray_jobs"]), PipelineRunConfig)  # fmt: skip
+    assert sorted(cfg.specialists) == ["agent", "code", "math"] and cfg.specialists["math"]["steps"] == 5
+    assert cfg.overrides == {"seed": 3} and cfg.model == "tiny-all" and cfg.run_name.startswith("pipeline-")
+    assert cfg.specialists["code"]["rollout"] == {"max_new_tokens": 64}
 
 
 def test_make_base_composes() -> None:
