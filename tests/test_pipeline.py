@@ -46,9 +46,11 @@ def test_the_pipeline_resumes_after_a_killed_trainer_and_reports_every_stage(
     killed = pipeline(job_env | {"DISTILLERY_FAULT_KILL": f"trainer:3:{tmp_path / 'killed'}"}, *common)
     assert killed.returncode == 3, killed.stdout[-3000:] + killed.stderr[-3000:]
     assert "trainer rank(s) [0] of 1 died" in killed.stderr
-    assert (
-        f"continue with: python -m jobs.pipeline run_name=p runs_root={tmp_path} resume=true" in killed.stdout
-    )
+    hint = killed.stdout.split("continue with: ")[1].splitlines()[
+        0
+    ]  # the same command, run name, resume=true
+    assert hint.startswith("python -m jobs.pipeline ++specialists.math.prompts_per_step=4 ")
+    assert hint.endswith(f"run_name=p runs_root={tmp_path} resume=true") and "+overrides.model.path=" in hint
     out = tmp_path / "p"
     assert sorted(json.loads((out / "pipeline.json").read_text())["stages"]) == ["base", "math"]
     again = pipeline(job_env, *common)
