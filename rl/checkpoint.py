@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rl.faults import maybe_kill
 from rl.tracking import DiskFullError, no_space, write_json_atomic
 
 STATE_FILE = "controller_state.json"
@@ -36,6 +37,9 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         write_trainer(tmp)
+        maybe_kill(
+            "checkpoint"
+        )  # fault tests: the job's process dies with the weights written, nothing renamed
         write_json_atomic(tmp / STATE_FILE, {**state, "step": step})
     except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)  # the partial copy goes; `latest` was never touched

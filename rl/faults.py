@@ -2,7 +2,8 @@
 
 ``DISTILLERY_FAULT_KILL=<role>:<N>:<marker file>``: the N-th call of ``<role>``'s work method in a process sends
 SIGKILL to that process, once -- the marker file is created first, so the replacement process runs normally.
-Roles: ``rollout`` (RolloutWorker.generate), ``teacher`` (Teacher.hidden_states), ``trainer`` (train steps).
+Roles: ``rollout`` (RolloutWorker.generate), ``teacher`` (Teacher.hidden_states), ``trainer`` (train steps),
+``checkpoint`` (the job's own process, while writing a checkpoint: weights written, nothing renamed yet).
 Unset, this costs one dictionary lookup per call.
 """
 

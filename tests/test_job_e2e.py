@@ -157,6 +157,8 @@ def test_nonfinite_losses_stop_the_run_with_the_last_good_checkpoint_intact(
     ("overrides", "message"),
     [
         (["trainer.traner_lr=1"], "Could not override 'trainer.traner_lr'"),
+        (["algorithm=grpoo"], "Could not find 'algorithm/grpoo'\n\nAvailable options in 'algorithm':"),
+        (["trainer.lr=fast"], "Value 'fast' of type 'str' could not be converted to Float"),
         (["model.path=/nonexistent/model"], "error: model path /nonexistent/model does not exist"),
         (["specialist.domain=poetry"], "error: unknown specialist.domain 'poetry'; valid: math, code, agent"),
         (["fp4=mxfp5"], "error: unknown FP4 format 'mxfp5'; valid: ['mxfp4', 'nvfp4']"),
