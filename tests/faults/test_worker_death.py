@@ -16,6 +16,7 @@ from rl.rollout.group import RolloutGroup
 from rl.sft import chat_prompt_ids
 from rl.types import SamplingParams
 from specialists.synthetic import math_tasks
+from tests.test_checkpoint_tracking import wandb_history
 from tests.test_job_e2e import metrics, run_job
 
 CLUSTER = ClusterConfig(actor_cpus=0.5)
@@ -84,4 +85,8 @@ def test_a_job_survives_a_killed_rollout_worker_and_a_killed_trainer_stops_it_fo
     assert "resuming" in proc.stdout
     lines = metrics(tmp_path / "trainer")
     assert [m["step"] for m in lines] == [0, 1, 2, 3]  # nothing lost beyond the checkpoint, nothing repeated
+    logged = [
+        h["_step"] for h in wandb_history(tmp_path / "trainer") if "train/loss" in h or "eval/pass@1" in h
+    ]
+    assert sorted(logged) == [0, 1, 2, 3]  # the W&B run (both attempts' offline files): each step once
     assert [m.get("reward/mean") for m in lines] == [m.get("reward/mean") for m in straight]
