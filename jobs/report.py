@@ -7,6 +7,7 @@ Every figure comes from the stages' own files (``summary.json`` and ``metrics.js
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -189,8 +190,6 @@ W&B run; `registry.json` lists the specialists the student was distilled from.
 def log_eval_run(out: Path, cfg: PipelineRunConfig, group: str, scores: dict[str, dict[str, Any]],
                  report: dict[str, Any]) -> None:  # fmt: skip
     """The report as the pipeline's W&B run of job type ``eval``: the table, the plots, the figures."""
-    import dataclasses
-
     run_dir = out / "report"
     run_dir.mkdir(exist_ok=True)
     logger = dataclasses.replace(cfg.logger, group=group)
