@@ -30,12 +30,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 from jobs.common import user_errors
-from rl.config import BaseRecipe, MakeBaseConfig, TrainerConfig, register_configs, to_typed
+from rl.config import BaseRecipe, MakeBaseConfig, register_configs, to_typed
 from rl.controller import specialist_rollouts, specialist_scores
 from rl.models import cache_dir, save_model, tiny_qwen3_config, token_id
 from rl.rollout.hf import HFEngine
 from rl.sft import batches, chat_prompt_ids, encode_demo, sft_backward
-from rl.trainer.torch_backend import lr_lambda
 from rl.types import SamplingParams, Task
 from specialists import synthetic
 
@@ -116,8 +115,6 @@ def _unused_fields(recipe: BaseRecipe) -> set[str]:
     """Fields that cannot change this base: threads, and the settings of domains it does not include (so a
     math-only base keeps the hash it had before code and agent demos existed)."""
     unused = {"torch_threads"}
-    if recipe.lr_schedule == "constant":
-        unused.add("lr_schedule")
     if recipe.micro_batches == 1:
         unused.add("micro_batches")
     if "code" not in recipe.domains:
@@ -190,6 +187,11 @@ def greedy_pass_at_1(
     return sum(r.score for r in specialist_scores(module, tasks, outs)) / len(tasks)
 
 
+def progress(step: int, steps: int, loss: float, elapsed: float) -> None:
+    print(f"make_base: step {step}/{steps} loss {loss:.3f} {step / elapsed:.1f} steps/s "
+          f"eta {elapsed / step * (steps - step):.0f}s", flush=True)  # fmt: skip
+
+
 def build_base(recipe: BaseRecipe, out: Path) -> dict:
     """Train tokenizer and model, SFT until the target pass@1 (or ``max_steps``), save into ``out``."""
     if recipe.torch_threads > 0:
@@ -209,8 +211,8 @@ def build_base(recipe: BaseRecipe, out: Path) -> dict:
     )
     model = Qwen3ForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    schedule = TrainerConfig(lr_schedule=recipe.lr_schedule, warmup_steps=max(recipe.warmup_steps, 1))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, recipe.max_steps))
+    warmup = max(recipe.warmup_steps, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     examples = [encode_demo(tokenizer, d.task.prompt, list(d.segments)) for d in demos]
     stream = batches(examples, recipe.batch_size, token_id(tokenizer, "pad"), random.Random(recipe.seed))
     heldout = {domain: heldout_tasks(recipe, domain) for domain in recipe.domains}
@@ -223,9 +225,7 @@ def build_base(recipe: BaseRecipe, out: Path) -> dict:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if step % PROGRESS_EVERY == 0 and step % recipe.eval_every and step != recipe.max_steps:
-            elapsed = time.perf_counter() - started
-            print(f"make_base: step {step}/{recipe.max_steps} loss {loss:.3f} {step / elapsed:.1f} steps/s "
-                  f"eta {elapsed / step * (recipe.max_steps - step):.0f}s", flush=True)  # fmt: skip
+            progress(step, recipe.max_steps, loss, time.perf_counter() - started)
         if step % recipe.eval_every == 0 or step == recipe.max_steps:
             scores = {d: greedy_pass_at_1(model, tokenizer, d, tasks) for d, tasks in heldout.items()}
             curve.append({"step": step, "loss": loss, "pass@1": scores})
@@ -245,13 +245,18 @@ def build_base(recipe: BaseRecipe, out: Path) -> dict:
         "curve": curve,
         "seconds": time.perf_counter() - started,
     }
+    save_base(model, tokenizer, report, out)
+    return report
+
+
+def save_base(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, report: dict, out: Path) -> None:
+    """Weights, tokenizer and ``base.json`` written beside ``out``, then renamed into place."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tokenizer, tmp)
     (tmp / "base.json").write_text(json.dumps(report, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    return report
 
 
 def ensure_base(recipe: BaseRecipe | None = None, output: str = "", force: bool = False) -> Path:

@@ -196,9 +196,8 @@ def log_eval_run(out: Path, cfg: PipelineRunConfig, group: str, scores: dict[str
     tracker = Tracker(run_dir, logger, {"pipeline": cfg.run_name}, "report", job_type="eval")
     columns = ["domain", "base", "specialist", "student", "recovered"]
     rows = [[d, r["base"], r["specialist"], r["student"], r["recovered"]] for d, r in scores.items()]
-    tracker.log_media({"pass@1": ("table", columns, rows),
-                       "plots/pass_at_1": ("image", out / "pass_at_1.png"),
-                       "plots/curves": ("image", out / "curves.png")})  # fmt: skip
+    tracker.log_media(tables={"pass@1": (columns, rows)},
+                      images={"plots/pass_at_1": out / "pass_at_1.png", "plots/curves": out / "curves.png"})  # fmt: skip
     summary = {
         f"{who}/{d}/pass@1": r[who] for d, r in scores.items() for who in ("base", "specialist", "student")
     }

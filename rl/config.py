@@ -217,7 +217,6 @@ class BaseRecipe:
         1  # length-sorted chunks per batch: the same gradient, less padding (rl.sft.sft_backward)
     )
     lr: float = 4e-3
-    lr_schedule: str = "constant"  # after warmup: constant | linear | cosine (to a tenth of lr)
     warmup_steps: int = 50
     max_steps: int = 1500  # SFT steps at most
     eval_every: int = 50  # greedy held-out pass@1 period

@@ -128,16 +128,12 @@ class Tracker:
         table = wandb.Table(columns=["step", *columns], data=[[step, *(r[c] for c in columns)] for r in rows])
         self.run.log({"samples": table}, step=step)
 
-    def log_media(self, items: dict[str, tuple]) -> None:
-        """Tables ``("table", columns, rows)`` and images ``("image", path)`` in one W&B log call."""
-        logged: dict[str, Any] = {}
-        for key, (kind, *spec) in items.items():
-            if kind == "table":
-                logged[key] = wandb.Table(columns=spec[0], data=spec[1])
-            elif kind == "image":
-                logged[key] = wandb.Image(str(spec[0]))
-            else:
-                raise ValueError(f"unknown media kind {kind!r} for {key}; valid: table, image")
+    def log_media(self, tables: dict[str, tuple[list[Any], list[Any]]], images: dict[str, Path]) -> None:
+        """Tables (``key -> (columns, rows)``) and images (``key -> PNG path``) in one W&B log call."""
+        logged: dict[str, Any] = {
+            key: wandb.Table(columns=columns, data=rows) for key, (columns, rows) in tables.items()
+        }
+        logged |= {key: wandb.Image(str(path)) for key, path in images.items()}
         self.run.log(logged)
 
     def log_model(self, path: str, name: str, kind: str, metadata: dict[str, Any]) -> str | None:

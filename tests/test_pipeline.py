@@ -46,9 +46,7 @@ def test_the_pipeline_resumes_after_a_killed_trainer_and_reports_every_stage(
     killed = pipeline(job_env | {"DISTILLERY_FAULT_KILL": f"trainer:3:{tmp_path / 'killed'}"}, *common)
     assert killed.returncode == 3, killed.stdout[-3000:] + killed.stderr[-3000:]
     assert "trainer rank(s) [0] of 1 died" in killed.stderr
-    hint = killed.stdout.split("continue with: ")[1].splitlines()[
-        0
-    ]  # the same command, run name, resume=true
+    hint = killed.stdout.split("continue with: ")[1].splitlines()[0]  # same command, run name, resume=true
     assert hint.startswith("python -m jobs.pipeline ++specialists.math.prompts_per_step=4 ")
     assert hint.endswith(f"run_name=p runs_root={tmp_path} resume=true") and "+overrides.model.path=" in hint
     out = tmp_path / "p"
@@ -66,14 +64,16 @@ def test_the_pipeline_resumes_after_a_killed_trainer_and_reports_every_stage(
     assert "resuming" in log and "code" in log and "step_000002" in log  # the code stage continued
     for stage, steps in STEPS.items():
         lines = [json.loads(x)["step"] for x in (out / stage / "metrics.jsonl").read_text().splitlines()]
-        assert lines == list(range(steps + 1)), (
-            stage
-        )  # start eval + every step once: none lost, none repeated
+        assert lines == list(range(steps + 1)), stage  # start eval + every step once: none lost or repeated
     assert sorted(json.loads((out / "pipeline.json").read_text())["stages"]) == sorted(
         ["base", *STEPS, "distill", "report"]
     )
+    check_report(out, resumed.stdout)
+    check_wandb(out)
 
-    # the report: table from the distillation's evals, plots, every stage's time
+
+def check_report(out: Path, stdout: str) -> None:
+    """The report: table from the distillation's evals, plots, every stage's time."""
     report = json.loads((out / "report.json").read_text())
     distill = json.loads((out / "distill" / "summary.json").read_text())
     assert set(report["pass@1"]) == set(STEPS)
@@ -91,9 +91,12 @@ def test_the_pipeline_resumes_after_a_killed_trainer_and_reports_every_stage(
     )
     for png in ("pass_at_1.png", "curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 10_000
-    assert report["table_md"] in resumed.stdout
+    assert report["table_md"] in stdout
 
-    # W&B: one group, a job type per stage, the report table logged as measured
+
+def check_wandb(out: Path) -> None:
+    """W&B: one group, a job type per stage, the report table logged as measured, the artifacts' lineage."""
+    report = json.loads((out / "report.json").read_text())
     job_types = {"base": "base", "math": "specialist", "code": "specialist", "agent": "specialist",
                  "distill": "distill", "report": "eval"}  # fmt: skip
     for stage, job_type in job_types.items():

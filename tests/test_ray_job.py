@@ -11,17 +11,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, RayHead
+from tests.test_job_e2e import TINY
 
 pytestmark = pytest.mark.slow
 
-QUICK = ["steps=3", "prompts_per_step=4", "algorithm.group_size=4", "eval_every=0", "checkpoint_every=1",
-         "specialist.num_eval_tasks=8", "eval_samples=0", "rollout.max_new_tokens=24", "cluster.actor_cpus=0.5",
-         "algorithm.dynamic_sampling=false"]  # fmt: skip
+QUICK = [*TINY, "steps=3"]  # the e2e job settings: checkpoint every step, a train step every step
 
 
 def test_ray_job_submit_runs_the_specialist_job(tiny_base: Path, tmp_path: Path, ray_head: RayHead) -> None:
     job = ["python", "-m", "jobs.train_specialist", f"model.path={tiny_base}", f"runs_root={tmp_path / 'runs'}",
-           "run_name=submitted", *QUICK, "steps=2"]  # fmt: skip
+           "run_name=submitted", *TINY, "steps=2"]  # fmt: skip
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head.address,
          "--working-dir", ".", "--", *job],

@@ -80,15 +80,14 @@ class RayJobsLauncher(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
 
-    def member_overrides(
-        self, overrides: Sequence[str], index: int, sweep: str
-    ) -> tuple[list[str], DictConfig]:
-        """The member's overrides as submitted (run name, W&B group, absolute runs_root), and its checked config."""
+    def member(self, overrides: Sequence[str], index: int, sweep: str) -> "Member":
+        """The member as submitted (run name, W&B group, absolute runs_root), its config checked here first."""
         assert self.config is not None and self.hydra_context is not None
-        own = [o for o in filter_overrides(overrides) if o.split("=", 1)[0].lstrip("+~") not in ("run_name",)]
+        own = [o for o in filter_overrides(overrides) if o.split("=", 1)[0].lstrip("+~") != "run_name"]
         config = self.hydra_context.config_loader.load_sweep_config(self.config, own)  # fails on a typo, here
-        runs_root = Path(str(config.runs_root)).resolve()
-        return [*own, f"run_name={sweep}-{index}", f"runs_root={runs_root}", f"logger.group={sweep}"], config
+        runs_root, run_name = Path(str(config.runs_root)).resolve(), f"{sweep}-{index}"
+        submitted = [*own, f"run_name={run_name}", f"runs_root={runs_root}", f"logger.group={sweep}"]
+        return Member(index, list(overrides), own, submitted, config, runs_root / run_name)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from jobs.submit import client_for, run_attempts
@@ -101,66 +100,72 @@ class RayJobsLauncher(Launcher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         sweep = sweep_dir.name
-        members = [self.member_overrides(o, initial_job_idx + i, sweep) for i, o in enumerate(job_overrides)]
+        members = [self.member(o, initial_job_idx + i, sweep) for i, o in enumerate(job_overrides)]
         client = client_for(self.address)
         print(f"sweep {sweep}: {len(members)} Ray jobs of jobs.{job} on {self.address}", flush=True)
         results: dict[int, Any] = {}
         gate = threading.Semaphore(self.max_parallel or len(members))
         lock = threading.Lock()
 
-        def member(i: int, overrides: list[str]) -> None:
+        def run_member(m: Member) -> None:
             def say(message: str) -> None:
                 with lock:
-                    print(f"[{sweep}-{initial_job_idx + i}] {message}", flush=True)
+                    print(f"[{m.run_dir.name}] {message}", flush=True)
 
             with gate:
                 try:
-                    results[i] = run_attempts(client, job, overrides, self.retries, stream=False, say=say)
+                    results[m.index] = run_attempts(
+                        client, job, m.submitted, self.retries, stream=False, say=say
+                    )
                 except Exception as err:  # a submission error fails this member, not the others
-                    results[i] = err
+                    results[m.index] = err
 
-        threads = [threading.Thread(target=member, args=(i, o)) for i, (o, _) in enumerate(members)]
+        threads = [threading.Thread(target=run_member, args=(m,)) for m in members]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        rows, returns = [], []
-        for i, ((overrides, config), own) in enumerate(zip(members, job_overrides, strict=True)):
-            rows.append(
-                self.row(initial_job_idx + i, list(filter_overrides(own)), overrides, results[i], client)
-            )
-            returns.append(self.job_return(config, list(own), rows[-1], results[i]))
+        rows = [row(m, results[m.index]) for m in members]
+        returns = [job_return(m, r) for m, r in zip(members, rows, strict=True)]
         (sweep_dir / "sweep.json").write_text(json.dumps(rows, indent=2, default=str))
         table = sweep_table(rows)
         (sweep_dir / "sweep.md").write_text(f"# Sweep {sweep} (jobs.{job})\n\n{table}\n")
         print(f"{table}\nsweep table: {sweep_dir / 'sweep.md'}", flush=True)
         return returns
 
-    def row(
-        self, index: int, own: list[str], submitted: list[str], result: Any, client: Any
-    ) -> dict[str, Any]:
-        run_name = next(o.split("=", 1)[1] for o in submitted if o.startswith("run_name="))
-        runs_root = next(o.split("=", 1)[1] for o in submitted if o.startswith("runs_root="))
-        summary_file = Path(runs_root) / run_name / "summary.json"
-        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-        failed = isinstance(result, Exception)
-        return {"index": index, "overrides": own, "run_name": run_name, "run_dir": str(summary_file.parent),
-                "status": "ERROR" if failed else result.status,
-                "exit_code": None if failed else result.exit_code,
-                "ray_job": None if failed else result.submission_id,
-                "error": str(result) if failed else result.message, "figures": headline(summary)}  # fmt: skip
 
-    def job_return(
-        self, config: DictConfig, overrides: list[str], row: dict[str, Any], result: Any
-    ) -> JobReturn:
-        with open_dict(config):
-            config.hydra.job.id = row["ray_job"]
-        ret = JobReturn(overrides=overrides, cfg=config, hydra_cfg=config, working_dir=row["run_dir"],
-                        task_name=str(config.hydra.job.name))  # fmt: skip
-        if row["status"] == "SUCCEEDED":
-            ret.status, ret.return_value = JobStatus.COMPLETED, row["figures"]
-        else:
-            ret.status = JobStatus.FAILED
-            ret.return_value = RuntimeError(f"{row['run_name']}: Ray job {row['ray_job']} {row['status']} "
-                                            f"(exit code {row['exit_code']}): {row['error']}")  # fmt: skip
-        return ret
+@dataclass
+class Member:
+    index: int
+    overrides: list[str]  # as Hydra's sweeper gave them
+    own: list[str]  # this member's sweep overrides (what the table shows)
+    submitted: list[str]  # own + run name, absolute runs_root, W&B group
+    config: DictConfig  # composed from own, checked before anything is submitted
+    run_dir: Path
+
+
+def row(m: Member, result: Any) -> dict[str, Any]:
+    """The member's line of the sweep table: status, Ray job, final figures from its summary.json."""
+    summary_file = m.run_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    failed = isinstance(result, Exception)
+    return {"index": m.index, "overrides": m.own, "run_name": m.run_dir.name, "run_dir": str(m.run_dir),
+            "status": "ERROR" if failed else result.status,
+            "exit_code": None if failed else result.exit_code,
+            "ray_job": None if failed else result.submission_id,
+            "error": str(result) if failed else result.message, "figures": headline(summary)}  # fmt: skip
+
+
+def job_return(m: Member, row: dict[str, Any]) -> JobReturn:
+    """What Hydra's sweeper expects back; a failed member raises from it after the sweep table is written."""
+    with open_dict(m.config):
+        m.config.hydra.job.id = row["ray_job"]
+    ret = JobReturn(overrides=m.overrides, cfg=m.config, hydra_cfg=m.config, working_dir=row["run_dir"],
+                    task_name=str(m.config.hydra.job.name))  # fmt: skip
+    if row["status"] == "SUCCEEDED":
+        ret.status, ret.return_value = JobStatus.COMPLETED, row["figures"]
+    else:
+        ret.status = JobStatus.FAILED
+        ret.return_value = RuntimeError(f"{row['run_name']}: Ray job {row['ray_job']} {row['status']} "
+                                        f"(exit code {row['exit_code']}): {row['error']}")  # fmt: skip
+    return ret
