@@ -35,6 +35,9 @@ class RolloutConfig:
     top_k: int = 0  # top-k sampling; 0 = off
     max_new_tokens: int = 48  # generation limit per completion
     stop: list[str] = field(default_factory=list)  # stop strings besides EOS
+    # hf engine only: static = preallocated KV cache + a CUDA graph per token on GPU; dynamic = the model's
+    # forward with a growing cache; auto = static on GPU (Llama/Qwen-style models), dynamic on CPU
+    decode: str = "auto"
     # vllm engine only
     max_model_len: int = 0  # context the engine reserves; 0 = the model's max_position_embeddings
     enforce_eager: bool = True  # skip torch.compile / CUDA graphs (fast start; False for long GPU runs)

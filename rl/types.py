@@ -34,6 +34,7 @@ class SamplingParams:
     top_k: int = 0  # keep the k most likely tokens; 0 = off
     stop: tuple[str, ...] = ()  # stop strings (checked on decoded text); EOS always stops
     seed: int = 0  # seeds the engine's sampling generator for this call
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks); stop strings still stop
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""The hf engine against independent oracles: HF's own generate (greedy) and a full forward (log-probs)."""
+"""The hf engine against independent oracles: HF's own generate (greedy) and a full forward (log-probs).
+
+Every engine test runs with both decode loops: ``dynamic`` (the model's forward, growing cache) and
+``static`` (rl/rollout/static_decode.py: preallocated cache, its own forward; eager here, CUDA graphs on GPU).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ from rl.types import SamplingParams
 from specialists.synthetic import math_tasks
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_base: Path) -> HFEngine:
-    return HFEngine(load_model(str(tiny_base)), load_tokenizer(str(tiny_base)), max_batch_size=16)
+@pytest.fixture(scope="module", params=["dynamic", "static"])
+def engine(tiny_base: Path, request: pytest.FixtureRequest) -> HFEngine:
+    return HFEngine(
+        load_model(str(tiny_base)), load_tokenizer(str(tiny_base)), max_batch_size=16, decode=request.param
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +108,40 @@ def test_top_k_one_is_greedy_and_logprob_is_untruncated() -> None:
 def test_load_weights_rejects_mismatched_names(engine: HFEngine) -> None:
     with pytest.raises(ValueError, match="does not match the model"):
         engine.load_weights({"not.a.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("fp4", ["none", "mxfp4"])
+def test_static_decode_equals_dynamic(tiny_base: Path, fp4: str) -> None:
+    """Same tokens (greedy) and log-probs from both loops, with small prompt and attention buckets so that
+    prompts are padded past their width and steps cross several attention lengths."""
+    from rl.fp4.packed import pack_linears
+    from rl.fp4.qat import qat_linear_names
+
+    model, tokenizer = load_model(str(tiny_base)), load_tokenizer(str(tiny_base))
+    pack_linears(model, qat_linear_names(model, fp4) if fp4 != "none" else [], fp4)
+    dynamic = HFEngine(model, tokenizer, decode="dynamic")
+    static = HFEngine(model, tokenizer, decode="static")
+    assert static.static is not None
+    static.static.prompt_multiple, static.static.attend_bucket, static.static.sync_every = 8, 8, 4
+    prompts = [chat_prompt_ids(tokenizer, t.prompt) for t in math_tasks(5, "heldout")]
+    prompts[0] = prompts[0][:5]  # one much shorter row: heavy left padding
+    params = SamplingParams(max_new_tokens=30, temperature=0)
+    for a, b in zip(dynamic.generate(prompts, params), static.generate(prompts, params), strict=True):
+        assert a.response_ids == b.response_ids and a.finish_reason == b.finish_reason
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=1e-4)
+
+
+def test_ignore_eos_generates_exactly_max_new_tokens(engine: HFEngine, prompts: list[list[int]]) -> None:
+    rollouts = engine.generate(prompts, SamplingParams(max_new_tokens=40, ignore_eos=True, seed=3))
+    assert all(len(r.response_ids) == 40 and r.finish_reason == "length" for r in rollouts)
+    assert any(t in engine.eos_ids for r in rollouts for t in r.response_ids[:-1])  # went past an EOS
+
+
+def test_static_decode_rejects_unsupported_models_and_modes(tiny_base: Path) -> None:
+    model, tokenizer = load_model(str(tiny_base)), load_tokenizer(str(tiny_base))
+    with pytest.raises(ValueError, match=r"unknown rollout\.decode 'fast'"):
+        HFEngine(model, tokenizer, decode="fast")
+    model.config.model_type = "gpt2"
+    with pytest.raises(ValueError, match="model_type 'gpt2' is not one of"):
+        HFEngine(model, tokenizer, decode="static")
+    assert HFEngine(model, tokenizer, decode="auto").decode == "dynamic"

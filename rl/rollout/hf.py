@@ -1,14 +1,22 @@
 """The ``hf`` rollout engine: batched sampling from a transformers causal LM with a KV cache.
 
-One decode loop, written here rather than ``model.generate`` so that the per-token log-prob of the
-sampling policy is taken at each step (no [steps x vocab] score tensor is ever kept) and so the loop can
-later run packed-FP4 linears and a static cache. The log-prob recorded for a sampled token is
+Two decode loops, written here rather than ``model.generate`` so that the per-token log-prob of the
+sampling policy is taken at each step (no [steps x vocab] score tensor is ever kept) and the linears can be
+packed FP4:
+
+* ``dynamic``: the model's own forward with a growing ``DynamicCache``, one host round-trip per token (CPU
+  default; any causal LM).
+* ``static``: ``rl.rollout.static_decode`` -- preallocated KV cache and, on GPU, one CUDA graph replay per
+  token (GPU default for Llama/Qwen-style models).
+
+The log-prob recorded for a sampled token is
 ``log_softmax(logits / temperature)[token]`` -- the distribution the trainer's forward computes at the same
 temperature -- before top-k/top-p truncation (which only decides what may be sampled).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,7 +27,11 @@ from rl.fp4.formats import dequantize
 from rl.fp4.packed import PackedFP4Linear, pack_linears
 from rl.fp4.qat import qat_linear_names
 from rl.models import load_model, load_tokenizer, token_id
+from rl.rollout.static_decode import StaticDecoder, supports
 from rl.types import Rollout, SamplingParams
+
+DECODE_MODES = ("auto", "static", "dynamic")
+STOP_TAIL = 16  # tokens decoded to look for stop strings after each new token
 
 
 def filter_logits(logits_BV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -64,6 +76,7 @@ class HFEngine:
         tokenizer: PreTrainedTokenizerBase,
         max_batch_size: int = 64,
         packed_names: list[str] | None = None,
+        decode: str = "auto",
     ):
         self.model = model.eval()
         self.packed_names = packed_names or []
@@ -78,6 +91,20 @@ class HFEngine:
         self.pad_id = (
             token_id(tokenizer, "pad") if tokenizer.pad_token_id is not None else token_id(tokenizer, "eos")
         )
+        self.decode = self._decode_mode(decode)
+        self.static = StaticDecoder(model, self.pad_id, self.eos_ids) if self.decode == "static" else None
+
+    def _decode_mode(self, decode: str) -> str:
+        """``auto`` is static on GPU where the architecture is supported, dynamic otherwise."""
+        if decode not in DECODE_MODES:
+            raise ValueError(f"unknown rollout.decode {decode!r}; valid: {', '.join(DECODE_MODES)}")
+        unsupported = supports(self.model)
+        if decode == "static" and unsupported:
+            raise ValueError(f"rollout.decode=static: {unsupported}; use rollout.decode=dynamic")
+        if decode == "auto":
+            on_gpu = next(self.model.parameters()).is_cuda
+            return "static" if on_gpu and not unsupported else "dynamic"
+        return decode
 
     @classmethod
     def from_path(
@@ -85,9 +112,12 @@ class HFEngine:
     ) -> HFEngine:
         """The engine for a model directory; with ``fp4`` its block linears are packed (no high-precision copy)."""
         model = load_model(model_path, dtype)
+        if torch.cuda.is_available():
+            model = model.cuda()
         names = qat_linear_names(model, fp4) if fp4 != "none" else []
         pack_linears(model, names, fp4)
-        return cls(model, load_tokenizer(model_path), max_batch_size=cfg.max_batch_size, packed_names=names)
+        return cls(model, load_tokenizer(model_path), max_batch_size=cfg.max_batch_size, packed_names=names,
+                   decode=cfg.decode)  # fmt: skip
 
     def load_weights(self, state: dict[str, Any]) -> None:
         """Replace the weights in place: dense tensors by ``model.state_dict()`` name, FP4 entries (what the
@@ -123,10 +153,25 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
         """One completion per prompt, in order; prompts are chat-formatted token ids."""
-        generator = torch.Generator().manual_seed(params.seed)
+        generator = torch.Generator(next(self.model.parameters()).device).manual_seed(params.seed)
         rollouts: list[Rollout] = []
         for start in range(0, len(prompts), self.max_batch_size):
-            rollouts += self._generate_batch(prompts[start : start + self.max_batch_size], params, generator)
+            chunk = prompts[start : start + self.max_batch_size]
+            if self.static is not None:
+                rollouts += self._generate_static(chunk, replace(params, seed=params.seed + start))
+            else:
+                rollouts += self._generate_batch(chunk, params, generator)
+        return rollouts
+
+    def _generate_static(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
+        assert self.static is not None
+        stops = StopScan(self, params, len(prompts))
+        tokens_Bn, logprobs_Bn = self.static.generate(prompts, params, stops if params.stop else None)
+        rollouts = []
+        for row, prompt in enumerate(prompts):
+            tokens = tokens_Bn[row].tolist()
+            end, reason = stops.first_stop(row, tokens) or (len(tokens), "length")
+            rollouts.append(self._rollout(prompt, tokens[:end], logprobs_Bn[row, :end].tolist(), reason))
         return rollouts
 
     def _generate_batch(
@@ -138,6 +183,8 @@ class HFEngine:
         for row, prompt in enumerate(prompts):  # left padding keeps every row's last token at the end
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
             attention[row, width - len(prompt) :] = 1
+        device = next(self.model.parameters()).device
+        input_ids, attention = input_ids.to(device), attention.to(device)
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
         cache = DynamicCache()
         out = self.model(
@@ -151,14 +198,14 @@ class HFEngine:
         tokens: list[list[int]] = [[] for _ in range(batch)]
         logprobs: list[list[float]] = [[] for _ in range(batch)]
         finish = ["length"] * batch
-        done = torch.zeros(batch, dtype=torch.bool)
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
         next_pos = positions[:, -1:] + 1
         for _ in range(params.max_new_tokens):
             next_B, logprob_B = sample_tokens(out.logits[:, -1], params, generator)
             for row in (~done).nonzero()[:, 0].tolist():
                 tokens[row].append(int(next_B[row]))
                 logprobs[row].append(float(logprob_B[row]))
-                reason = self._stop_reason(tokens[row], params.stop)
+                reason = self._stop_reason(tokens[row], params)
                 if reason:
                     finish[row], done[row] = reason, True
             if bool(done.all()):
@@ -177,12 +224,13 @@ class HFEngine:
             self._rollout(p, t, lp, f) for p, t, lp, f in zip(prompts, tokens, logprobs, finish, strict=True)
         ]
 
-    def _stop_reason(self, tokens: list[int], stop: tuple[str, ...]) -> str | None:
-        if tokens[-1] in self.eos_ids:
+    def _stop_reason(self, tokens: list[int], params: SamplingParams) -> str | None:
+        """Why a completion ends at its last token: EOS (unless ignored), a stop string, or not at all."""
+        if tokens[-1] in self.eos_ids and not params.ignore_eos:
             return "eos"
-        if stop:
-            tail = str(self.tokenizer.decode(tokens[-16:], skip_special_tokens=True))
-            if any(s in tail for s in stop):
+        if params.stop:
+            tail = str(self.tokenizer.decode(tokens[-STOP_TAIL:], skip_special_tokens=True))
+            if any(s in tail for s in params.stop):
                 return "stop"
         return None
 
@@ -194,3 +242,28 @@ class HFEngine:
             finish_reason=finish,
             text=str(self.tokenizer.decode(tokens, skip_special_tokens=True)),
         )
+
+
+class StopScan:
+    """Where each row of a static-decode batch ends, by the dynamic loop's per-token rule; scans each token
+    once across the decoder's host syncs (the ``stop_check`` it calls) and the final cut."""
+
+    def __init__(self, engine: HFEngine, params: SamplingParams, rows: int):
+        self.engine, self.params = engine, params
+        self.scanned = [0] * rows
+        self.found: dict[int, tuple[int, str]] = {}
+
+    def first_stop(self, row: int, tokens: list[int]) -> tuple[int, str] | None:
+        """(tokens kept, reason) at the first token that ends the row, or None."""
+        for i in range(self.scanned[row], len(tokens)):
+            if row in self.found:
+                break
+            reason = self.engine._stop_reason(tokens[: i + 1], self.params)
+            if reason:
+                self.found[row] = (i + 1, reason)
+            self.scanned[row] = i + 1
+        return self.found.get(row)
+
+    def __call__(self, tokens_Bn: torch.Tensor) -> list[int]:
+        """Rows that have ended by now (the decoder stops sampling them)."""
+        return [row for row in range(len(self.scanned)) if self.first_stop(row, tokens_Bn[row].tolist())]

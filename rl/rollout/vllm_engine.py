@@ -166,6 +166,7 @@ class VLLMEngine:
                 top_p=params.top_p,
                 top_k=max(params.top_k, 0),
                 max_tokens=params.max_new_tokens,
+                ignore_eos=params.ignore_eos,
                 stop=list(params.stop) or None,
                 include_stop_str_in_output=True,
                 logprobs=0,

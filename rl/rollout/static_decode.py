@@ -1,0 +1,325 @@
+"""Static-shape batched decoding for Llama/Qwen-style models: one preallocated KV cache, one CUDA graph per step.
+
+``HFEngine``'s dynamic loop grows a ``DynamicCache`` and goes back to the host after every token (sampling,
+stop checks, a new mask). Here every buffer of a batch shape is allocated once -- KV cache
+[B, kv_heads, prompt + new, head_dim] per layer, the sampled tokens and log-probs, a done flag per row -- and
+one decode step (embed, every layer, the LM head, sampling, EOS bookkeeping, writing the outputs) only
+touches those buffers. On CUDA that step is captured as a CUDA graph and replayed: one launch per token, no
+host round-trip except a done check every ``sync_every`` tokens. On CPU the same step runs eagerly (the path
+the tests compare with transformers' own forward).
+
+Layout: prompts are left-padded to a width ``P`` rounded up to ``prompt_multiple`` (so steps with similar
+prompt lengths reuse one shape); generated token ``s`` sits in cache column ``P + s``. A row's RoPE position
+is its column minus its padding. Attention reads only the columns written so far, rounded up to
+``attend_bucket``: one graph per bucket, so a step never reads the whole cache.
+
+The forward is this module's own, over the model's modules (embedding, norms, projections, MLPs, RoPE): the
+projections are whatever the model holds -- ``nn.Linear`` or the packed FP4 linears of ``rl.fp4.packed``
+(the Triton W4A16 kernel on GPU).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from rl.types import SamplingParams
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def supports(model: torch.nn.Module) -> str | None:
+    """None when ``model`` can be decoded here, else why not."""
+    config: Any = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model_type {model_type!r} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}"
+    windowed = getattr(config, "use_sliding_window", getattr(config, "sliding_window", None) is not None)
+    if windowed:
+        return "sliding-window attention is not supported"
+    return None
+
+
+def exponential_race(probs_BV: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row drawn from ``probs`` (rows sum to 1): ``argmax(p / E)`` with E ~ Exp(1) is a sample
+    of the categorical (the exponential race); unlike ``torch.multinomial`` it needs no host sync."""
+    noise = torch.empty_like(probs_BV).exponential_(generator=generator).clamp_min_(1e-20)
+    return (probs_BV / noise).argmax(-1)
+
+
+def sample_in_place(
+    logits_BV: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens [B] and their log-probs under ``logits / temperature`` (greedy at 0); no host sync."""
+    from rl.rollout.hf import filter_logits
+
+    logits_BV = logits_BV.float()
+    if params.temperature == 0:
+        tokens_B = logits_BV.argmax(-1)
+        return tokens_B, logits_BV.log_softmax(-1).gather(-1, tokens_B[:, None])[:, 0]
+    scaled_BV = logits_BV / params.temperature
+    probs_BV = filter_logits(scaled_BV, params.top_k, params.top_p).softmax(-1)
+    tokens_B = exponential_race(probs_BV, generator)
+    return tokens_B, scaled_BV.log_softmax(-1).gather(-1, tokens_B[:, None])[:, 0]
+
+
+def _graph_key(params: SamplingParams) -> tuple[Any, ...]:
+    """What a captured step bakes in (the rest -- seed, prompts -- lives in buffers)."""
+    return (params.temperature, params.top_k, params.top_p, params.ignore_eos)
+
+
+@dataclass
+class Session:
+    """Every buffer of one (batch, prompt width, new tokens) shape; kept across calls so graphs stay valid."""
+
+    batch: int
+    width: int  # padded prompt width P
+    new_tokens: int  # S
+    k: list[torch.Tensor]  # per layer [B, kv_heads, P + S, head_dim]
+    v: list[torch.Tensor]
+    cos: torch.Tensor  # [P + S, head_dim] RoPE tables by position
+    sin: torch.Tensor
+    columns: torch.Tensor  # arange(P + S)
+    pad_B: torch.Tensor  # left padding per row
+    token_B: torch.Tensor  # the last sampled token (fed at the next step)
+    column: torch.Tensor  # [1] cache column of token_B
+    step: torch.Tensor  # [1] index of the next output
+    done_B: torch.Tensor  # EOS sampled
+    tokens_BS: torch.Tensor  # outputs
+    logprobs_BS: torch.Tensor
+    generator: torch.Generator
+    graphs: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # (attend, sampling) -> CUDAGraph
+
+
+class StaticDecoder:
+    """Generates with static buffers (and CUDA graphs on GPU) from a transformers Llama/Qwen-style model."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pad_id: int,
+        eos_ids: set[int],
+        use_graphs: bool | None = None,
+        prompt_multiple: int = 64,
+        attend_bucket: int = 64,
+        sync_every: int = 16,
+        max_sessions: int = 2,
+    ):
+        reason = supports(model)
+        if reason:
+            raise ValueError(f"static decoding: {reason}")
+        causal_lm: Any = (
+            model  # a transformers *ForCausalLM: .model (embeddings, layers, norm, RoPE), .lm_head
+        )
+        inner, config = causal_lm.model, causal_lm.config
+        self.model, self.embed, self.layers, self.norm = model, inner.embed_tokens, inner.layers, inner.norm
+        self.rotary, self.lm_head = inner.rotary_emb, causal_lm.lm_head
+        self.q_heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.q_heads
+        self.scaling = self.head_dim**-0.5
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
+        if self.use_graphs and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need the model on a CUDA device")
+        self.pad_id = pad_id
+        self.eos_B = torch.tensor(sorted(eos_ids), device=self.device)
+        self.prompt_multiple, self.attend_bucket, self.sync_every = prompt_multiple, attend_bucket, sync_every
+        self.sessions: OrderedDict[tuple[int, int, int], Session] = OrderedDict()
+        self.max_sessions = max_sessions
+        self.pool: Any = torch.cuda.graph_pool_handle() if self.use_graphs else None
+
+    # ------------------------------------------------------------------------------------------ buffers
+
+    def session(self, batch: int, width: int, new_tokens: int) -> Session:
+        """The buffers of this shape (made once; the least recently used shape is dropped past the limit)."""
+        key = (batch, width, new_tokens)
+        if key in self.sessions:
+            self.sessions.move_to_end(key)
+            return self.sessions[key]
+        while len(self.sessions) >= self.max_sessions:
+            self.sessions.popitem(last=False)
+        total, dev = width + new_tokens, self.device
+        cache_shape = (batch, self.kv_heads, total, self.head_dim)
+        positions = torch.arange(total, device=dev)
+        probe = torch.zeros(1, dtype=self.dtype, device=dev)
+        cos, sin = self.rotary(probe, positions[None])
+        gen = torch.Generator(device=dev)
+        sess = Session(
+            batch=batch, width=width, new_tokens=new_tokens,
+            k=[torch.zeros(cache_shape, dtype=self.dtype, device=dev) for _ in self.layers],
+            v=[torch.zeros(cache_shape, dtype=self.dtype, device=dev) for _ in self.layers],
+            cos=cos[0], sin=sin[0], columns=positions,
+            pad_B=torch.zeros(batch, dtype=torch.long, device=dev),
+            token_B=torch.zeros(batch, dtype=torch.long, device=dev),
+            column=torch.zeros(1, dtype=torch.long, device=dev),
+            step=torch.zeros(1, dtype=torch.long, device=dev),
+            done_B=torch.zeros(batch, dtype=torch.bool, device=dev),
+            tokens_BS=torch.zeros(batch, new_tokens, dtype=torch.long, device=dev),
+            logprobs_BS=torch.zeros(batch, new_tokens, dtype=torch.float32, device=dev),
+            generator=gen,
+        )  # fmt: skip
+        self.sessions[key] = sess
+        return sess
+
+    def padded_width(self, longest_prompt: int) -> int:
+        return -(-longest_prompt // self.prompt_multiple) * self.prompt_multiple
+
+    # ------------------------------------------------------------------------------------------ forward
+
+    def _qkv(self, attn: Any, h_BTH: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Projected, normed (Qwen3) and rotated q [B, Hq, T, D], k and v [B, Hkv, T, D]."""
+        B, T, _ = h_BTH.shape
+        q = attn.q_proj(h_BTH).view(B, T, -1, self.head_dim)
+        k = attn.k_proj(h_BTH).view(B, T, -1, self.head_dim)
+        v = attn.v_proj(h_BTH).view(B, T, -1, self.head_dim).transpose(1, 2)
+        if hasattr(attn, "q_norm"):
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        return q, k, v
+
+    def _prefill(self, sess: Session, ids_BP: torch.Tensor) -> torch.Tensor:
+        """Run the padded prompts, fill cache columns [0, P); the last position's logits [B, V]."""
+        B, P = ids_BP.shape
+        cols = sess.columns[:P]
+        positions_BP = (cols[None] - sess.pad_B[:, None]).clamp_min(0)
+        cos, sin = sess.cos[positions_BP], sess.sin[positions_BP]
+        key_ok_BP = cols[None] >= sess.pad_B[:, None]
+        causal_PP = cols[:, None] >= cols[None]
+        # a padding query sees only itself (finite values; never attended to by real tokens)
+        mask = (causal_PP[None] & key_ok_BP[:, None]) | torch.eye(P, dtype=torch.bool, device=self.device)
+        x = self.embed(ids_BP)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            q, k, v = self._qkv(attn, layer.input_layernorm(x), cos, sin)
+            sess.k[i][:, :, :P] = k
+            sess.v[i][:, :, :P] = v
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask[:, None], scale=self.scaling, enable_gqa=True
+            )
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(B, P, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.lm_head(self.norm(x[:, -1:]))[:, 0]
+
+    def _attend(self, q_BH1D: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid_BL: torch.Tensor):
+        """One query per row against the first L cache columns (GQA without copying the cache)."""
+        B = q_BH1D.shape[0]
+        q = q_BH1D.view(B, self.kv_heads, -1, self.head_dim)  # query head h uses kv head h // group
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * self.scaling  # [B, Hkv, G, L]
+        scores = scores.masked_fill(~valid_BL[:, None, None], float("-inf"))
+        out = torch.matmul(scores.softmax(-1).to(v.dtype), v)  # [B, Hkv, G, D]
+        return out.reshape(B, 1, -1)
+
+    def _decode_step(self, sess: Session, attend: int, params: SamplingParams) -> None:
+        """Feed ``token_B`` at ``column``, sample the next token into the outputs, advance (buffers only)."""
+        positions_B1 = (sess.column - sess.pad_B)[:, None]
+        cos, sin = sess.cos[positions_B1], sess.sin[positions_B1]
+        cols = sess.columns[:attend]
+        valid_BL = (cols[None] >= sess.pad_B[:, None]) & (cols[None] <= sess.column)
+        x = self.embed(sess.token_B[:, None])
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            q, k, v = self._qkv(attn, layer.input_layernorm(x), cos, sin)
+            sess.k[i].index_copy_(2, sess.column, k)
+            sess.v[i].index_copy_(2, sess.column, v)
+            x = x + attn.o_proj(self._attend(q, sess.k[i][:, :, :attend], sess.v[i][:, :, :attend], valid_BL))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        logits = self.lm_head(self.norm(x))[:, 0]
+        self._emit(sess, logits, params)
+        sess.column.add_(1)
+
+    def _emit(self, sess: Session, logits_BV: torch.Tensor, params: SamplingParams) -> None:
+        """Sample, write token and log-prob at ``step`` (pad / 0 on finished rows), update done, advance."""
+        token_B, logprob_B = sample_in_place(logits_BV, params, sess.generator)
+        token_B = token_B.masked_fill(sess.done_B, self.pad_id)
+        logprob_B = logprob_B.masked_fill(sess.done_B, 0.0)
+        sess.tokens_BS.index_copy_(1, sess.step, token_B[:, None])
+        sess.logprobs_BS.index_copy_(1, sess.step, logprob_B[:, None])
+        if not params.ignore_eos:
+            sess.done_B |= torch.isin(token_B, self.eos_B)
+        sess.token_B.copy_(token_B)
+        sess.step.add_(1)
+
+    # ------------------------------------------------------------------------------------------ graphs
+
+    def _step_fn(self, sess: Session, attend: int, params: SamplingParams):
+        """The decode step for this attention length: a replayed CUDA graph, or the eager step."""
+        if not self.use_graphs:
+            return lambda: self._decode_step(sess, attend, params)
+        key = (attend, *_graph_key(params))
+        if key not in sess.graphs:
+            sess.graphs[key] = self._capture(sess, attend, params)
+        return sess.graphs[key].replay
+
+    def _capture(self, sess: Session, attend: int, params: SamplingParams) -> Any:
+        """Warm up (Triton tuning, allocator) on a side stream, then capture one step; state is reset after."""
+        saved = [t.clone() for t in (sess.token_B, sess.column, sess.step, sess.done_B)]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                sess.column.fill_(attend - 1)
+                sess.step.zero_()
+                self._decode_step(sess, attend, params)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(sess.generator)
+        sess.column.fill_(attend - 1)
+        sess.step.zero_()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self._decode_step(sess, attend, params)
+        for buf, value in zip((sess.token_B, sess.column, sess.step, sess.done_B), saved, strict=True):
+            buf.copy_(value)
+        return graph
+
+    # ------------------------------------------------------------------------------------------ generate
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, stop_check: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens [B, n] and log-probs [B, n] (CPU), n <= ``max_new_tokens`` steps.
+
+        Rows that sampled EOS are padded with ``pad_id`` / 0 after it. ``stop_check(tokens_Bn)``, if given,
+        is called at each host sync with the tokens so far and returns rows to mark finished (stop strings);
+        generation ends early once every row is finished.
+        """
+        S = params.max_new_tokens
+        width = self.padded_width(max(len(p) for p in prompts))
+        sess = self.session(len(prompts), width, S)
+        buckets = sorted({self._attend_len(width + s - 1, width + S) for s in range(1, S)})
+        steps_fn = {attend: self._step_fn(sess, attend, params) for attend in buckets}  # captures first
+        ids_BP = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids_BP[row, width - len(prompt) :] = torch.tensor(prompt)
+        sess.pad_B.copy_(torch.tensor([width - len(p) for p in prompts]))
+        sess.done_B.zero_()
+        sess.step.zero_()
+        sess.tokens_BS.fill_(self.pad_id)
+        sess.logprobs_BS.zero_()
+        sess.generator.manual_seed(params.seed)
+        self._emit(sess, self._prefill(sess, ids_BP.to(self.device)), params)
+        sess.column.fill_(width)
+        steps = 1
+        while steps < S:
+            if steps % self.sync_every == 0 and self._all_done(sess, steps, stop_check):
+                break
+            steps_fn[self._attend_len(width + steps - 1, width + S)]()
+            steps += 1
+        return sess.tokens_BS[:, :steps].cpu(), sess.logprobs_BS[:, :steps].cpu()
+
+    def _attend_len(self, column: int, total: int) -> int:
+        """Cache columns a step at ``column`` reads: through ``column``, rounded up to the bucket."""
+        return min(-(-(column + 1) // self.attend_bucket) * self.attend_bucket, total)
+
+    def _all_done(self, sess: Session, steps: int, stop_check: Any) -> bool:
+        if stop_check is not None:
+            rows = stop_check(sess.tokens_BS[:, :steps].cpu())
+            if rows:
+                sess.done_B[torch.tensor(rows, device=self.device)] = True
+        return bool(sess.done_B.all())
