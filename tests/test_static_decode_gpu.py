@@ -24,8 +24,8 @@ def tiny_model(fp4: str) -> torch.nn.Module:
     config = tiny_qwen3_config(
         vocab_size=1024, hidden_size=256, num_heads=4, num_kv_heads=2, intermediate_size=512
     )
-    model: torch.nn.Module = Qwen3ForCausalLM(config)
-    model = model.to(device="cuda", dtype=torch.bfloat16).eval()
+    model = Qwen3ForCausalLM(config)
+    model.cuda().bfloat16().eval()
     pack_linears(model, qat_linear_names(model, fp4) if fp4 != "none" else [], fp4)
     return model
 
