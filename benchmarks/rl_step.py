@@ -109,17 +109,19 @@ def peak_gib(device: torch.device) -> float:
 class Ours:
     """One GRPO step with the framework's plain classes (what RolloutWorker / TrainerWorker actors run)."""
 
-    def __init__(self, setup: Setup, fp4: str, micro_batch: int, steps: int, decode: str = "auto"):
+    def __init__(
+        self, setup: Setup, questions: list[str], fp4: str, micro_batch: int, steps: int, decode: str = "auto"
+    ):
         self.setup, self.fp4 = setup, fp4
         path = str(setup.model_dir)
-        rollout = RolloutConfig(max_batch_size=setup.completions, decode=decode)
+        rollout = RolloutConfig(max_batch_size=len(questions) * setup.group, decode=decode)  # one batch
         self.engine = HFEngine.from_path(path, rollout, setup.dtype, fp4)
         self.trainer = TorchTrainer(path, TrainerConfig(lr=1e-6, micro_batch_size=micro_batch), AlgorithmConfig(),
                                     total_steps=steps, dtype=setup.dtype, fp4=fp4)  # fmt: skip
         tokenizer = self.engine.tokenizer
         self.pad_id = token_id(tokenizer, "pad")
         self.name = f"ours (FP4 {fp4}, decode={self.engine.decode})"
-        self.prompts = [chat_prompt_ids(tokenizer, q) for q in setup.questions for _ in range(setup.group)]
+        self.prompts = [chat_prompt_ids(tokenizer, q) for q in questions for _ in range(setup.group)]
         self.calls = 0
 
     def step(self, questions: int | None = None) -> tuple[float, dict[str, float]]:
@@ -299,7 +301,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         questions = [t.prompt for t in math_tasks(max([args.prompts, *larger]), "heldout")]
         setup = Setup(model_dir, questions[: args.prompts], args.group, args.new_tokens, dtype, device)
         total = args.warmup + args.steps
-        ours = [Ours(setup, fp4, args.micro_batch, total * (1 + len(larger)), args.decode)
+        ours = [Ours(setup, questions, fp4, args.micro_batch, total * (1 + len(larger)), args.decode)
                 for fp4 in args.variants.split(",")]  # fmt: skip
         if args.no_trl:
             timings = [Timings(o.name) for o in ours]

@@ -14,6 +14,7 @@ Reference §1.5 (DeepSeek-V4 kernel), §6.1-6.3 (formats), §8.3 (QAT fake-quant
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -323,8 +324,22 @@ def get_format(fmt: str) -> FP4Format:
     return FORMATS[fmt]
 
 
+def _on_gpu_kernel(w: torch.Tensor, fmt: str) -> bool:
+    """MXFP4 on a CUDA tensor goes through the one-pass Triton kernel (bitwise the same result);
+    ``DISTILLERY_FP4_TRITON=0`` forces the torch reference (for comparisons)."""
+    if not w.is_cuda or os.environ.get("DISTILLERY_FP4_TRITON", "1") == "0":
+        return False
+    from rl.fp4.triton_quant import usable
+
+    return usable(w, fmt)
+
+
 def quantize(w: torch.Tensor, fmt: str) -> FP4Tensor:
     """Quantize ``w`` [..., K] to the named format."""
+    if _on_gpu_kernel(w, fmt):
+        from rl.fp4.triton_quant import mxfp4_quantize
+
+        return mxfp4_quantize(w)[0]
     return get_format(fmt).quantize(w)
 
 
@@ -339,6 +354,12 @@ def dequantize(q: FP4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor
 
 def fake_quant(w: torch.Tensor, fmt: str) -> torch.Tensor:
     """``dequantize(quantize(w, fmt))`` in ``w.dtype``: the trainer's QAT weight and the rollout's weight."""
+    if _on_gpu_kernel(w, fmt):
+        from rl.fp4.triton_quant import mxfp4_quantize
+
+        fake = mxfp4_quantize(w, fake=True)[1]
+        assert fake is not None
+        return fake
     return dequantize(quantize(w, fmt), dtype=w.dtype)
 
 

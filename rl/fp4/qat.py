@@ -66,10 +66,10 @@ def export_weights(model: nn.Module, qat_names: list[str], fmt: str) -> dict[str
     Quantizing here, with the function the QAT forward uses, is what makes the rollout's dequantized
     weights bitwise equal to the trainer's fake-quantized ones.
     """
-    state: dict[str, Any] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for name in qat_names:
-        weight = state[f"{name}.weight"]
-        state[f"{name}.weight"] = quantize(weight.float(), fmt)
+    quantized = {f"{name}.weight" for name in qat_names}
+    state: dict[str, Any] = {}
+    for key, value in model.state_dict().items():
+        state[key] = quantize(value.detach(), fmt) if key in quantized else value.detach().clone()
     return state
 
 

@@ -42,7 +42,56 @@ def supports(model: torch.nn.Module) -> str | None:
     windowed = getattr(config, "use_sliding_window", getattr(config, "sliding_window", None) is not None)
     if windowed:
         return "sliding-window attention is not supported"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"hidden_act {config.hidden_act!r} is not silu"
     return None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama/Qwen RMSNorm (float32 statistics, cast back, then the weight), as transformers computes it."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add and the next norm: (x + delta, rms_norm(x + delta))."""
+    x = x + delta
+    return x, rms_norm(x, weight, eps)
+
+
+def qk_rope(
+    q: torch.Tensor, k: torch.Tensor, q_norm: torch.Tensor | None, k_norm: torch.Tensor | None,
+    eps: float, cos: torch.Tensor, sin: torch.Tensor, head_dim: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """[B, T, H*D] projections -> per-head (Qwen3: RMS-normed) rotated q [B, Hq, T, D], k [B, Hkv, T, D]."""
+    B, T = q.shape[:2]
+    q, k = q.view(B, T, -1, head_dim), k.view(B, T, -1, head_dim)
+    if q_norm is not None and k_norm is not None:
+        q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
+    return apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+
+
+def masked_softmax(scores: torch.Tensor, valid_BL: torch.Tensor, scaling: float) -> torch.Tensor:
+    """softmax(scores * scaling) over the valid cache columns, computed in float32, in the scores' dtype."""
+    probs = (scores.float() * scaling).masked_fill(~valid_BL[:, None, None], float("-inf")).softmax(-1)
+    return probs.to(scores.dtype)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.silu(gate) * up
+
+
+GLUE = {"rms_norm": rms_norm, "add_rms_norm": add_rms_norm, "qk_rope": qk_rope,
+        "masked_softmax": masked_softmax, "silu_mul": silu_mul}  # fmt: skip
+
+
+def compiled_glue() -> dict[str, Any]:
+    """The glue functions through ``torch.compile`` (each a fused Triton kernel or two on GPU: ~60 launches per
+    layer become ~18, which is what a captured decode step is made of)."""
+    return {name: torch.compile(fn, fullgraph=True) for name, fn in GLUE.items()}
 
 
 def exponential_race(probs_BV: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -105,6 +154,7 @@ class StaticDecoder:
         pad_id: int,
         eos_ids: set[int],
         use_graphs: bool | None = None,
+        compile_glue: bool | None = None,
         prompt_multiple: int = 64,
         attend_bucket: int = 64,
         sync_every: int = 16,
@@ -127,6 +177,8 @@ class StaticDecoder:
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
         if self.use_graphs and self.device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA device")
+        self.glue = compiled_glue() if (self.use_graphs if compile_glue is None else compile_glue) else GLUE
+        self.eps = self.layers[0].input_layernorm.variance_epsilon
         self.pad_id = pad_id
         self.eos_B = torch.tensor(sorted(eos_ids), device=self.device)
         self.prompt_multiple, self.attend_bucket, self.sync_every = prompt_multiple, attend_bucket, sync_every
@@ -210,27 +262,33 @@ class StaticDecoder:
         """One query per row against the first L cache columns (GQA without copying the cache)."""
         B = q_BH1D.shape[0]
         q = q_BH1D.view(B, self.kv_heads, -1, self.head_dim)  # query head h uses kv head h // group
-        scores = torch.matmul(q, k.transpose(-1, -2)).float() * self.scaling  # [B, Hkv, G, L]
-        scores = scores.masked_fill(~valid_BL[:, None, None], float("-inf"))
-        out = torch.matmul(scores.softmax(-1).to(v.dtype), v)  # [B, Hkv, G, D]
-        return out.reshape(B, 1, -1)
+        probs = self.glue["masked_softmax"](torch.matmul(q, k.transpose(-1, -2)), valid_BL, self.scaling)
+        return torch.matmul(probs, v).reshape(B, 1, -1)  # [B, Hkv, G, D] -> [B, 1, Hq * D]
 
     def _decode_step(self, sess: Session, attend: int, params: SamplingParams) -> None:
         """Feed ``token_B`` at ``column``, sample the next token into the outputs, advance (buffers only)."""
+        g, eps = self.glue, self.eps
         positions_B1 = (sess.column - sess.pad_B)[:, None]
         cos, sin = sess.cos[positions_B1], sess.sin[positions_B1]
         cols = sess.columns[:attend]
         valid_BL = (cols[None] >= sess.pad_B[:, None]) & (cols[None] <= sess.column)
         x = self.embed(sess.token_B[:, None])
+        h = g["rms_norm"](x, self.layers[0].input_layernorm.weight, eps)
         for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            q, k, v = self._qkv(attn, layer.input_layernorm(x), cos, sin)
+            attn, mlp = layer.self_attn, layer.mlp
+            q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+            q, k = g["qk_rope"](attn.q_proj(h), attn.k_proj(h), None if q_norm is None else q_norm.weight,
+                                None if k_norm is None else k_norm.weight, eps, cos, sin, self.head_dim)  # fmt: skip
             sess.k[i].index_copy_(2, sess.column, k)
-            sess.v[i].index_copy_(2, sess.column, v)
-            x = x + attn.o_proj(self._attend(q, sess.k[i][:, :, :attend], sess.v[i][:, :, :attend], valid_BL))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        logits = self.lm_head(self.norm(x))[:, 0]
-        self._emit(sess, logits, params)
+            sess.v[i].index_copy_(
+                2, sess.column, attn.v_proj(h).view(k.shape[0], 1, -1, self.head_dim).transpose(1, 2)
+            )
+            a = self._attend(q, sess.k[i][:, :, :attend], sess.v[i][:, :, :attend], valid_BL)
+            x, h = g["add_rms_norm"](x, attn.o_proj(a), layer.post_attention_layernorm.weight, eps)
+            down = mlp.down_proj(g["silu_mul"](mlp.gate_proj(h), mlp.up_proj(h)))
+            norm = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
+            x, h = g["add_rms_norm"](x, down, norm.weight, eps)
+        self._emit(sess, self.lm_head(h)[:, 0], params)
         sess.column.add_(1)
 
     def _emit(self, sess: Session, logits_BV: torch.Tensor, params: SamplingParams) -> None:
