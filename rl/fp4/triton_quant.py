@@ -115,7 +115,7 @@ def mxfp4_quantize(w: torch.Tensor, fake: bool = False) -> tuple[MXFP4Tensor, to
     scales = torch.empty((n, k // MXFP4_BLOCK), dtype=torch.uint8, device=w.device)
     out = torch.empty((n, k), dtype=w.dtype, device=w.device) if fake else packed
     block_n, groups = 16, 4
-    grid = (triton.cdiv(n, block_n), triton.cdiv(k, groups * MXFP4_BLOCK))
+    grid = (-(-n // block_n), -(-k // (groups * MXFP4_BLOCK)))
     kernel: Any = _mxfp4_quant_kernel
     kernel[grid](w_NK, packed, scales, out, n, k, w_NK.stride(0), packed.stride(0), scales.stride(0),
                  out.stride(0), BLOCK_N=block_n, GROUPS=groups, WRITE_FAKE=fake)  # fmt: skip

@@ -27,7 +27,7 @@ from rl.algorithms.mismatch import CorrectionConfig, apply_correction, mismatch_
 from rl.algorithms.policy_loss import get_policy_loss_fn
 from rl.config import AlgorithmConfig, TrainerConfig
 from rl.faults import maybe_kill
-from rl.fp4.qat import apply_qat, export_weights, fake_quant_weights, to_cpu
+from rl.fp4.qat import HostStaging, apply_qat, export_weights, fake_quant_weights, to_cpu
 from rl.models import lm_head_weight, load_model
 from rl.types import DistillPart, LossNormalizer, TrainBatch, predicting_mask
 
@@ -135,6 +135,7 @@ class TorchTrainer:
         nan_after = os.environ.get("DISTILLERY_FAULT_NAN_AFTER")
         self._nan_after = int(nan_after) if nan_after else None
         self._train_calls = 0
+        self.staging = HostStaging() if self.device.type == "cuda" else None  # pinned buffers for exports
 
     always_distributed = False  # backends that need a process group even on one rank
 
@@ -365,7 +366,9 @@ class TorchTrainer:
 
         Rank 0 answers; other ranks return {} (backends that shard weights gather them in this call).
         """
-        return to_cpu(export_weights(self.model, self.qat_names, self.fp4)) if self.dist.rank == 0 else {}
+        if self.dist.rank != 0:
+            return {}
+        return to_cpu(export_weights(self.model, self.qat_names, self.fp4), self.staging)
 
     def fake_quant_weights(self) -> dict[str, torch.Tensor]:
         """The weights each QAT linear multiplies by in the training forward (rank 0; for the bitwise check)."""
