@@ -46,7 +46,10 @@ def test_cuda_graph_replays_equal_the_eager_step(fp4: str) -> None:
     tokens_g, logprobs_g = graphed.generate(batch, params)
     tokens_e, logprobs_e = eager.generate(batch, params)
     assert torch.equal(tokens_g, tokens_e)
-    torch.testing.assert_close(logprobs_g, logprobs_e, atol=0, rtol=0)
+    # The W4A16 kernel is the same launch either way: bitwise. For bf16 nn.Linear, cuBLAS may pick another
+    # GEMM algorithm inside a capture (different workspace), so the log-probs agree to bf16 rounding.
+    tolerance = 0.0 if fp4 != "none" else 5e-2
+    torch.testing.assert_close(logprobs_g, logprobs_e, atol=tolerance, rtol=0)
     again, _ = graphed.generate(batch, params)  # the same seed through the captured graphs again
     assert torch.equal(again, tokens_g)
     # prompt width 64, columns 64..132 read through 96, 128 and all 134 columns: one graph each
