@@ -41,7 +41,8 @@ def test_cuda_graph_replays_equal_the_eager_step(fp4: str) -> None:
     model = tiny_model(fp4)
     params = SamplingParams(max_new_tokens=70, temperature=1.0, seed=7)
     graphed = StaticDecoder(model, PAD, {EOS}, use_graphs=True, attend_bucket=32)
-    eager = StaticDecoder(model, PAD, {EOS}, use_graphs=False, compile_glue=True, attend_bucket=32)  # same kernels
+    # the eager decoder runs the same compiled glue kernels
+    eager = StaticDecoder(model, PAD, {EOS}, use_graphs=False, compile_glue=True, attend_bucket=32)
     batch = prompts(12)
     tokens_g, logprobs_g = graphed.generate(batch, params)
     tokens_e, logprobs_e = eager.generate(batch, params)
