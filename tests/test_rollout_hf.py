@@ -145,3 +145,33 @@ def test_static_decode_rejects_unsupported_models_and_modes(tiny_base: Path) -> 
     with pytest.raises(ValueError, match="model_type 'gpt2' is not one of"):
         HFEngine(model, tokenizer, decode="static")
     assert HFEngine(model, tokenizer, decode="auto").decode == "dynamic"
+
+
+@pytest.mark.parametrize("fp4", ["none", "mxfp4"])
+def test_weight_updates_reach_the_static_decoders_fused_projections(tiny_base: Path, fp4: str) -> None:
+    """q/k/v and gate/up run as one fused matmul each, over the modules' own (re-pointed) storage: a weight
+    update into the modules must change what the fused layers compute, exactly as a fresh engine would."""
+    from rl.fp4.packed import pack_linears
+    from rl.fp4.qat import export_weights, qat_linear_names
+
+    def engine(model: torch.nn.Module) -> HFEngine:
+        names = qat_linear_names(model, fp4) if fp4 != "none" else []
+        pack_linears(model, names, fp4)
+        return HFEngine(model, load_tokenizer(str(tiny_base)), packed_names=names, decode="static")
+
+    served = engine(load_model(str(tiny_base)))
+    assert served.static is not None and all(f is not None for f in served.static.qkv + served.static.gate_up)
+    trained = load_model(str(tiny_base))
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(1.05).add_(0.01)
+    names = qat_linear_names(trained, fp4) if fp4 != "none" else []
+    served.load_weights(export_weights(trained, names, fp4))
+    fresh = engine(trained)
+    prompts = [chat_prompt_ids(served.tokenizer, t.prompt) for t in math_tasks(3, "heldout")]
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    assert [r.response_ids for r in served.generate(prompts, params)] == [
+        r.response_ids for r in fresh.generate(prompts, params)
+    ]
+    before = engine(load_model(str(tiny_base))).generate(prompts, params)
+    assert [r.logprobs for r in served.generate(prompts, params)] != [r.logprobs for r in before]

@@ -94,6 +94,44 @@ def compiled_glue() -> dict[str, Any]:
     return {name: torch.compile(fn, fullgraph=True) for name, fn in GLUE.items()}
 
 
+def fuse_linears(modules: list[torch.nn.Module]) -> torch.nn.Module | None:
+    """One linear computing ``cat([m(x) for m in modules], -1)`` whose weights are the modules' own storage.
+
+    The fused weight (nn.Linear) or packed codes and scales (MXFP4 ``PackedFP4Linear``) are concatenated along
+    the output features once, and each module's tensors are re-pointed at its rows of them, so a weight
+    update that writes into the modules in place (``load_state_dict``, ``load_quantized``) updates the fused
+    layer too, and no memory is added. None where the modules cannot share one launch (biases, NVFP4's
+    per-tensor scales, other module types).
+    """
+    from rl.fp4.formats import MXFP4Tensor
+    from rl.fp4.packed import PackedFP4Linear
+
+    linears = [m for m in modules if type(m) is torch.nn.Linear and m.bias is None]
+    if len(linears) == len(modules):
+        fused_w = torch.cat([m.weight.detach() for m in linears])
+        start = 0
+        for m in linears:
+            rows = m.weight.shape[0]
+            m.weight = torch.nn.Parameter(fused_w[start : start + rows], requires_grad=False)
+            start += rows
+        fused = torch.nn.Linear(fused_w.shape[1], fused_w.shape[0], bias=False, device=fused_w.device)
+        fused.weight = torch.nn.Parameter(fused_w, requires_grad=False)
+        return fused
+    packed: list[PackedFP4Linear] = [m for m in modules if isinstance(m, PackedFP4Linear) and m.bias is None]
+    if len(packed) == len(modules) and all(isinstance(m.quantized(), MXFP4Tensor) for m in packed):
+        qs = [m.quantized() for m in packed]
+        fused_q = MXFP4Tensor(packed=torch.cat([q.packed for q in qs]), scales=torch.cat([q.scales for q in qs]),
+                              shape=(sum(q.shape[0] for q in qs), qs[0].shape[1]))  # fmt: skip
+        start = 0
+        for m, q in zip(packed, qs, strict=True):
+            rows = q.shape[0]
+            m.packed = fused_q.packed[start : start + rows]  # buffers: assignment re-registers them
+            m.scales = fused_q.scales[start : start + rows]
+            start += rows
+        return PackedFP4Linear(fused_q, None)
+    return None
+
+
 def exponential_race(probs_BV: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One token per row drawn from ``probs`` (rows sum to 1): ``argmax(p / E)`` with E ~ Exp(1) is a sample
     of the categorical (the exponential race); unlike ``torch.multinomial`` it needs no host sync."""
@@ -179,6 +217,12 @@ class StaticDecoder:
             raise ValueError("CUDA graphs need the model on a CUDA device")
         self.glue = compiled_glue() if (self.use_graphs if compile_glue is None else compile_glue) else GLUE
         self.eps = self.layers[0].input_layernorm.variance_epsilon
+        # q/k/v and gate/up as one launch each where the weights allow (7 -> 4 matmuls a layer)
+        self.qkv = [
+            fuse_linears([la.self_attn.q_proj, la.self_attn.k_proj, la.self_attn.v_proj])
+            for la in self.layers
+        ]
+        self.gate_up = [fuse_linears([la.mlp.gate_proj, la.mlp.up_proj]) for la in self.layers]
         self.pad_id = pad_id
         self.eos_B = torch.tensor(sorted(eos_ids), device=self.device)
         self.prompt_multiple, self.attend_bucket, self.sync_every = prompt_multiple, attend_bucket, sync_every
@@ -265,6 +309,14 @@ class StaticDecoder:
         probs = self.glue["masked_softmax"](torch.matmul(q, k.transpose(-1, -2)), valid_BL, self.scaling)
         return torch.matmul(probs, v).reshape(B, 1, -1)  # [B, Hkv, G, D] -> [B, 1, Hq * D]
 
+    def _project(self, i: int, attn: Any, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v projections of layer ``i`` (one fused launch where possible), each [B, T, heads * D]."""
+        fused = self.qkv[i]
+        if fused is None:
+            return attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        kv = self.kv_heads * self.head_dim
+        return fused(h).split([self.q_heads * self.head_dim, kv, kv], dim=-1)
+
     def _decode_step(self, sess: Session, attend: int, params: SamplingParams) -> None:
         """Feed ``token_B`` at ``column``, sample the next token into the outputs, advance (buffers only)."""
         g, eps = self.glue, self.eps
@@ -277,15 +329,16 @@ class StaticDecoder:
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
-            q, k = g["qk_rope"](attn.q_proj(h), attn.k_proj(h), None if q_norm is None else q_norm.weight,
+            q, k, v = self._project(i, attn, h)
+            q, k = g["qk_rope"](q, k, None if q_norm is None else q_norm.weight,
                                 None if k_norm is None else k_norm.weight, eps, cos, sin, self.head_dim)  # fmt: skip
             sess.k[i].index_copy_(2, sess.column, k)
-            sess.v[i].index_copy_(
-                2, sess.column, attn.v_proj(h).view(k.shape[0], 1, -1, self.head_dim).transpose(1, 2)
-            )
+            sess.v[i].index_copy_(2, sess.column, v.view(k.shape[0], 1, -1, self.head_dim).transpose(1, 2))
             a = self._attend(q, sess.k[i][:, :, :attend], sess.v[i][:, :, :attend], valid_BL)
             x, h = g["add_rms_norm"](x, attn.o_proj(a), layer.post_attention_layernorm.weight, eps)
-            down = mlp.down_proj(g["silu_mul"](mlp.gate_proj(h), mlp.up_proj(h)))
+            fused = self.gate_up[i]
+            gate, up = fused(h).chunk(2, dim=-1) if fused is not None else (mlp.gate_proj(h), mlp.up_proj(h))
+            down = mlp.down_proj(g["silu_mul"](gate, up))
             norm = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
             x, h = g["add_rms_norm"](x, down, norm.weight, eps)
         self._emit(sess, self.lm_head(h)[:, 0], params)
