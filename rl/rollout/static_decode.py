@@ -184,7 +184,9 @@ class Session:
 
 
 class StaticDecoder:
-    """Generates with static buffers (and CUDA graphs on GPU) from a transformers Llama/Qwen-style model."""
+    """Generates with static buffers (and CUDA graphs on GPU) from a transformers Llama/Qwen-style model.
+
+    One decoder per model: it re-points the model's q/k/v and gate/up weights at fused tensors (``fuse_linears``)."""
 
     def __init__(
         self,
