@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from rl.models import load_model, load_tokenizer
-from rl.rollout.hf import HFEngine, filter_logits, sample_tokens
+from rl.rollout.hf import HFEngine
+from rl.rollout.sampling import filter_logits, sample_tokens
 from rl.sft import chat_prompt_ids
 from rl.trainer.torch_backend import token_logprobs
 from rl.types import SamplingParams

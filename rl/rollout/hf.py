@@ -9,9 +9,7 @@ packed FP4:
 * ``static``: ``rl.rollout.static_decode`` -- preallocated KV cache and, on GPU, one CUDA graph replay per
   token (GPU default for Llama/Qwen-style models).
 
-The log-prob recorded for a sampled token is
-``log_softmax(logits / temperature)[token]`` -- the distribution the trainer's forward computes at the same
-temperature -- before top-k/top-p truncation (which only decides what may be sampled).
+Both sample through ``rl.rollout.sampling`` (filtering, the draw, the recorded log-prob).
 """
 
 from __future__ import annotations
@@ -27,40 +25,12 @@ from rl.fp4.formats import dequantize
 from rl.fp4.packed import PackedFP4Linear, pack_linears
 from rl.fp4.qat import qat_linear_names
 from rl.models import load_model, load_tokenizer, token_id
+from rl.rollout.sampling import sample_tokens
 from rl.rollout.static_decode import StaticDecoder, supports
 from rl.types import Rollout, SamplingParams
 
 DECODE_MODES = ("auto", "static", "dynamic")
 STOP_TAIL = 16  # tokens decoded to look for stop strings after each new token
-
-
-def filter_logits(logits_BV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set logits outside the top-k and outside the top-p nucleus to -inf (the most likely token is kept)."""
-    if top_k > 0 and top_k < logits_BV.shape[-1]:
-        kth = torch.topk(logits_BV, top_k, dim=-1).values[..., -1:]
-        logits_BV = logits_BV.masked_fill(logits_BV < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits_BV, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        # drop a token when the mass before it already reaches top_p
-        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits_BV = logits_BV.masked_fill(drop, float("-inf"))
-    return logits_BV
-
-
-def sample_tokens(
-    logits_BV: torch.Tensor, params: SamplingParams, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next tokens [B] and their log-probs [B] under ``logits / temperature`` (greedy at temperature 0)."""
-    logits_BV = logits_BV.float()
-    if params.temperature == 0:
-        tokens_B = logits_BV.argmax(-1)
-        return tokens_B, logits_BV.log_softmax(-1).gather(-1, tokens_B[:, None])[:, 0]
-    scaled_BV = logits_BV / params.temperature
-    probs_BV = filter_logits(scaled_BV, params.top_k, params.top_p).softmax(-1)
-    tokens_B = torch.multinomial(probs_BV, 1, generator=generator)[:, 0]
-    return tokens_B, scaled_BV.log_softmax(-1).gather(-1, tokens_B[:, None])[:, 0]
 
 
 class HFEngine:
@@ -255,13 +225,13 @@ class StopScan:
 
     def first_stop(self, row: int, tokens: list[int]) -> tuple[int, str] | None:
         """(tokens kept, reason) at the first token that ends the row, or None."""
-        for i in range(self.scanned[row], len(tokens)):
-            if row in self.found:
-                break
-            reason = self.engine._stop_reason(tokens[: i + 1], self.params)
-            if reason:
-                self.found[row] = (i + 1, reason)
-            self.scanned[row] = i + 1
+        if row not in self.found:
+            for i in range(self.scanned[row], len(tokens)):
+                self.scanned[row] = i + 1
+                reason = self.engine._stop_reason(tokens[: i + 1], self.params)
+                if reason:
+                    self.found[row] = (i + 1, reason)
+                    break
         return self.found.get(row)
 
     def __call__(self, tokens_Bn: torch.Tensor) -> list[int]:

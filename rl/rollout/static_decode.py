@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from rl.rollout.sampling import exponential_race, sample_tokens
 from rl.types import SamplingParams
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
@@ -130,29 +131,6 @@ def fuse_linears(modules: list[torch.nn.Module]) -> torch.nn.Module | None:
             start += rows
         return PackedFP4Linear(fused_q, None)
     return None
-
-
-def exponential_race(probs_BV: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row drawn from ``probs`` (rows sum to 1): ``argmax(p / E)`` with E ~ Exp(1) is a sample
-    of the categorical (the exponential race); unlike ``torch.multinomial`` it needs no host sync."""
-    noise = torch.empty_like(probs_BV).exponential_(generator=generator).clamp_min_(1e-20)
-    return (probs_BV / noise).argmax(-1)
-
-
-def sample_in_place(
-    logits_BV: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens [B] and their log-probs under ``logits / temperature`` (greedy at 0); no host sync."""
-    from rl.rollout.hf import filter_logits
-
-    logits_BV = logits_BV.float()
-    if params.temperature == 0:
-        tokens_B = logits_BV.argmax(-1)
-        return tokens_B, logits_BV.log_softmax(-1).gather(-1, tokens_B[:, None])[:, 0]
-    scaled_BV = logits_BV / params.temperature
-    probs_BV = filter_logits(scaled_BV, params.top_k, params.top_p).softmax(-1)
-    tokens_B = exponential_race(probs_BV, generator)
-    return tokens_B, scaled_BV.log_softmax(-1).gather(-1, tokens_B[:, None])[:, 0]
 
 
 def _graph_key(params: SamplingParams) -> tuple[Any, ...]:
@@ -270,17 +248,6 @@ class StaticDecoder:
 
     # ------------------------------------------------------------------------------------------ forward
 
-    def _qkv(self, attn: Any, h_BTH: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Projected, normed (Qwen3) and rotated q [B, Hq, T, D], k and v [B, Hkv, T, D]."""
-        B, T, _ = h_BTH.shape
-        q = attn.q_proj(h_BTH).view(B, T, -1, self.head_dim)
-        k = attn.k_proj(h_BTH).view(B, T, -1, self.head_dim)
-        v = attn.v_proj(h_BTH).view(B, T, -1, self.head_dim).transpose(1, 2)
-        if hasattr(attn, "q_norm"):
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
-        return q, k, v
-
     def _prefill(self, sess: Session, ids_BP: torch.Tensor) -> torch.Tensor:
         """Run the padded prompts, fill cache columns [0, P); the last position's logits [B, V]."""
         B, P = ids_BP.shape
@@ -294,7 +261,9 @@ class StaticDecoder:
         x = self.embed(ids_BP)
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            q, k, v = self._qkv(attn, layer.input_layernorm(x), cos, sin)
+            q, k, v = self._project(i, attn, layer.input_layernorm(x))
+            q, k = qk_rope(q, k, *self._qk_norms(attn), self.eps, cos, sin, self.head_dim)
+            v = v.view(B, P, -1, self.head_dim).transpose(1, 2)
             sess.k[i][:, :, :P] = k
             sess.v[i][:, :, :P] = v
             out = F.scaled_dot_product_attention(
@@ -319,6 +288,12 @@ class StaticDecoder:
         kv = self.kv_heads * self.head_dim
         return fused(h).split([self.q_heads * self.head_dim, kv, kv], dim=-1)
 
+    @staticmethod
+    def _qk_norms(attn: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Qwen3's per-head q/k RMSNorm weights (None, None for Llama-style attention)."""
+        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        return (q_norm.weight, k_norm.weight) if q_norm is not None and k_norm is not None else (None, None)
+
     def _decode_step(self, sess: Session, attend: int, params: SamplingParams) -> None:
         """Feed ``token_B`` at ``column``, sample the next token into the outputs, advance (buffers only)."""
         g, eps = self.glue, self.eps
@@ -330,10 +305,8 @@ class StaticDecoder:
         h = g["rms_norm"](x, self.layers[0].input_layernorm.weight, eps)
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
-            q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
             q, k, v = self._project(i, attn, h)
-            q, k = g["qk_rope"](q, k, None if q_norm is None else q_norm.weight,
-                                None if k_norm is None else k_norm.weight, eps, cos, sin, self.head_dim)  # fmt: skip
+            q, k = g["qk_rope"](q, k, *self._qk_norms(attn), eps, cos, sin, self.head_dim)
             sess.k[i].index_copy_(2, sess.column, k)
             sess.v[i].index_copy_(2, sess.column, v.view(k.shape[0], 1, -1, self.head_dim).transpose(1, 2))
             a = self._attend(q, sess.k[i][:, :, :attend], sess.v[i][:, :, :attend], valid_BL)
@@ -348,7 +321,7 @@ class StaticDecoder:
 
     def _emit(self, sess: Session, logits_BV: torch.Tensor, params: SamplingParams) -> None:
         """Sample, write token and log-prob at ``step`` (pad / 0 on finished rows), update done, advance."""
-        token_B, logprob_B = sample_in_place(logits_BV, params, sess.generator)
+        token_B, logprob_B = sample_tokens(logits_BV, params, sess.generator, draw=exponential_race)
         token_B = token_B.masked_fill(sess.done_B, self.pad_id)
         logprob_B = logprob_B.masked_fill(sess.done_B, 0.0)
         sess.tokens_BS.index_copy_(1, sess.step, token_B[:, None])
@@ -370,8 +343,8 @@ class StaticDecoder:
         return sess.graphs[key].replay
 
     def _capture(self, sess: Session, attend: int, params: SamplingParams) -> Any:
-        """Warm up (Triton tuning, allocator) on a side stream, then capture one step; state is reset after."""
-        saved = [t.clone() for t in (sess.token_B, sess.column, sess.step, sess.done_B)]
+        """Warm up (compiles, Triton tuning, allocator) on a side stream, then capture one step. Both write
+        into the session's buffers; ``generate`` captures before it sets them up for the real run."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -386,8 +359,6 @@ class StaticDecoder:
         sess.step.zero_()
         with torch.cuda.graph(graph, pool=self.pool):
             self._decode_step(sess, attend, params)
-        for buf, value in zip((sess.token_B, sess.column, sess.step, sess.done_B), saved, strict=True):
-            buf.copy_(value)
         return graph
 
     # ------------------------------------------------------------------------------------------ generate
