@@ -151,6 +151,7 @@ class DistillController:
                     k.replace("/", f"/{route.domain}/", 1): v for k, v in turn_metrics(rollouts).items()
                 }
             batches[route.domain] = build_train_batch(rollouts, [0.0] * len(rollouts), self.pad_id)
+        metrics["rollout/worker_restarts"] = float(self.rollout.restarts)  # cumulative, this process
         metrics["perf/rollout_s"] = time.perf_counter() - started
         return batches, metrics
 

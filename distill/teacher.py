@@ -25,7 +25,7 @@ from rl.config import ClusterConfig
 from rl.faults import maybe_kill
 from rl.fp4.qat import fake_quant_weights, qat_linear_names
 from rl.models import hidden_size, lm_head_weight, load_model, model_context
-from rl.placement import in_group, role_placement_group
+from rl.placement import REDOS, in_group, role_placement_group
 from rl.types import TrainBatch, predicting_mask
 
 
@@ -108,13 +108,14 @@ class TeacherGroup:
 
     def prefill(self, teacher: str, shards: list[TrainBatch]) -> tuple[list[ray.ObjectRef], float]:
         """Hidden-state references for each of ``shards`` and the teacher's seconds; a teacher that dies on the
-        way is restarted (same bundle; its weights are frozen, so nothing else to restore) and the batch redone."""
-        for attempt in range(2):
+        way (its process, or its node) is restarted (same bundle, which Ray moves to a live node; its weights are
+        frozen, so nothing else to restore) and the batch redone, up to ``REDOS`` times."""
+        for redo in range(REDOS + 1):
             calls = [self.hidden_states(teacher, shard) for shard in shards]
             try:
                 return [hidden for hidden, _ in calls], sum(ray.get([seconds for _, seconds in calls]))
             except RayActorError as err:
-                if attempt:
+                if redo == REDOS:
                     raise
                 print(
                     f"teacher {teacher!r} died ({type(err).__name__}); restarted, redoing its batch",

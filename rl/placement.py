@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import ray
@@ -10,6 +11,9 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rl.config import ClusterConfig
+
+PREFER_NODE_ENV = "DISTILLERY_PREFER_NODE"
+REDOS = 3  # how many times a rollout or teacher batch is redone when its workers die under it
 
 
 class ResourceError(RuntimeError):
@@ -60,11 +64,39 @@ def check_resources(needs: dict[str, dict[str, float]], total: dict[str, float] 
         raise ResourceError("not enough cluster resources: " + "; ".join(problems))
 
 
+def node_preferences(spec: str) -> dict[str, str]:
+    """``"rollout=node2,trainer=head"`` -> ``{"rollout": "node2", "trainer": "head"}`` (role -> node resource)."""
+    pairs = [item.split("=", 1) for item in spec.split(",") if item]
+    if any(len(pair) != 2 or not all(pair) for pair in pairs):
+        raise ValueError(
+            f"{PREFER_NODE_ENV}={spec!r}: expected <role>=<node resource>[,<role>=<node resource>]"
+        )
+    return dict(pairs)  # type: ignore[arg-type]  # pairs of two, checked above
+
+
+def node_with(resource: str, nodes: list[dict]) -> str | None:
+    """The id of the first live node (``ray.nodes()`` rows) that has the custom ``resource``."""
+    return next((n["NodeID"] for n in nodes if n["Alive"] and n["Resources"].get(resource, 0) > 0), None)
+
+
 def role_placement_group(
     role: str, bundles: list[dict[str, float]], timeout_s: float = 60.0
 ) -> PlacementGroup:
-    """A PACK placement group for one role, ready or a ResourceError after ``timeout_s``."""
-    group = placement_group(bundles, strategy="PACK", name=f"distillery-{role}-{uuid.uuid4().hex[:8]}")
+    """A PACK placement group for one role, ready or a ResourceError after ``timeout_s``.
+
+    ``DISTILLERY_PREFER_NODE=<role>=<resource>,...`` (fault tests, until the cluster config has a field for it)
+    starts a role's actors on the live node that has that custom resource: the group is packed onto one node
+    with a soft target, so when that node is lost Ray moves the group, and its replaced actors, to another.
+    """
+    name, target = f"distillery-{role}-{uuid.uuid4().hex[:8]}", None
+    if resource := node_preferences(os.environ.get(PREFER_NODE_ENV, "")).get(role):
+        target = node_with(resource, ray.nodes())
+        if target is None:
+            raise ResourceError(f"{role}: no live node has the resource {resource!r} ({PREFER_NODE_ENV})")
+    if target is None:
+        group = placement_group(bundles, strategy="PACK", name=name)
+    else:
+        group = placement_group(bundles, strategy="STRICT_PACK", name=name, _soft_target_node_id=target)
     ready, _ = ray.wait([group.ready()], timeout=timeout_s)
     if not ready:
         remove_placement_group(group)

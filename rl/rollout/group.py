@@ -11,7 +11,7 @@ from ray.exceptions import RayActorError
 from ray.util.placement_group import remove_placement_group
 
 from rl.config import ClusterConfig, RolloutConfig
-from rl.placement import actor_bundle, in_group, role_placement_group, unresponsive
+from rl.placement import REDOS, actor_bundle, in_group, role_placement_group, unresponsive
 from rl.rollout.worker import RolloutActor
 from rl.types import Rollout, SamplingParams
 
@@ -59,16 +59,20 @@ class RolloutGroup:
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
         """Completions for ``prompts`` in order; each worker gets a contiguous slice and its own seed.
 
-        A worker that dies mid-generation is replaced (same bundle, current weights) and the whole call is
-        redone once: seeds are per call, so the redone batch is the one the dead worker would have returned.
+        A worker that dies mid-generation (its process, or its node) is replaced (same bundle, which Ray moves
+        to a live node; current weights) and the whole call redone, up to ``REDOS`` times: seeds are per call,
+        so the redone batch is the one the dead worker would have returned.
         """
-        try:
-            return self._generate(prompts, params)
-        except RayActorError as err:
-            dead = self._replace_dead()
-            print(f"rollout worker(s) {dead} died ({type(err).__name__}); restarted with the current weights, "
-                  "redoing the batch", flush=True)  # fmt: skip
-            return self._generate(prompts, params)
+        for redo in range(REDOS + 1):
+            try:
+                return self._generate(prompts, params)
+            except RayActorError as err:
+                if redo == REDOS:
+                    raise
+                dead = self._replace_dead()
+                print(f"rollout worker(s) {dead} died ({type(err).__name__}); restarted with the current "
+                      "weights, redoing the batch", flush=True)  # fmt: skip
+        raise AssertionError("unreachable")
 
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
         n = len(self.workers)
@@ -86,7 +90,13 @@ class RolloutGroup:
         """Load the weights behind ``weights_ref`` into every worker; returns perf metrics."""
         start = time.perf_counter()
         self._weights = weights_ref
-        loads = ray.get([w.load_weights.remote(weights_ref) for w in self.workers])
+        try:
+            loads = ray.get([w.load_weights.remote(weights_ref) for w in self.workers])
+        except RayActorError as err:  # a replacement takes the weights as it starts; the others load again
+            dead = self._replace_dead()
+            print(f"rollout worker(s) {dead} died ({type(err).__name__}) while loading weights; restarted with "
+                  "them", flush=True)  # fmt: skip
+            loads = ray.get([w.load_weights.remote(weights_ref) for w in self.workers])
         return {
             "perf/weight_sync_s": time.perf_counter() - start,
             "perf/weight_load_s": max(seconds for seconds, _ in loads),
