@@ -1,9 +1,15 @@
 """Math reward: the last ``\\boxed{}`` answer checked against the reference with ``math-verify``.
 
+Answer and reference first go through the same grader's normalisation (``rewards.math_normalize``: thousands
+separators, units, currency, percent, ``\\text{}``); words, clock times and ratios are compared as such
+rather than as sympy expressions. Answers a grader would not accept as one final answer (two values joined
+by ``\\vee``, a chain of equations) or that could keep sympy busy without bound (``9^{9^{9}}``, more than
+``MAX_ANSWER_CHARS`` characters) score 0 as ``malformed_answer`` before math-verify sees them.
+
 math-verify bounds parsing and comparison with ``signal.alarm``, which only works in the main thread.
-We keep that bound in the main thread (a default Ray actor runs its methods there) and switch it off
-elsewhere, so the reward also runs in threads; there a pathological answer (``9^{9^{9^{9}}}``) can run
-unbounded, so callers that need a bound in threads must run the reward in a process of its own.
+In the main thread (a default Ray actor runs its methods there) we call it directly; in any other thread
+(``rewards.guard``'s pool) the comparison runs in a child process that is killed past its deadline
+(``rewards.math_worker``), so every verdict comes within about ``TIMEOUT_S`` seconds.
 """
 
 from __future__ import annotations
@@ -11,25 +17,37 @@ from __future__ import annotations
 import re
 import threading
 
-from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+from math_verify import verify
 from math_verify.errors import TimeoutException
 
+from rewards.math_normalize import (
+    MAX_ANSWER_CHARS,
+    clock_reading,
+    clocks_match,
+    complexity_problem,
+    form_problem,
+    is_text_answer,
+    normalize,
+    ratio_reading,
+    text_reading,
+)
+from rewards.math_worker import compare, compare_in_child, error_reason
 from rl.types import Reward
 
-# Every Reward.reason starts with one of these; a verifier_error reason appends ": <type>: <message>".
+# Every Reward.reason starts with one of these; a verifier_error reason appends ": <type>: <message>",
+# a malformed_answer one ": <why>".
 MATH_REASONS = (
     "correct",
     "wrong_answer",
     "no_boxed_answer",
     "unparsable_answer",
+    "malformed_answer",
     "unparsable_reference",
     "verifier_error",
 )
-TIMEOUT_S = 5  # math-verify's per-call bound in the main thread (signal based, whole seconds)
-_MAX_ERROR_CHARS = 200  # keeps verifier_error reasons short enough to log and count
+TIMEOUT_S = 5  # math-verify's per-call bound (signal based, whole seconds), in our main thread or a child's
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_EXTRACTION = (LatexExtractionConfig(), ExprExtractionConfig())
 
 
 def extract_boxed(text: str) -> str | None:
@@ -57,27 +75,38 @@ def reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
-def _timeout_s() -> int:
-    # 0 disables math-verify's signal.alarm, which raises outside the main thread.
-    return TIMEOUT_S if threading.current_thread() is threading.main_thread() else 0
+def _verdict(same: bool) -> Reward:
+    return Reward(1.0, "correct") if same else Reward(0.0, "wrong_answer")
 
 
-def _parse(latex: str, timeout_s: int) -> list:
-    # $...$ makes both plain numbers ("1,234", "0.5") and LaTeX ("\dfrac12") parse.
-    return parse(f"${latex}$", extraction_config=_EXTRACTION, parsing_timeout=timeout_s, raise_on_error=True)
+def _check_reading(extracted: str, answer: str) -> Reward | None:
+    """The verdict for a text, clock or ratio reference or answer (compared as read, not by sympy), else None."""
+    if is_text_answer(answer):
+        return _verdict(text_reading(extracted) == text_reading(answer))
+    gold_clock, predicted_clock = clock_reading(answer), clock_reading(extracted)
+    if gold_clock or predicted_clock:
+        return _verdict(bool(gold_clock and predicted_clock and clocks_match(gold_clock, predicted_clock)))
+    gold_ratio, predicted_ratio = ratio_reading(answer), ratio_reading(extracted)
+    if gold_ratio or predicted_ratio:
+        return _verdict(gold_ratio == predicted_ratio)
+    return None
 
 
 def _check(extracted: str, answer: str) -> Reward:
-    timeout_s = _timeout_s()
-    predicted = _parse(extracted, timeout_s)
-    if not predicted:
+    if len(extracted) > MAX_ANSWER_CHARS:  # before any regex or parser reads it
+        return Reward(0.0, f"malformed_answer: longer than {MAX_ANSWER_CHARS} characters")
+    predicted_latex, gold_latex = normalize(extracted), normalize(answer)
+    if not predicted_latex:
         return Reward(0.0, "unparsable_answer")
-    gold = _parse(answer, timeout_s)
-    if not gold:
-        return Reward(0.0, "unparsable_reference")
-    if verify(gold, predicted, timeout_seconds=timeout_s, raise_on_error=True):
-        return Reward(1.0, "correct")
-    return Reward(0.0, "wrong_answer")
+    if problem := form_problem(predicted_latex) or complexity_problem(predicted_latex):
+        return Reward(0.0, f"malformed_answer: {problem}")
+    if (reading := _check_reading(extracted, answer)) is not None:
+        return reading
+    if threading.current_thread() is threading.main_thread():
+        reason = compare(predicted_latex, gold_latex, TIMEOUT_S, verify)
+    else:  # no signal.alarm here: a child process, killed past the deadline, bounds the time instead
+        reason = compare_in_child(predicted_latex, gold_latex, TIMEOUT_S, TIMEOUT_S + 1.0)
+    return Reward(1.0 if reason == "correct" else 0.0, reason)
 
 
 def score_math(response: str, answer: str) -> Reward:
@@ -88,5 +117,4 @@ def score_math(response: str, answer: str) -> Reward:
     try:
         return _check(extracted, answer)
     except (Exception, TimeoutException) as e:  # TimeoutException is a BaseException
-        message = " ".join(str(e).split())[:_MAX_ERROR_CHARS]  # one line, for logs and metric tables
-        return Reward(0.0, f"verifier_error: {type(e).__name__}: {message}")
+        return Reward(0.0, error_reason(e))
