@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -73,6 +74,7 @@ def kill_tree(pid: int) -> None:
 @dataclass
 class TwoNodes:
     address: str  # the GCS, for cluster.address
+    env: dict[str, str]  # a client's environment: the cluster's auth token, a private cache
     head: subprocess.Popen
     node2: subprocess.Popen
 
@@ -99,7 +101,12 @@ def wait_started(log: Path, proc: subprocess.Popen, timeout_s: float = 120) -> N
 def two_nodes(tmp_path: Path) -> Iterator[TwoNodes]:
     """A head (2 CPUs, resource ``head``) and a second node (1 CPU, resource ``node2``) on 127.0.0.1, each with its
     own ports and temp dir; both killed, by process id, whatever the test did."""
-    env = job_env(tmp_path / "cache") | FAST_DEATH
+    # Ray 2.60 turns token auth on for a head when ~/.ray/auth_token exists, but not for a joining node: say it
+    env = (
+        job_env(tmp_path / "cache")
+        | FAST_DEATH
+        | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    )
     temp = Path(tempfile.mkdtemp(prefix="rayn", dir="/tmp"))  # short: Ray's unix sockets live here
     port = free_port()
     started: list[subprocess.Popen] = []
@@ -111,7 +118,7 @@ def two_nodes(tmp_path: Path) -> Iterator[TwoNodes]:
         started.append(ray_start(env, temp / "node2", tmp_path / "node2.log", f"--address=127.0.0.1:{port}",
                                  "--num-cpus=1", '--resources={"node2": 1}'))  # fmt: skip
         wait_started(tmp_path / "node2.log", started[1])
-        yield TwoNodes(f"127.0.0.1:{port}", *started)
+        yield TwoNodes(f"127.0.0.1:{port}", env, *started)
     finally:
         for proc in reversed(started):
             kill_tree(proc.pid)
@@ -134,7 +141,7 @@ def test_losing_the_node_of_the_rollout_worker_and_the_teacher_mid_generation_lo
     register_teacher(runs, tiny_base)
     # rollout worker and teacher start on node2, the trainer on the head; the student's rollout worker stops in
     # its 3rd generation (step 2: eval, step 1, step 2) and says so, for the node to die under it
-    env = job_env(tmp_path / "cache") | {"DISTILLERY_PREFER_NODE": "rollout=node2,teacher=node2,trainer=head",
+    env = two_nodes.env | {"DISTILLERY_PREFER_NODE": "rollout=node2,teacher=node2,trainer=head",
                                          "DISTILLERY_FAULT_PAUSE": f"rollout:3:{paused}"}  # fmt: skip
     cmd = [sys.executable, "-m", "jobs.distill", *DISTILL, f"model.path={tiny_base}", f"runs_root={runs}",
            "run_name=lost", f"cluster.address={two_nodes.address}"]  # fmt: skip
