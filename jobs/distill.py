@@ -11,6 +11,9 @@ holds every role. Then: each teacher is evaluated on every domain (served as its
 is distilled, and base / teachers / student pass@1 go to ``summary.json``, W&B and a printed table.
 
 Writes ``runs/<run_name>/``: config.yaml, metrics.jsonl, summary.json (with ``eval_table``), checkpoints/, wandb/.
+
+torch, Ray and the workers are imported inside the functions that use them, so that ``check_inputs`` rejects
+bad input within about a second of the start, before they load.
 """
 
 from __future__ import annotations
@@ -18,45 +21,64 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import hydra
-from omegaconf import DictConfig
-
-from distill.controller import DistillController, DomainData, Prompts, recovery_table, teacher_evals
-from distill.losses import OPD_LOSSES, LossOptions
-from distill.routing import Route, build_routes, check_compatible, check_context
-from distill.teacher import TeacherGroup
-from jobs.common import forwarded_env, init_ray, prepare_run_dir, resolve_model_path, user_errors
+from jobs.common import (
+    check_cluster,
+    check_model_path,
+    check_resume,
+    check_writable,
+    forwarded_env,
+    init_ray,
+    job_main,
+    prepare_run_dir,
+    resolve_model_path,
+)
 from jobs.train_specialist import check_backends
-from rl.batching import TaskStream
-from rl.checkpoint import load_state
-from rl.config import AlgorithmConfig, DistillRunConfig, register_configs, to_typed
-from rl.controller import sampling_params
-from rl.fp4.formats import get_format
-from rl.models import load_tokenizer
-from rl.placement import check_resources, role_needs
-from rl.rollout.group import RolloutGroup
-from rl.tracking import Tracker, truncate_metrics
-from rl.trainer.group import TrainerGroup
-from specialists.registry import SpecialistEntry, registry_path
+from rl.config import AlgorithmConfig, DistillRunConfig
+
+if TYPE_CHECKING:
+    from distill.controller import DomainData
+    from distill.routing import Route
+    from distill.teacher import TeacherGroup
+    from rl.rollout.group import RolloutGroup
+    from rl.tracking import Tracker
+    from rl.trainer.group import TrainerGroup
+    from specialists.registry import SpecialistEntry
 
 
 def check_options(cfg: DistillRunConfig) -> None:
-    if cfg.distill.loss not in OPD_LOSSES:
-        raise ValueError(f"unknown distill.loss {cfg.distill.loss!r}; valid: {', '.join(OPD_LOSSES)}")
-    if cfg.fp4 != "none":
-        get_format(cfg.fp4)
+    """What the schema cannot know: the backend distillation supports, and the packages (names and ranges
+    are the schema's)."""
     if cfg.trainer.backend != "torch":  # the OPD step reads the student's head outside the forward (ZeRO-3
         # partitions it) and has only been tested on the torch backend (one rank or DDP)
         raise ValueError(f"distillation runs on trainer.backend=torch (one rank or DDP over trainer.num_ranks); "
                          f"{cfg.trainer.backend!r} is not supported for it yet")  # fmt: skip
-    if cfg.distill.samples_per_prompt < 1 or cfg.prompts_per_step < 1:
-        raise ValueError("distill.samples_per_prompt and prompts_per_step must be >= 1")
     check_backends(cfg)
 
 
+def check_inputs(cfg: DistillRunConfig) -> None:
+    """What can be checked before any work, cheaply: options, where it writes, the student, every teacher
+    (registered, checkpoint on disk), the checkpoint it resumes, the cluster it joins."""
+    from specialists.registry import lookup, registry_path
+
+    check_options(cfg)
+    check_writable(Path(cfg.runs_root), "runs_root")
+    check_model_path(cfg.model)
+    if not cfg.distill.teachers:
+        raise ValueError(
+            "distill.teachers is empty: name a teacher per domain, e.g. distill.teachers.math=<name>"
+        )
+    for name in cfg.distill.teachers.values():
+        lookup(registry_path(cfg.registry, cfg.runs_root), name)
+    check_resume(Path(cfg.runs_root) / cfg.run_name, cfg.resume)
+    check_cluster(cfg.cluster)
+
+
 def domain_data(cfg: DistillRunConfig, routes: list[Route]) -> dict[str, DomainData]:
+    from distill.controller import DomainData
+    from rl.batching import TaskStream
+
     return {r.domain: DomainData(TaskStream(r.specialist.train_tasks(r.tasks_cfg), seed=cfg.seed),
                                  r.specialist.eval_tasks(r.tasks_cfg)) for r in routes}  # fmt: skip
 
@@ -65,6 +87,8 @@ def served_teacher(
     cfg: DistillRunConfig, env: dict[str, str]
 ) -> Callable[[SpecialistEntry], tuple[Any, Any]]:
     """For the teachers' eval: a temporary rollout group serving one teacher in its own FP4 format."""
+
+    from rl.rollout.group import RolloutGroup
 
     def make(entry: SpecialistEntry) -> tuple[Any, Any]:
         group = RolloutGroup(entry.checkpoint, cfg.rollout, cfg.cluster, env, entry.fp4)
@@ -75,6 +99,11 @@ def served_teacher(
 
 def start_workers(cfg: DistillRunConfig, student: str, routes: list[Route], env: dict[str, str]
                   ) -> tuple[TrainerGroup, RolloutGroup, TeacherGroup]:  # fmt: skip
+    from distill.losses import LossOptions
+    from distill.teacher import TeacherGroup
+    from rl.rollout.group import RolloutGroup
+    from rl.trainer.group import TrainerGroup
+
     trainer_cfg = dataclasses.replace(cfg.trainer, lr=cfg.distill.lr)
     trainer = TrainerGroup(student, trainer_cfg, AlgorithmConfig(), cfg.cluster, cfg.steps, cfg.model.dtype,
                            cfg.seed, env, cfg.rollout.temperature, cfg.fp4)  # fmt: skip
@@ -88,6 +117,15 @@ def start_workers(cfg: DistillRunConfig, student: str, routes: list[Route], env:
 
 def run(cfg: DistillRunConfig) -> dict[str, Any]:
     """The whole job; returns the summary (also written to ``summary.json``)."""
+    from distill.controller import DistillController, Prompts, recovery_table, teacher_evals
+    from distill.routing import build_routes, check_compatible, check_context
+    from rl.checkpoint import load_state
+    from rl.controller import sampling_params
+    from rl.models import load_tokenizer
+    from rl.placement import check_resources, role_needs
+    from rl.tracking import Tracker, truncate_metrics
+    from specialists.registry import registry_path
+
     check_options(cfg)
     routes = build_routes(cfg.distill, registry_path(cfg.registry, cfg.runs_root))
     student = resolve_model_path(cfg.model)
@@ -154,15 +192,12 @@ def record_lineage(
                              {"teachers": teachers, "loss": cfg.distill.loss, **evals})  # fmt: skip
 
 
-@hydra.main(config_path="../configs", config_name="distill", version_base="1.3")
-def main(dcfg: DictConfig) -> None:
-    with user_errors():
-        summary = run(to_typed(dcfg, DistillRunConfig))
+@job_main("distill", DistillRunConfig, check_inputs)
+def main(cfg: DistillRunConfig) -> None:
+    summary = run(cfg)
     print("held-out greedy pass@1 (base = the student before distillation):")
     print(summary["eval_table"])
 
-
-register_configs()
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,9 @@ SFT stops at the first held-out greedy pass@1 at or above ``recipe.target_pass_a
 solves some but not most synthetic math tasks and RL has signal. The base is cached under
 ``$DISTILLERY_CACHE/bases/tiny-<hash>``, the hash covering the recipe and the task generator's source,
 so it is rebuilt only when either changes. ``base.json`` beside the weights records the SFT curve.
+
+torch, transformers and the task generators are imported inside the functions that use them, so that a bad
+recipe is rejected within about a second of the start, before they load.
 """
 
 from __future__ import annotations
@@ -16,27 +19,22 @@ import fcntl
 import hashlib
 import importlib
 import json
+import os
 import random
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import hydra
-import torch
-from omegaconf import DictConfig
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
+from jobs.common import check_writable, job_main
+from rl.config import BaseRecipe, MakeBaseConfig
 
-from jobs.common import user_errors
-from rl.config import BaseRecipe, MakeBaseConfig, register_configs, to_typed
-from rl.controller import specialist_rollouts, specialist_scores
-from rl.models import cache_dir, save_model, tiny_qwen3_config, token_id
-from rl.rollout.hf import HFEngine
-from rl.sft import batches, chat_prompt_ids, encode_demo, sft_backward
-from rl.types import SamplingParams, Task
-from specialists import synthetic
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerFast
+
+    from rl.types import Task
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHAT_TEMPLATE = (
@@ -82,6 +80,8 @@ def domain_demos(
     recipe: BaseRecipe, domain: str, n: int | None = None, split: str = "train"
 ) -> list[BaseDemo]:
     """The recipe's demonstrations of one domain (``n`` overrides the recipe's count)."""
+    from specialists import synthetic
+
     specialist(domain)  # an unknown domain fails here, naming the valid ones
     if domain == "math":
         demos = synthetic.math_demos(
@@ -100,6 +100,8 @@ def domain_demos(
 
 
 def heldout_tasks(recipe: BaseRecipe, domain: str) -> list[Task]:
+    from specialists import synthetic
+
     if domain == "math":
         return synthetic.math_tasks(recipe.num_eval_tasks, "heldout", recipe.seed)
     return [d.task for d in domain_demos(recipe, domain, recipe.num_eval_tasks, "heldout")]
@@ -132,6 +134,8 @@ def recipe_hash(recipe: BaseRecipe) -> str:
     Hashing sample output rather than source means a reformat does not rebuild, but any change to the
     task distribution or the demo format does.
     """
+    from specialists import synthetic
+
     fields = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in _unused_fields(recipe)}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     for domain in recipe.domains:
@@ -142,6 +146,8 @@ def recipe_hash(recipe: BaseRecipe) -> str:
 
 
 def cached_base_path(recipe: BaseRecipe) -> Path:
+    from rl.models import cache_dir
+
     return cache_dir() / "bases" / f"tiny-{recipe_hash(recipe)}"
 
 
@@ -155,6 +161,9 @@ def demo_text(demo: BaseDemo) -> str:
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE with single-digit tokens (arithmetic stays learnable) and a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(  # type: ignore[assignment]
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
@@ -175,6 +184,11 @@ def greedy_pass_at_1(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, domain: str, tasks: list[Task]
 ) -> float:
     """Held-out greedy pass@1 of one domain with its specialist's reward (what RL will optimise)."""
+    from rl.controller import specialist_rollouts, specialist_scores
+    from rl.rollout.hf import HFEngine
+    from rl.sft import chat_prompt_ids
+    from rl.types import SamplingParams
+
     module = specialist(domain)
     engine = HFEngine(model, tokenizer, max_batch_size=len(tasks))
     prompts = [chat_prompt_ids(tokenizer, t.prompt) for t in tasks]
@@ -194,6 +208,12 @@ def progress(step: int, steps: int, loss: float, elapsed: float) -> None:
 
 def build_base(recipe: BaseRecipe, out: Path) -> dict:
     """Train tokenizer and model, SFT until the target pass@1 (or ``max_steps``), save into ``out``."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    from rl.models import tiny_qwen3_config, token_id
+    from rl.sft import batches, encode_demo, sft_backward
+
     if recipe.torch_threads > 0:
         torch.set_num_threads(recipe.torch_threads)
     demos = [demo for domain in recipe.domains for demo in domain_demos(recipe, domain)]
@@ -251,6 +271,8 @@ def build_base(recipe: BaseRecipe, out: Path) -> dict:
 
 def save_base(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, report: dict, out: Path) -> None:
     """Weights, tokenizer and ``base.json`` written beside ``out``, then renamed into place."""
+    from rl.models import save_model
+
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tokenizer, tmp)
@@ -272,17 +294,22 @@ def ensure_base(recipe: BaseRecipe | None = None, output: str = "", force: bool 
     return out
 
 
-@hydra.main(config_path="../configs", config_name="make_base", version_base="1.3")
-def main(dcfg: DictConfig) -> None:
-    cfg = to_typed(dcfg, MakeBaseConfig)
-    with user_errors():
-        path = ensure_base(cfg.recipe, cfg.output, cfg.force)
+def check_inputs(cfg: MakeBaseConfig) -> None:
+    """Where the base goes can be written (the recipe's values were checked by its schema)."""
+    if cfg.output:
+        check_writable(Path(cfg.output), "output")
+    else:  # rl.models.cache_dir's rule (that module imports torch)
+        cache = Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
+        check_writable(cache, "the cache directory (DISTILLERY_CACHE)")
+
+
+@job_main("make_base", MakeBaseConfig, check_inputs)
+def main(cfg: MakeBaseConfig) -> None:
+    path = ensure_base(cfg.recipe, cfg.output, cfg.force)
     report = json.loads((path / "base.json").read_text())
     shown = ", ".join(f"{d} {v:.3f}" for d, v in report["pass@1"].items())
     print(f"base: {path}\nSFT steps {report['sft_steps']}, held-out greedy pass@1: {shown}")
 
-
-register_configs()
 
 if __name__ == "__main__":
     main()

@@ -11,13 +11,15 @@ check them. Every stage writes under ``<runs_root>/<run_name>/``: ``base/`` (W&B
 one directory per specialist, ``registry.json`` (the specialists, which distillation reads), ``distill/``,
 and at the end ``report.md``, ``report.json`` and PNG plots. ``pipeline.json`` records finished stages, so
 ``resume=true`` skips them and continues the interrupted one from its last checkpoint.
+
+Every stage's config is composed and checked (``check_inputs``) before the first stage starts; the stages'
+jobs, and with them torch and Ray, are imported after that.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import shlex
 import sys
 import time
@@ -25,29 +27,38 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
 from jobs import distill as distill_job
-from jobs import report as report_mod
 from jobs import train_specialist
-from jobs.common import RunDirError, base_artifact_name, prepare_run_dir, resolve_model_path, user_errors
+from jobs.common import (
+    InputError,
+    RunDirError,
+    base_artifact_name,
+    check_cluster,
+    check_data_files,
+    check_model_path,
+    check_writable,
+    config_error,
+    job_main,
+    override_value,
+    prepare_run_dir,
+    resolve_model_path,
+)
 from rl.config import (
+    CONFIGS,
     DistillRunConfig,
     ModelConfig,
     PipelineRunConfig,
     SpecialistRunConfig,
-    register_configs,
     to_typed,
     to_yaml,
 )
-from rl.models import cache_dir
-from rl.tracking import Tracker, write_json_atomic
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-_PLAIN = re.compile(r"^[\w./:+@-]*$")
+CONFIG_DIR = CONFIGS
 
 
 def flatten(overrides: dict[str, Any], prefix: str = "") -> list[str]:
@@ -59,18 +70,6 @@ def flatten(overrides: dict[str, Any], prefix: str = "") -> list[str]:
         else:
             out.append(f"{prefix}{key}={override_value(value)}")
     return out
-
-
-def override_value(value: Any) -> str:
-    """A value as Hydra's override grammar reads it back (null, lists, quoted strings where needed)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(override_value(v) for v in value) + "]"
-    text = str(value)
-    return text if _PLAIN.match(text) else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def shared_overrides(cfg: PipelineRunConfig, stage: str) -> list[str]:
@@ -90,12 +89,18 @@ def specialist_overrides(stage: str, overrides: dict[str, Any]) -> list[str]:
     return group + flatten(overrides)
 
 
-def compose_stage(config_name: str, overrides: list[str], schema: type) -> Any:
-    """The stage's typed config, composed from ``configs/<config_name>.yaml`` as its own job would be."""
-    if GlobalHydra.instance().is_initialized():
-        return to_typed(compose(config_name=config_name, overrides=overrides), schema)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return to_typed(compose(config_name=config_name, overrides=overrides), schema)
+def compose_stage(config_name: str, overrides: list[str], schema: type, stage: str = "") -> Any:
+    """The stage's typed config, composed from ``configs/<config_name>.yaml`` as its own job would be; a bad
+    override or value is one line naming the stage."""
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return to_typed(compose(config_name=config_name, overrides=overrides), schema)
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return to_typed(compose(config_name=config_name, overrides=overrides), schema)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise InputError(f"pipeline stage {stage or config_name!r}: {config_error(err)}") from None
+    except ValueError as err:  # a value out of range (the schema's check)
+        raise InputError(f"pipeline stage {stage or config_name!r}: {err}") from None
 
 
 def pipeline_dir(cfg: PipelineRunConfig) -> Path:
@@ -111,6 +116,7 @@ def stage_configs(cfg: PipelineRunConfig) -> tuple[dict[str, SpecialistRunConfig
             "train_specialist",
             shared_overrides(cfg, name) + specialist_overrides(name, overrides),
             SpecialistRunConfig,
+            name,
         )
         for name, overrides in cfg.specialists.items()
     }
@@ -122,7 +128,7 @@ def stage_configs(cfg: PipelineRunConfig) -> tuple[dict[str, SpecialistRunConfig
         domains[spec.specialist.domain] = name
     teachers = {"distill": {"teachers": domains, "weights": {d: 1.0 for d in domains}}}
     overrides = shared_overrides(cfg, "distill") + flatten(teachers) + flatten(cfg.distill)
-    distill = compose_stage("distill", overrides, DistillRunConfig)
+    distill = compose_stage("distill", overrides, DistillRunConfig, "distill")
     distill.distill.teachers = (
         domains  # exactly the pipeline's specialists (the config group may list others)
     )
@@ -152,6 +158,8 @@ class StageLog:
         return self.state["stages"].get(stage)
 
     def record(self, stage: str, seconds: float, summary: dict[str, Any]) -> None:
+        from rl.tracking import write_json_atomic
+
         self.state["stages"][stage] = {"seconds": round(seconds, 1), "summary": summary}
         write_json_atomic(self.path, self.state)
 
@@ -177,6 +185,8 @@ def run_stage(log: StageLog, stage: str, title: str, work: Callable[[], dict[str
 def base_stage(cfg: PipelineRunConfig, model: ModelConfig, group: str) -> dict[str, Any]:
     """Build (or reuse) the base and record it as its own W&B run (job type ``base``): the SFT curve when it
     was built by ``jobs.make_base``, and the model as an artifact the specialists use."""
+    from rl.tracking import Tracker
+
     model_path = resolve_model_path(model)  # builds the embedded base on first use (progress printed)
     run_dir = pipeline_dir(cfg) / "base"
     prepare_run_dir(run_dir, resume=True, config={"model": dataclasses.asdict(model), "path": model_path})
@@ -198,6 +208,9 @@ def base_stage(cfg: PipelineRunConfig, model: ModelConfig, group: str) -> dict[s
 
 def run(cfg: PipelineRunConfig) -> dict[str, Any]:
     """Every stage in order; returns the report (also written to ``report.json`` / ``report.md``)."""
+    from jobs import report as report_mod
+    from rl.models import cache_dir
+
     started = time.perf_counter()
     specialists, distill = stage_configs(cfg)
     out = pipeline_dir(cfg)
@@ -223,15 +236,35 @@ def run(cfg: PipelineRunConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(config_path="../configs", config_name="pipeline", version_base="1.3")
-def main(dcfg: DictConfig) -> None:
-    with user_errors():
-        report = run(to_typed(dcfg, PipelineRunConfig))
+def check_inputs(cfg: PipelineRunConfig) -> None:
+    """Before the first stage: where it writes, every stage's config composed and checked as its job would
+    check it (values, model, data files, options), the pipeline it resumes, the cluster it joins."""
+    check_writable(Path(cfg.runs_root), "runs_root")
+    specialists, distill = stage_configs(cfg)
+    for stage, spec in specialists.items():
+        try:
+            check_model_path(spec.model)
+            check_data_files(spec.specialist)
+            train_specialist.check_backends(spec)
+        except ValueError as err:
+            raise InputError(f"pipeline stage {stage!r}: {err}") from None
+    try:
+        check_model_path(distill.model)
+        distill_job.check_options(distill)
+    except ValueError as err:
+        raise InputError(f"pipeline stage 'distill': {err}") from None
+    if cfg.resume and not (pipeline_dir(cfg) / "pipeline.json").exists():
+        raise InputError(f"resume=true but there is no pipeline {pipeline_dir(cfg)} to continue; check run_name "
+                         "and runs_root, or drop resume=true to start it")  # fmt: skip
+    check_cluster(cfg.cluster)
+
+
+@job_main("pipeline", PipelineRunConfig, check_inputs)
+def main(cfg: PipelineRunConfig) -> None:
+    report = run(cfg)
     print(report["table_md"])
     print(f"report: {report['report_md']}")
 
-
-register_configs()
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,9 @@
     python -m jobs.train_specialist specialist=math rollout=vllm trainer=deepspeed trainer.zero_stage=3
 
 Writes ``runs/<run_name>/``: config.yaml, metrics.jsonl, summary.json, checkpoints/, wandb/.
+
+torch, Ray and the workers are imported inside the functions that use them, so that ``check_inputs`` rejects
+bad input within about a second of the start, before they load.
 """
 
 from __future__ import annotations
@@ -14,34 +17,28 @@ import dataclasses
 import importlib
 import importlib.util
 from pathlib import Path
-from typing import Any
-
-import hydra
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, Any
 
 from jobs.common import (
     base_artifact_name,
+    check_cluster,
+    check_data_files,
+    check_model_path,
+    check_resume,
+    check_writable,
     forwarded_env,
     init_ray,
+    job_main,
     prepare_run_dir,
     resolve_model_path,
-    user_errors,
 )
-from rl.batching import TaskStream
-from rl.checkpoint import load_state
-from rl.config import DistillRunConfig, SpecialistRunConfig, register_configs, to_typed
-from rl.controller import SpecialistController, response_budget
-from rl.fp4.formats import get_format
-from rl.models import load_tokenizer, model_context
-from rl.placement import check_resources, role_needs
-from rl.rollout.group import RolloutGroup
-from rl.rollout.worker import ENGINES
-from rl.sft import chat_prompt_ids
-from rl.tracking import Tracker, truncate_metrics
-from rl.trainer.backends import BACKENDS
-from rl.trainer.deepspeed_backend import deepspeed_config
-from rl.trainer.group import TrainerGroup
-from specialists.registry import SpecialistEntry, register, registry_path
+from rl.config import DistillRunConfig, SpecialistRunConfig
+
+if TYPE_CHECKING:
+    from rl.batching import TaskStream
+    from rl.rollout.group import RolloutGroup
+    from rl.tracking import Tracker
+    from rl.trainer.group import TrainerGroup
 
 SPECIALISTS = {"math": "specialists.math", "code": "specialists.code", "agent": "specialists.agent"}
 
@@ -54,6 +51,8 @@ def load_specialist(domain: str) -> Any:
 
 def check_context(tokenizer: Any, tasks: list, response_tokens: int, context: int) -> None:
     """Every prompt plus the longest response (all turns, for agents) must fit the model's context."""
+    from rl.sft import chat_prompt_ids
+
     longest = max(tasks, key=lambda t: len(t.prompt))
     need = len(chat_prompt_ids(tokenizer, longest.prompt)) + response_tokens
     if need > context:
@@ -65,22 +64,37 @@ def check_context(tokenizer: Any, tasks: list, response_tokens: int, context: in
 
 
 def check_backends(cfg: SpecialistRunConfig | DistillRunConfig) -> None:
-    """Engine and backend names, their options, and their packages -- before any actor starts."""
-    if cfg.rollout.engine not in ENGINES:
-        raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; valid: {', '.join(ENGINES)}")
-    if cfg.trainer.backend not in BACKENDS:
-        raise ValueError(f"unknown trainer.backend {cfg.trainer.backend!r}; valid: {', '.join(BACKENDS)}")
-    if cfg.trainer.backend == "deepspeed":
-        deepspeed_config(cfg.trainer, cfg.model.dtype, cfg.trainer.num_ranks)
+    """The packages the engine and backend need, and the DeepSpeed options -- before any actor starts.
+    (Their names are checked by the schema.)"""
     packages = {"vllm": cfg.rollout.engine == "vllm", "deepspeed": cfg.trainer.backend == "deepspeed"}
     for package in [p for p, needed in packages.items() if needed and importlib.util.find_spec(p) is None]:
         raise ValueError(
             f"{package} is not installed; `make` installs it (pip install -e '.[cpu]' on CPU, '.[gpu]' on GPU)"
         )
+    if cfg.trainer.backend == "deepspeed":
+        from rl.trainer.deepspeed_backend import deepspeed_config
+
+        deepspeed_config(cfg.trainer, cfg.model.dtype, cfg.trainer.num_ranks)
+
+
+def check_inputs(cfg: SpecialistRunConfig) -> None:
+    """What can be checked before any work, cheaply: where it writes, what it reads, the checkpoint it
+    resumes, the cluster it joins (the config's values were checked by its schema)."""
+    check_writable(Path(cfg.runs_root), "runs_root")
+    if cfg.registry:
+        check_writable(Path(cfg.registry), "registry")
+    check_model_path(cfg.model)
+    check_data_files(cfg.specialist)
+    check_resume(Path(cfg.runs_root) / cfg.run_name, cfg.resume)
+    check_cluster(cfg.cluster)
 
 
 def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGroup, RolloutGroup]:
     """Check the cluster can hold every role, then start the trainer ranks and rollout workers."""
+    from rl.placement import check_resources, role_needs
+    from rl.rollout.group import RolloutGroup
+    from rl.trainer.group import TrainerGroup
+
     check_resources(
         {
             "rollout": role_needs(cfg.rollout.num_workers, cfg.cluster),
@@ -99,6 +113,9 @@ def restore(
     checkpoint: Path, run_dir: Path, trainer: TrainerGroup, rollout: RolloutGroup, stream: TaskStream
 ) -> dict[str, Any]:
     """Load a checkpoint into the workers and the data stream; cut metrics back to its step."""
+    from rl.checkpoint import load_state
+    from rl.tracking import truncate_metrics
+
     state = load_state(checkpoint)
     trainer.load(str(checkpoint))
     rollout.push_weights(trainer.export_weights())
@@ -110,8 +127,11 @@ def restore(
 
 def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     """The whole job; returns the summary (also written to ``summary.json``)."""
-    if cfg.fp4 != "none":
-        get_format(cfg.fp4)  # an unknown format fails here, before any work
+    from rl.batching import TaskStream
+    from rl.controller import SpecialistController, response_budget
+    from rl.models import load_tokenizer, model_context
+    from rl.tracking import Tracker
+
     check_backends(cfg)
     run_dir = Path(cfg.runs_root) / cfg.run_name
     checkpoint = prepare_run_dir(run_dir, cfg.resume, cfg)
@@ -145,6 +165,8 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
 
 def record_specialist(cfg: SpecialistRunConfig, base: str, summary: dict[str, Any], tracker: Tracker) -> str:
     """The finished run's final checkpoint in the registry (and as a W&B artifact) under ``run_name``."""
+    from specialists.registry import SpecialistEntry, register, registry_path
+
     evals = {k: v for k, v in summary.items() if k.startswith("eval/")}
     tracker.use_model(base, base_artifact_name(cfg.model.name), "base")
     artifact = tracker.log_model(summary["checkpoint"], f"specialist-{cfg.run_name}", "specialist",
@@ -160,19 +182,16 @@ def record_specialist(cfg: SpecialistRunConfig, base: str, summary: dict[str, An
     return str(path)
 
 
-@hydra.main(config_path="../configs", config_name="train_specialist", version_base="1.3")
-def main(dcfg: DictConfig) -> None:
-    with user_errors():
-        summary = run(to_typed(dcfg, SpecialistRunConfig))
-        start, end = summary.get("eval/pass@1_start"), summary.get("eval/pass@1")
+@job_main("train_specialist", SpecialistRunConfig, check_inputs)
+def main(cfg: SpecialistRunConfig) -> None:
+    summary = run(cfg)
+    start, end = summary.get("eval/pass@1_start"), summary.get("eval/pass@1")
     print(
         f"held-out pass@1: base {start:.3f} -> specialist {end:.3f}"
         if start is not None and end is not None
         else f"summary: {summary}"
     )
 
-
-register_configs()
 
 if __name__ == "__main__":
     main()

