@@ -98,10 +98,10 @@ def _check(extracted: str, answer: str) -> Reward:
     predicted_latex, gold_latex = normalize(extracted), normalize(answer)
     if not predicted_latex:
         return Reward(0.0, "unparsable_answer")
+    if (reading := _check_reading(extracted, answer)) is not None:  # string-level: nothing for sympy
+        return reading
     if problem := form_problem(predicted_latex) or complexity_problem(predicted_latex):
         return Reward(0.0, f"malformed_answer: {problem}")
-    if (reading := _check_reading(extracted, answer)) is not None:
-        return reading
     if threading.current_thread() is threading.main_thread():
         reason = compare(predicted_latex, gold_latex, TIMEOUT_S, verify)
     else:  # no signal.alarm here: a child process, killed past the deadline, bounds the time instead

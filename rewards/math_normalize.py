@@ -48,13 +48,21 @@ _TEXT_RE = re.compile(_TEXT_CMD + r"\s*\{([^{}]*)\}")
 _THOUSANDS_GAP_RE = re.compile(r"(?<=\d)(,?)\s*(?:\\[,:; ]|~)\s*(?=\d{3}(?!\d))")
 _PERCENT_RE = re.compile(r"\\?%")
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|°")
-_ANNOTATION_RE = re.compile(r"(?<=[\d}])\s*\(\s*[A-Za-z][A-Za-z ]*\)\s*$")
+# An annotation that joins words with a connective ("4 \text{ or three}") is a second answer, not a unit.
+_NO_CONNECTIVE = r"(?![^{}()]*\b(?i:or|and|not|nor|either)\b)"
+_CONNECTIVE_RE = re.compile(r"\s*,?\s*\b(?i:or|and|not|nor|either)\b\s*")
+_ANNOTATION_RE = re.compile(r"(?<=[\d}])\s*\(\s*" + _NO_CONNECTIVE + r"[A-Za-z][A-Za-z ]*\)\s*$")
 _TRAILING_TEXT_RE = re.compile(
-    r"(?<=[\w}.)])\s*" + _TEXT_CMD + r"\s*\{\s*[A-Za-z][A-Za-z ./]*\}\s*(?:\^\s*\{?\d\}?)?\s*$"
+    r"(?<=[\w}.)])\s*"
+    + _TEXT_CMD
+    + r"\s*\{\s*"
+    + _NO_CONNECTIVE
+    + r"[A-Za-z][A-Za-z ./]*\}\s*(?:\^\s*\{?\d\}?)?\s*$"
 )
 _TRAILING_WORDS_RE = re.compile(r"((?:[A-Za-z]+\.?\s+)*[A-Za-z]+\.?)\s*(?:\^\s*\{?\d\}?)?\s*$")
 _DECIMAL_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?<=\d)")
 _PLAIN_NUMBER_RE = re.compile(r"-?(?:\d[\d,]*(?:\.\d*)?|\.\d+)")
+_POWER_CHAIN_RE = re.compile(r"\^\s*(?:\{[^{}]*\}|\\[A-Za-z]+|\w)\s*\^")  # 9^9^9
 _COMMAND_RE = re.compile(r"\\([A-Za-z]+)")
 _FRAC_RE = re.compile(r"\\[dtc]?frac(?![A-Za-z])|\\sqrt(?![A-Za-z])")
 _CLOCK_RE = re.compile(r"(\d{1,2}):(\d{2})\s*(?:([ap])\.?\s*m\.?)?", re.IGNORECASE)
@@ -68,7 +76,7 @@ def join_thousands(latex: str) -> str:
     A thin space (``\\,``, ``\\:``, ``\\;``, ``\\ ``, ``~``) is a separator only when exactly three digits follow,
     so ``3\\,4`` stays two tokens; ``\\!`` (negative space) is pure kerning and always goes.
     """
-    latex = latex.replace("{,}", ",").replace("\\!", "")
+    latex = re.sub(r"\s*\\!\s*", "", latex.replace("{,}", ","))
     return _THOUSANDS_GAP_RE.sub(lambda m: m.group(1), latex)
 
 
@@ -216,13 +224,20 @@ def decimal_reading(latex: str) -> Decimal | None:
 def form_problem(latex: str) -> str | None:
     """Why a normalised answer is not one final answer a grader would accept, or None if it is.
 
-    Rejected: a command outside ``ALLOWED_COMMANDS`` (``3 \\vee 4``), a chain of equations (``x = 3 = 4``, read as
-    its last value), an equation whose left side is a number (``3 = 4``, read as 4), a lone ``|`` (``3 | 4``),
-    and ``&`` or ``\\\\`` outside a matrix.
+    Rejected: a command outside ``ALLOWED_COMMANDS`` (``3 \\vee 4``), ``\\text{}`` holding more than words
+    (``3 \\text{ (or } 4)``, read as 4) or words with a connective (``4 \\text{ or three}``; a lone
+    ``\\text{ and }`` between values is a list, which math-verify reads as one), a chain of equations (``x = 3 = 4``, read as its last value), an
+    equation whose left side is a number (``3 = 4``, read as 4), a lone ``|`` (``3 | 4``), and ``&`` or
+    ``\\\\`` outside a matrix.
     """
     unknown = sorted({c for c in _COMMAND_RE.findall(latex) if c not in ALLOWED_COMMANDS})
     if unknown:
         return f"uses \\{unknown[0]}"
+    texts = _TEXT_RE.findall(latex) + re.findall(r"\(([A-Za-z ]*)\)", latex)
+    if any(not re.fullmatch(r"[A-Za-z ,.]*", words) for words in texts):
+        return "\\text{} holding more than words"
+    if any(_CONNECTIVE_RE.search(words) and not _CONNECTIVE_RE.fullmatch(words) for words in texts):
+        return "words joined to the answer by a connective"
     if latex.count("=") > 1:
         return "more than one '='"
     if "=" in latex and not re.search(r"[A-Za-z]", latex.split("=", 1)[0]):
@@ -262,6 +277,17 @@ def _group_start(text: str) -> int:
     return 0
 
 
+def _factorial_problem(before: str) -> str | None:
+    """Why the factorial whose operand ends ``before`` could be huge: a number past ``MAX_OPERAND``, or a
+    bracketed group without a variable (``(10^{100})!``, ``(9!)!``); ``n!`` and ``(n+1)!`` stay symbolic."""
+    if number := re.search(r"\d+$", before):
+        return f"a factorial over {MAX_OPERAND}" if int(number.group()) > MAX_OPERAND else None
+    if before.endswith(("}", ")", "]")):
+        group = _COMMAND_RE.sub("", before[_group_start(before) :])
+        return None if re.search(r"[A-Za-z]", group) else "a factorial of an expression"
+    return None if re.search(r"[A-Za-z]$", before) else "a factorial of an expression"
+
+
 def complexity_problem(latex: str) -> str | None:
     """Why sympy could run unboundedly long on this answer (math-verify's only bound is a main-thread alarm,
     and a big-integer power cannot be interrupted at all), or None.
@@ -276,11 +302,11 @@ def complexity_problem(latex: str) -> str | None:
             return "a power of a power"
         if any(int(n) > MAX_OPERAND for n in re.findall(r"\d+", exponent)):
             return f"an exponent over {MAX_OPERAND}"
-    for operand in re.findall(r"(\d+|[)}\]!])\s*!", latex):
-        if not operand.isdigit():
-            return "a factorial of an expression"
-        if int(operand) > MAX_OPERAND:
-            return f"a factorial over {MAX_OPERAND}"
+    if _POWER_CHAIN_RE.search(latex):
+        return "a power of a power"
+    for bang in (i for i, c in enumerate(latex) if c == "!"):
+        if problem := _factorial_problem(latex[:bang].rstrip()):
+            return problem
     for binom in re.finditer(r"\\d?binom", latex):
         if any(int(n) > MAX_OPERAND for n in re.findall(r"\d+", latex[binom.end() : binom.end() + 40])):
             return f"a binomial over {MAX_OPERAND}"

@@ -8,8 +8,10 @@ error is a ``DatasetError`` naming the file and, for a bad row, its 1-based line
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +124,22 @@ def load_gsm8k(path: str | Path, limit: int | None = None) -> list[Task]:
     ]
 
 
+def _number_text(value: float) -> str:
+    """A JSON number as a reference answer: ``27.0`` -> ``27``, ``1e-05`` -> ``0.00001``, ``2.5`` -> ``2.5``.
+
+    ``datasets`` (pyarrow) reads a column holding ints and floats as floats, so ``27`` arrives as ``27.0``;
+    ``str`` would also write small floats in exponent form, which math-verify reads as ``1 \\cdot e - 5``.
+    """
+    text = format(Decimal(repr(value)), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def _competition_answer(row: dict[str, Any], where: str) -> str:
-    """The row's ``answer``, else the last boxed answer of its ``solution``."""
-    if row.get("answer") is not None:
+    """The row's ``answer`` (a number written as a grader would), else the last boxed answer of its ``solution``."""
+    value = row.get("answer")
+    if isinstance(value, float) and math.isfinite(value):
+        return _number_text(value)
+    if value is not None:
         return _field(row, "answer", where)
     if row.get("solution") is None:
         raise DatasetError(f"{where}: missing field 'answer' (and no 'solution' to take it from)")
