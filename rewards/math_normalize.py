@@ -14,6 +14,12 @@ Decisions (hand-worked cases in tests/test_math_reward.py):
 - Clock times and ratios are compared as readings, never as fractions (math-verify reads ``6:25`` as 6/25,
   equal to ``12:50``): ``3:30 p.m.`` = ``3:30 PM`` = ``3:30pm`` = ``15:30``; a reading without a.m./p.m.
   matches either the 12-hour or 24-hour form of one with it; ratios ``a:b`` match exactly (``6:2`` != ``3:1``).
+- Left to math-verify as it decides: ``x=5`` = ``5`` both ways (``y=5`` != ``x=5``); ``1 \\pm \\sqrt{19}`` is the
+  pair, so one root alone is wrong and ``\\pm 4`` is not 4; a set, list, interval or inequality is never the
+  single value it contains; ``0.333333`` = ``\\frac13`` (6 decimal places). Two plain decimals or two exact
+  rationals must be equal exactly, though (``rewards.math_worker.compare``).
+- One final answer only (``form_problem``): ``3 \\vee 4``, ``x = 3 = 4``, ``3 \\text{ (or } 4)`` are malformed,
+  as math-verify would read each as one of its values; of several boxes the last counts, as before.
 """
 
 from __future__ import annotations

@@ -149,7 +149,8 @@ def _close_children() -> None:
 
 def main() -> None:
     """The child: one JSON request a line on stdin, one JSON reason a line on stdout, until stdin closes."""
-    print("ready", flush=True)
+    replies, sys.stdout = sys.stdout, sys.stderr  # anything a library prints must not look like a reply
+    print("ready", file=replies, flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         try:
@@ -159,7 +160,7 @@ def main() -> None:
             TimeoutException,
         ) as e:  # TimeoutException is a BaseException; the reason records it
             reason = error_reason(e)
-        print(json.dumps(reason), flush=True)
+        print(json.dumps(reason), file=replies, flush=True)
 
 
 if __name__ == "__main__":
