@@ -10,7 +10,7 @@ was not plain data), and the tests' own expressions run on them. The process has
 limits and the host a wall-clock timeout, since a reported value (a huge int, a long list) can make a trusted
 expression slow; it is a separate process so that such a value cannot stall the host.
 
-Verdict (one JSON line per run, in order, on the original stdout): ``[reason, passed, total, detail]``, where ``passed``
+Verdict (one JSON line per run, in order, on the original stdout): ``[reason, passed, total, detail, µs]``, where ``passed``
 counts the test units that held before the first failure. A frame that does not decode, rows out of step with
 the tests (a program writing its own frame), or left over, fail the run as a runtime error.
 """
@@ -22,6 +22,7 @@ import os
 import resource
 import signal
 import sys
+import time
 
 _REASONS = frozenset(
     ["wrong_answer", "syntax_error", "runtime_error", "memory", "output_too_large", "sandbox_error"]
@@ -179,6 +180,7 @@ def main(payload: dict) -> None:
     signal.signal(signal.SIGPROF, _on_timer)
     for job in jobs:
         total = len(job["labels"])
+        start = time.monotonic()
         signal.setitimer(signal.ITIMER_PROF, job["cpu_s"])
         try:
             reason, passed, total, detail = judge(job, plain)
@@ -194,7 +196,13 @@ def main(payload: dict) -> None:
             reason, passed, detail = "memory", 0, "MemoryError while judging"
         finally:
             signal.setitimer(signal.ITIMER_PROF, 0)
-        os.write(out, plain["to_json"]([reason, passed, total, _text(detail)]).encode() + b"\n")
+        os.write(
+            out,
+            plain["to_json"](
+                [reason, passed, total, _text(detail), int((time.monotonic() - start) * 1e6)]
+            ).encode()
+            + b"\n",
+        )
     os._exit(0)
 
 

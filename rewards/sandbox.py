@@ -493,8 +493,8 @@ class _Pending:
     frame: bytes | None = None
 
 
-def _judge_batch(items: Sequence[_Pending]) -> list[tuple[str, str]]:
-    """(reason, details) per item from one judge process; the items it could not finish, one process each.
+def _judge_batch(items: Sequence[_Pending]) -> list[tuple[str, str, float]]:
+    """(reason, details, seconds judging it) per item from one judge process; the rest, one process each.
 
     Each item has its own CPU-time budget inside the judge (``limits.cpu_s``); the process has the items'
     summed wall-clock timeouts. A judge that dies or overruns on a batch reruns the unjudged items alone, so a
@@ -536,23 +536,23 @@ def _judge_batch(items: Sequence[_Pending]) -> list[tuple[str, str]]:
     if len(items) > 1:
         return verdicts + [v for p in items[len(verdicts) :] for v in _judge_batch([p])]
     if done is None:
-        return [("timeout", f"judging the reported values took longer than {timeout} s")]
+        return [("timeout", f"judging the reported values took longer than {timeout} s", timeout)]
     if done.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-        return [
-            ("timeout", f"judging the reported values hit the CPU-time limit of {items[0].limits.cpu_s} s")
-        ]
+        cpu_s = items[0].limits.cpu_s
+        return [("timeout", f"judging the reported values hit the CPU-time limit of {cpu_s} s", cpu_s)]
     return [
         (
             "sandbox_error",
             f"the judge failed (exit status {done.returncode}): {_tail(bytearray(done.stderr))}",
+            0.0,
         )
     ]
 
 
-def _verdict(line: bytes) -> tuple[str, str]:
-    reason, passed, total, detail = json.loads(line)
+def _verdict(line: bytes) -> tuple[str, str, float]:
+    reason, passed, total, detail, micros = json.loads(line)
     counts = f"{passed}/{total} tests passed" if total else ""
-    return reason, "; ".join(s for s in (counts, detail) if s)
+    return reason, "; ".join(s for s in (counts, detail) if s), micros / 1e6
 
 
 def _finish(pending: _Pending, verdict: tuple[str, str] | None, judge_s: float = 0.0) -> SandboxResult:
@@ -564,9 +564,12 @@ def _finish(pending: _Pending, verdict: tuple[str, str] | None, judge_s: float =
     return SandboxResult(reason == "passed", reason, pending.isolation, seconds, details[:_DETAIL_CHARS])
 
 
-def _timed_batch(items: Sequence[_Pending]) -> tuple[list[tuple[str, str]], float]:
+def _timed_batch(items: Sequence[_Pending]) -> list[tuple[tuple[str, str], float]]:
+    """Per item: (verdict, seconds) -- its own time in the judge plus an equal share of the process's start."""
     start = time.monotonic()
-    return _judge_batch(items), time.monotonic() - start
+    judged = _judge_batch(items)
+    overhead = max(time.monotonic() - start - sum(s for *_, s in judged), 0.0) / max(len(items), 1)
+    return [((reason, details), seconds + overhead) for reason, details, seconds in judged]
 
 
 def run_tests(
@@ -589,8 +592,8 @@ def run_tests(
     """
     job = SandboxJob(program, test_code, entry_point, setup, limits)
     pending = _sandbox(job, resolve_isolation(isolation))
-    verdicts, judge_s = _timed_batch([pending] if pending.outcome is None else [])
-    return _finish(pending, verdicts[0] if verdicts else None, judge_s)
+    judged = _timed_batch([pending] if pending.outcome is None else [])
+    return _finish(pending, *(judged[0] if judged else (None, 0.0)))
 
 
 def _sandbox(job: SandboxJob, isolation: str) -> _Pending:
@@ -730,8 +733,8 @@ class SandboxPool:
         to_judge = [p for p in pending if p.outcome is None]
         verdicts: dict[int, tuple[tuple[str, str], float]] = {}
         chunks = _chunks(to_judge, self.workers)
-        for batch, (judged, judge_s) in zip(chunks, self._executor.map(_timed_batch, chunks), strict=True):
-            verdicts.update((id(p), (v, judge_s)) for p, v in zip(batch, judged, strict=True))
+        for batch, judged in zip(chunks, self._executor.map(_timed_batch, chunks), strict=True):
+            verdicts.update(zip(map(id, batch), judged, strict=True))
         return [_finish(p, *verdicts.get(id(p), (None, 0.0))) for p in pending]
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ x32 -- kills the process):
   EPERM.
 
 The filter is a classic BPF program built by hand (``build_program``), loaded with ``prctl(PR_SET_NO_NEW_PRIVS)``
-and ``seccomp(SECCOMP_SET_MODE_FILTER)`` through ctypes. This file imports only the standard library: the
+and ``seccomp(SECCOMP_SET_MODE_FILTER)`` through ``_ctypes``. This file imports only the standard library: the
 harness executes its source inside the sandbox.
 """
 
@@ -109,21 +109,43 @@ def pack(program: list[tuple[int, int, int, int]]) -> bytes:
 
 
 def install() -> None:
-    """Load the filter on the calling thread (and the threads it starts later); OSError if the kernel refuses."""
-    import ctypes
+    """Load the filter on the calling thread (and the threads it starts later); OSError if the kernel refuses.
+
+    Through ``_ctypes`` alone: the ``ctypes`` package costs more to import than the rest of the sandbox's start.
+    """
+    import _ctypes
+
+    class c_int(_ctypes._SimpleCData):
+        _type_ = "i"
+
+    class c_long(_ctypes._SimpleCData):
+        _type_ = "l"
+
+    class c_ushort(_ctypes._SimpleCData):
+        _type_ = "H"
+
+    class c_char_p(_ctypes._SimpleCData):
+        _type_ = "z"
+
+    class SockFprog(_ctypes.Structure):
+        _fields_ = [("len", c_ushort), ("filter", c_char_p)]  # noqa: RUF012 (ctypes' layout)
+
+    class Libc:  # what CFuncPtr reads from a library: its dlopen handle (None: the program and libc)
+        _handle = _ctypes.dlopen(None, os.RTLD_NOW)  # type: ignore[arg-type]
+
+    class Function(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = c_int
 
     arch = os.uname().machine
     if sys.byteorder != "little":
         raise OSError(f"seccomp filter: big-endian {arch} is not supported")
     filters = pack(build_program(arch))
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
-
     prog = SockFprog(len(filters) // 8, filters)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-    number = ctypes.c_long(SYSCALLS[arch]["seccomp"])
-    if libc.syscall(number, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(prog)) != 0:
-        raise OSError(ctypes.get_errno(), "seccomp(SECCOMP_SET_MODE_FILTER) failed")
+    prctl = Function(("prctl", Libc()))  # type: ignore[arg-type]
+    syscall = Function(("syscall", Libc()))  # type: ignore[arg-type]
+    if prctl(c_int(PR_SET_NO_NEW_PRIVS), c_long(1), c_long(0), c_long(0), c_long(0)) != 0:
+        raise OSError(_ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    number = SYSCALLS[arch]["seccomp"]
+    if syscall(c_long(number), c_long(SECCOMP_SET_MODE_FILTER), c_long(0), _ctypes.byref(prog)) != 0:
+        raise OSError(_ctypes.get_errno(), "seccomp(SECCOMP_SET_MODE_FILTER) failed")

@@ -30,7 +30,7 @@ import builtins
 import functools
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _BUILTINS = frozenset(dir(builtins))
 _SCOPES = (ast.Lambda, ast.GeneratorExp, ast.ListComp, ast.SetComp, ast.DictComp)
@@ -74,6 +74,20 @@ def _binds(node: ast.AST) -> set[str]:
             names.add(n.arg)
         elif isinstance(n, ast.ExceptHandler) and n.name:
             names.add(n.name)
+    return names
+
+
+def _mutated(stmt: ast.stmt) -> set[str]:
+    """Names whose value a statement changes in place: ``root`` in ``root.left = x``, ``d`` in ``d[k] += 1``."""
+    targets = getattr(stmt, "targets", None) or [getattr(stmt, "target", None)]
+    names = set()
+    for target in targets:
+        if not isinstance(target, (ast.Attribute, ast.Subscript)):
+            continue  # a plain rebinding (or no target), not a change in place
+        while isinstance(target, (ast.Attribute, ast.Subscript)):
+            target = target.value
+        if isinstance(target, ast.Name):
+            names.add(target.id)
     return names
 
 
@@ -139,8 +153,9 @@ class _Requests(ast.NodeTransformer):
 class _Split:
     """The fixpoint's state, then the code generator."""
 
-    tainted: set[str]
+    tainted: set[str]  # bound by the program or by statements that involve it: the judge asks the sandbox
     pinned: set[str]  # module names and the tests' own functions/classes: on both sides, never tainted
+    needed: set[str] = field(default_factory=set)  # trusted names the sandbox reads: computed on both sides
     changed: bool = False
     site: int = 0
 
@@ -150,51 +165,69 @@ class _Split:
             self.tainted |= new
             self.changed = True
 
+    def need(self, names: set[str]) -> None:
+        new = names - self.tainted - _BUILTINS - self.needed
+        if new:
+            self.needed |= new
+            self.changed = True
+
     def involves(self, node: ast.AST) -> bool:
         return bool(_free(node) & self.tainted)
+
+    def sandbox_only(self, stmt: ast.stmt) -> bool:
+        return self.involves(stmt) or bool(_binds(stmt) & self.tainted)
 
     # ------------------------------------------------------------------------------------- the fixpoint
 
     def scan(self, body: list[ast.stmt]) -> bool:
-        """One pass over ``body``, tainting names; True if anything in it needs the sandbox."""
-        needs = False
+        """One pass over ``body``, updating the taint; True if the sandbox must run anything in it."""
+        runs = False
         for stmt in body:
-            needs |= self.scan_one(stmt)
-        return needs
+            runs |= self.scan_one(stmt)
+        return runs
 
     def scan_one(self, stmt: ast.stmt) -> bool:
-        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.Break, ast.Continue, ast.Pass)):
             return False
         if isinstance(stmt, _DEFS):
-            if self.involves(stmt):
-                if any(isinstance(n, ast.Assert) for n in ast.walk(stmt)):
-                    raise ValueError(f"unsupported test: `{stmt.name}` asserts on the program inside a def")
-                self.pinned.discard(stmt.name)
-                self.taint(_free(stmt) | {stmt.name})
-                return True
-            return False
+            if not self.involves(stmt):
+                return False
+            if any(isinstance(n, ast.Assert) for n in ast.walk(stmt)):
+                raise ValueError(f"unsupported test: `{stmt.name}` asserts on the program inside a def")
+            self.pinned.discard(stmt.name)
+            self.taint({stmt.name})
+            self.need(_free(stmt))
+            return True
         if isinstance(stmt, ast.Assert):
             requests = _Requests(self.tainted)
             requests.visit(_copy(stmt.test))
             for request in requests.found:
-                self.taint(_free(request))
+                self.need(_free(request))
             return bool(requests.found)
         if isinstance(stmt, ast.For):
+            if self.involves(stmt.iter):  # iterating over the program's value: its items are the program's
+                self.taint(_binds(stmt.target))
+                self.need(_free(stmt.iter))
+                self.scan(stmt.body)
+                self.scan(stmt.orelse)
+                return True
             inner = self.scan(stmt.body) | self.scan(stmt.orelse)
-            if inner or self.involves(stmt.iter) or _binds(stmt.target) & self.tainted:
-                self.taint(_free(stmt.iter) | _binds(stmt.target))
+            if inner or _binds(stmt.target) & self.needed:
+                self.need(_free(stmt.iter) | _binds(stmt.target))
                 return True
             return False
-        if isinstance(stmt, (ast.Break, ast.Continue, ast.Pass)):
-            return False
         if isinstance(stmt, (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete, ast.Raise)):
-            if self.involves(stmt) or _binds(stmt) & self.tainted:
-                self.taint(_free(stmt) | _binds(stmt))
+            if self.sandbox_only(stmt):
+                self.taint(_binds(stmt))
+                self.need(_free(stmt))
+                return True
+            if isinstance(stmt, ast.Expr) or (_binds(stmt) | _mutated(stmt)) & self.needed:
+                self.need(_free(stmt))
                 return True
             return False
         if (
-            self.involves(stmt)
-            or _binds(stmt) & self.tainted
+            self.sandbox_only(stmt)
+            or _binds(stmt) & self.needed
             or any(self.scan_one(s) for s in _children(stmt))
         ):
             line = " ".join(ast.unparse(stmt).split("\n")[0].split())[:_LABEL_CHARS]
@@ -220,28 +253,32 @@ class _Split:
             return ([stmt], []) if stmt.name in self.tainted else ([stmt], [stmt])
         if isinstance(stmt, ast.Assert):
             return self.split_assert(stmt)
-        if isinstance(stmt, ast.For) and self.scan_one(stmt):
-            site = self.next_site()
-            body_s, body_j = self.generate(stmt.body)
-            else_s, else_j = self.generate(stmt.orelse)
-            loop_s = ast.For(
-                target=stmt.target,
-                iter=_call("_sbx_loop", ast.Constant(site), stmt.iter),
-                body=body_s or [ast.Pass()],
-                orelse=else_s,
-            )
-            loop_j = ast.For(
-                target=ast.Name("_sbx_i", ast.Store()),
-                iter=_call("_sbx_loop", ast.Constant(site)),
-                body=body_j or [ast.Pass()],
-                orelse=else_j,
-            )
-            return [loop_s], [loop_j]
-        if isinstance(stmt, ast.Expr) and not self.scan_one(stmt):
-            return [stmt], [stmt]  # a trusted call (print, writing a file the program reads): both sides
-        if self.scan_one(stmt):
-            return [stmt], []
+        if isinstance(stmt, ast.For):
+            return self.split_for(stmt)
+        if isinstance(stmt, (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete, ast.Raise)):
+            if self.sandbox_only(stmt):
+                return [stmt], []
+            if isinstance(stmt, ast.Expr) or (_binds(stmt) | _mutated(stmt)) & self.needed:
+                return [stmt], [
+                    stmt
+                ]  # trusted: both sides compute it (a print, a value the program is given)
         return [], [stmt]
+
+    def split_for(self, stmt: ast.For) -> tuple[list[ast.stmt], list[ast.stmt]]:
+        """A loop over the program's value: the judge runs as many rounds as the sandbox reports; over a
+        trusted iterable: both sides iterate it themselves (the sandbox cannot change the judge's count)."""
+        if not self.involves(stmt.iter) and not self.scan_one(stmt):
+            return [], [stmt]
+        site = self.next_site() if self.involves(stmt.iter) else 0
+        body_s, body_j = self.generate(stmt.body)
+        else_s, else_j = self.generate(stmt.orelse)
+        iter_s, iter_j, target_j = stmt.iter, stmt.iter, stmt.target
+        if site:
+            iter_s = _call("_sbx_loop", ast.Constant(site), stmt.iter)
+            iter_j, target_j = _call("_sbx_loop", ast.Constant(site)), ast.Name("_sbx_i", ast.Store())
+        loop_s = ast.For(target=stmt.target, iter=iter_s, body=body_s or [ast.Pass()], orelse=else_s)
+        loop_j = ast.For(target=target_j, iter=iter_j, body=body_j or [ast.Pass()], orelse=else_j)
+        return [loop_s], [loop_j]
 
     def split_assert(self, stmt: ast.Assert) -> tuple[list[ast.stmt], list[ast.stmt]]:
         requests = _Requests(self.tainted)

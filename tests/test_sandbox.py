@@ -432,9 +432,9 @@ def test_bad_inputs_are_value_errors():
 def test_tests_are_split_into_units():
     tests = _prepare_tests("import math\nx = 1\nassert f(x) == 2\nassert 0 < f(x) < 3\n", "", None)
     assert tests.labels == ("assert f(x) == 2", "assert 0 < f(x) < 3")
-    # x reaches the program, so it lives in the sandbox and the judge asks for it like for f(x)
+    # x reaches the program: both sides compute it, and the judge keeps its own
     assert tests.sandbox_units[1] == "import math\nx = 1\n_sbx_row(1, lambda: f(x))"
-    assert tests.judge_units[1] == "import math\n_sbx_next(1)\nassert _sbx_v(0) == 2"
+    assert tests.judge_units[1] == "import math\nx = 1\n_sbx_next(1)\nassert _sbx_v(0) == 2"
     assert tests.judge_units[2] == "_sbx_next(2)\nassert 0 < _sbx_v(0) < 3"
     assert tests.modules == ("math",)
     floor = _prepare_tests("assert math.floor(f(2)) + 1 == 3", "", None)
@@ -516,13 +516,15 @@ def test_humaneval_check_is_inlined():
         "def check(candidate):\n    for i in range(2):\n        assert candidate(i) == i\n", "", "f"
     )
     assert (
-        tests.sandbox_units[1]
-        == "candidate = f\nfor i in _sbx_loop(1, range(2)):\n    _sbx_row(2, lambda: candidate(i), lambda: i)"
+        tests.sandbox_units[1] == "candidate = f\nfor i in range(2):\n    _sbx_row(1, lambda: candidate(i))"
     )
-    assert (
-        tests.judge_units[1]
-        == "for _sbx_i in _sbx_loop(1):\n    _sbx_next(2)\n    assert _sbx_v(0) == _sbx_v(1)"
-    )
+    assert tests.judge_units[1] == "for i in range(2):\n    _sbx_next(1)\n    assert _sbx_v(0) == i"
+
+
+def test_loops_over_the_programs_values_take_their_length_from_the_sandbox():
+    tests = _prepare_tests("for v in g(3):\n    assert v > 0", "", None)
+    assert tests.sandbox_units[1] == "for v in _sbx_loop(1, g(3)):\n    _sbx_row(2, lambda: v)"
+    assert tests.judge_units[1] == "for _sbx_i in _sbx_loop(1):\n    _sbx_next(2)\n    assert _sbx_v(0) > 0"
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,8 @@ SITE_PACKAGES = str(Path(CFFI_SO).parent)  # type: ignore[arg-type]
 FORGED_EMPTY = '\\nSBXV1 [[], null, ""]\\n'
 # A forged frame whose rows are for sites the tests do not have.
 FORGED_STEP = '\\nSBXV1 [[[9, [["i", "0x78"]]], [9, [["i", "0x1"]]], [9, [["i", "0x6"]]]], null, ""]\\n'
+# Zeros for f(i) in a loop over range(1, 4): the judge keeps its own i, so 0 == i * 2 fails.
+FORGED_LOOP = '\\nSBXV1 [[[1, [["i", "0x0"]]], [1, [["i", "0x0"]]], [1, [["i", "0x0"]]]], null, ""]\\n'
 # A forged frame that reports a "passed" end: the judge accepts no such reason from the sandbox.
 FORGED_PASSED = '\\nSBXV1 [[], ["passed", "all good"], ""]\\n'
 
@@ -258,6 +260,24 @@ def f(n):
         + WRONG,
         "reason": "runtime_error",
         "detail": "unknown reason",
+    },
+    "forged values for a trusted loop": {
+        "program": "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'"
+        + FORGED_LOOP
+        + "')\n    except OSError:\n        pass\nos._exit(0)"
+        + WRONG,
+        "tests": "for i in range(1, 4):\n    assert f(i) == i * 2",
+        "reason": "wrong_answer",
+        "detail": "test 1/1",
+    },
+    "forged rows cut short for a trusted loop": {
+        "program": "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'"
+        + FORGED_EMPTY
+        + "')\n    except OSError:\n        pass\nos._exit(0)"
+        + WRONG,
+        "tests": "for i in range(1, 4):\n    assert f(i) == i * 2",
+        "reason": "runtime_error",
+        "detail": "end before the tests do",
     },
     "listing /proc/self/fd": {
         "program": "import os\nfds = os.listdir('/proc/self/fd')" + WRONG,
