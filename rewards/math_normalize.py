@@ -68,6 +68,8 @@ _TRAILING_TEXT_RE = re.compile(
 _TRAILING_WORDS_RE = re.compile(r"((?:[A-Za-z]+\.?\s+)*[A-Za-z]+\.?)\s*(?:\^\s*\{?\d\}?)?\s*$")
 _DECIMAL_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?<=\d)")
 _PLAIN_NUMBER_RE = re.compile(r"-?(?:\d[\d,]*(?:\.\d*)?|\.\d+)")
+_LAST_TOKEN_RE = re.compile(r"(?:\\[A-Za-z]+|\w*)$")
+_FIRST_TOKEN_RE = re.compile(r"^(?:\\[A-Za-z]+|\d+|.?)", re.DOTALL)
 _POWER_CHAIN_RE = re.compile(r"\^\s*(?:\{[^{}]*\}|\\[A-Za-z]+|\w)\s*\^")  # 9^9^9
 _COMMAND_RE = re.compile(r"\\([A-Za-z]+)")
 _FRAC_RE = re.compile(r"\\[dtc]?frac(?![A-Za-z])|\\sqrt(?![A-Za-z])")
@@ -263,12 +265,12 @@ def _powers(latex: str) -> list[tuple[str, str]]:
         if before.endswith(("}", ")", "]")):
             base = before[_group_start(before) :]
         else:
-            base = re.search(r"(?:\\[A-Za-z]+|\w*)$", before).group()  # type: ignore[union-attr]
+            base = _LAST_TOKEN_RE.findall(before)[0]  # the pattern matches at the end of any string
         after = latex[k + 1 :].lstrip()
         if after.startswith("{"):
             exponent = after[: _group_end(after, 0)]
         else:
-            exponent = re.match(r"\\[A-Za-z]+|\d+|.?", after).group()  # type: ignore[union-attr]
+            exponent = _FIRST_TOKEN_RE.findall(after)[0]  # the pattern matches at the start of any string
         pairs.append((base, exponent))
     return pairs
 
