@@ -80,3 +80,32 @@ def test_sampled_logprobs_match_the_models_forward(fp4: str) -> None:
             full, _ = token_logprobs(model, ids, torch.ones_like(ids))
         diff = (full[0, len(prompt) :].cpu() - logprobs[row]).abs()
         assert float(diff.median()) < 2e-2 and float(diff.max()) < 0.25, (row, diff)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fp4", ["mxfp4", "nvfp4"])
+def test_packed_linears_off_the_triton_path_capture_and_leave_the_process_usable(fp4: str, dtype) -> None:
+    """The tiny base's shape in float32 (and bf16): packed linears that the W4A16 kernel does not take run the
+    torch reference dequantize inside the captured graph. It used to read ``codes.max()`` on the host (a sync
+    that invalidates the capture) and to copy the E2M1 table from pageable memory, which broke the rollout
+    worker's first greedy eval and left the process unable to build another model."""
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(tiny_qwen3_config(vocab_size=1024, hidden_size=64, intermediate_size=192))
+    model.cuda().to(dtype).eval()
+    pack_linears(model, qat_linear_names(model, fp4), fp4)
+    graphed = StaticDecoder(model, PAD, {EOS}, use_graphs=True, attend_bucket=32)
+    eager = StaticDecoder(model, PAD, {EOS}, use_graphs=False, compile_glue=True, attend_bucket=32)
+    batch = prompts(6)
+    for params in (
+        SamplingParams(max_new_tokens=40, temperature=0.0),
+        SamplingParams(max_new_tokens=40, seed=5),
+    ):
+        tokens_g, logprobs_g = graphed.generate(batch, params)
+        tokens_e, logprobs_e = eager.generate(batch, params)
+        assert_same_decode(tokens_g, logprobs_g, tokens_e, logprobs_e)
+    # a stop check at the host syncs ends rows early, as the rollout's stop strings do
+    stopped, _ = graphed.generate(
+        batch, SamplingParams(max_new_tokens=40, seed=5), stop_check=lambda t: list(range(len(t)))
+    )
+    assert stopped.shape[1] < 40
+    torch.nn.Linear(8, 8, device="cuda")  # the process is still usable (no capture left half-open)

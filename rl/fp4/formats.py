@@ -76,7 +76,28 @@ def _e2m1_codes(x: torch.Tensor) -> torch.Tensor:
 def e2m1_to_float(codes: torch.Tensor) -> torch.Tensor:
     """Float32 values of uint8 E2M1 codes (0..15)."""
     _check_codes(codes)
-    return E2M1_VALUES.to(codes.device)[codes.long()]
+    return _e2m1_table(codes.device)[codes.long()]
+
+
+def _decode_packed(packed: torch.Tensor) -> torch.Tensor:
+    """Float32 values of packed E2M1 bytes [..., K/2] -> [..., K], without ``e2m1_to_float``'s check.
+
+    Every nibble is a valid code by construction, and the check (``codes.max()`` read on the host) would be a
+    device sync: inside a CUDA-graph capture (the static decoder's packed linears) it invalidates the capture.
+    """
+    return _e2m1_table(packed.device)[unpack_nibbles(packed).long()]
+
+
+_E2M1_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def _e2m1_table(device: torch.device) -> torch.Tensor:
+    """``E2M1_VALUES`` on ``device``, copied once: a pageable host->device copy cannot run inside a capture
+    (the static decoder warms up, which fills this, before it captures)."""
+    table = _E2M1_TABLES.get(device)
+    if table is None:
+        table = _E2M1_TABLES[device] = E2M1_VALUES.to(device)
+    return table
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
@@ -149,7 +170,7 @@ def quantize_mxfp4(w: torch.Tensor, scale_rule: ScaleRule = "ceil") -> MXFP4Tens
 
 def dequantize_mxfp4(q: MXFP4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Weight of shape ``q.shape``: E2M1 value * 2^(e - 127), computed in float32 (exactly), then cast."""
-    values_NK = e2m1_to_float(unpack_nibbles(q.packed))
+    values_NK = _decode_packed(q.packed)
     n_rows, k = values_NK.shape
     scale_NB1 = _e8m0_to_float(q.scales.to(torch.int32)).unsqueeze(-1)
     values_NBk = values_NK.view(n_rows, k // MXFP4_BLOCK, MXFP4_BLOCK) * scale_NB1
@@ -250,7 +271,7 @@ def dequantize_nvfp4(q: NVFP4Tensor, dtype: torch.dtype = torch.float32) -> torc
 
     The first product is exact; the second rounds once. A zero block scale (not produced here) gives zeros.
     """
-    values_NK = e2m1_to_float(unpack_nibbles(q.packed))
+    values_NK = _decode_packed(q.packed)
     n_rows, k = values_NK.shape
     values_NBk = values_NK.view(n_rows, k // NVFP4_BLOCK, NVFP4_BLOCK) * q.block_scales.float().unsqueeze(-1)
     return (values_NBk * q.tensor_scale.float()).reshape(q.shape).to(dtype)
