@@ -4,7 +4,8 @@
 runs of one ``SandboxPool.map`` share), and sends this file's code object with the payload on stdin: per run,
 the judge half of each test unit (``rewards/split_tests.py``) and the frame the sandbox wrote
 (``rewards/sandbox_harness.py``); and the code of ``rewards/plain.py``. Each run is judged in a fresh
-namespace under its own CPU-time budget (an interval timer); the process as a whole has their sum as RLIMIT_CPU. No candidate
+namespace under its own wall-clock budget (an interval timer, the run's timeout); the process as a whole has the
+runs' summed CPU-time limits as RLIMIT_CPU. No candidate
 code exists here: the frame is JSON, its values are decoded into built-in types (``Opaque`` for anything that
 was not plain data), and the tests' own expressions run on them. The process has CPU-time and address-space
 limits and the host a wall-clock timeout, since a reported value (a huge int, a long list) can make a trusted
@@ -158,7 +159,7 @@ def _evaluate(payload: dict, stream: Stream) -> tuple[str, int, str]:
 
 
 class JudgeTimeout(BaseException):
-    """One job's CPU-time budget ran out (a BaseException: a test's ``except Exception`` does not stop it)."""
+    """One job's time budget ran out (a BaseException: a test's ``except Exception`` does not stop it)."""
 
 
 def _on_timer(signum, frame) -> None:
@@ -177,25 +178,25 @@ def main(payload: dict) -> None:
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
     plain: dict = {"__name__": "plain"}
     exec(payload["plain"], plain)
-    signal.signal(signal.SIGPROF, _on_timer)
+    signal.signal(signal.SIGALRM, _on_timer)
     for job in jobs:
         total = len(job["labels"])
         start = time.monotonic()
-        signal.setitimer(signal.ITIMER_PROF, job["cpu_s"])
+        signal.setitimer(signal.ITIMER_REAL, job["timeout_s"])
         try:
             reason, passed, total, detail = judge(job, plain)
         except JudgeTimeout:
             reason, passed, detail = (
                 "timeout",
                 0,
-                f"judging the reported values took over {job['cpu_s']} s of CPU",
+                f"judging the reported values took longer than {job['timeout_s']} s",
             )
         except Failed as e:
             reason, passed, detail = e.reason, 0, e.detail
         except MemoryError:
             reason, passed, detail = "memory", 0, "MemoryError while judging"
         finally:
-            signal.setitimer(signal.ITIMER_PROF, 0)
+            signal.setitimer(signal.ITIMER_REAL, 0)
         os.write(
             out,
             plain["to_json"](

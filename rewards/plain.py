@@ -31,7 +31,7 @@ from collections import Counter, OrderedDict, defaultdict, deque
 from itertools import islice
 
 MAX_DEPTH = 64
-MAX_NODES = 200_000
+MAX_NODES = 100_000
 _NAME_CHARS = 100
 
 _type_name = type.__dict__["__name__"].__get__  # past any metaclass __getattribute__

@@ -496,8 +496,8 @@ class _Pending:
 def _judge_batch(items: Sequence[_Pending]) -> list[tuple[str, str, float]]:
     """(reason, details, seconds judging it) per item from one judge process; the rest, one process each.
 
-    Each item has its own CPU-time budget inside the judge (``limits.cpu_s``); the process has the items'
-    summed wall-clock timeouts. A judge that dies or overruns on a batch reruns the unjudged items alone, so a
+    Each item has its own wall-clock budget inside the judge (``limits.timeout_s``); the process has the
+    items' summed timeouts. A judge that dies or overruns on a batch reruns the unjudged items alone, so a
     slow value costs its own run a timeout and no other run anything.
     """
     if not items:
@@ -509,12 +509,13 @@ def _judge_batch(items: Sequence[_Pending]) -> list[tuple[str, str, float]]:
             "implicit_modules": list(p.tests.implicit_modules),
             "frame": p.frame,
             "cpu_s": p.limits.cpu_s,
+            "timeout_s": p.limits.timeout_s,
         }
         for p in items
     ]
     memory = max(max(p.limits.memory_mb for p in items), 256) << 20
     payload = {"plain": _codes()["plain"], "jobs": jobs, "as": memory}
-    timeout = sum(p.limits.timeout_s for p in items)
+    timeout = sum(p.limits.timeout_s for p in items) + 5.0  # each run's own budget, plus the start
     argv = [_interpreter()[0], "-I", "-S", "-B", "-c", _JUDGE_BOOTSTRAP]
     done, stdout = None, b""
     with tempfile.TemporaryDirectory(prefix="sandbox-judge-") as cwd:

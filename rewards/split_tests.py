@@ -135,10 +135,17 @@ class _Requests(ast.NodeTransformer):
         if isinstance(node, ast.expr):
             if not self.involves(node):
                 return node
+            # The program's callables and the attributes of its named objects are evaluated in the sandbox;
+            # a method, attribute or index of a value a call returned is the judge's, on the plain value
+            # (so ``f(x).startswith("ab")`` never hands "ab" to the program's object).
             whole = (
                 isinstance(node, ast.Name)
-                or (isinstance(node, ast.Call) and self.involves(node.func))
-                or (isinstance(node, (ast.Attribute, ast.Subscript)) and self.involves(node.value))
+                or (isinstance(node, ast.Call) and self.involves(node.func) and _callee(node.func))
+                or (
+                    isinstance(node, (ast.Attribute, ast.Subscript))
+                    and self.involves(node.value)
+                    and _named(node.value)
+                )
             )
             if whole:
                 self.found.append(node)
@@ -301,6 +308,20 @@ class _Split:
 _NO_ARGS = ast.arguments(
     posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]
 )
+
+
+def _named(node: ast.expr) -> bool:
+    """``a``, ``a.b``, ``a[k].b``: attributes and items down to a name, no call on the way."""
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return isinstance(node, ast.Name)
+
+
+def _callee(func: ast.expr) -> bool:
+    """A callee the sandbox calls: a named one (``f``, ``s.pop``) or what a call to one returns (``f(1)(2)``)."""
+    while isinstance(func, ast.Call):
+        func = func.func
+    return _named(func)
 
 
 def _copy(node: ast.expr) -> ast.expr:

@@ -364,6 +364,18 @@ def f(n):
         "reason": "wrong_answer",
         "detail": "untrusted value of type E",
     },
+    "str subclass with a lying method": {
+        "program": "class S(str):\n    def startswith(self, *args):\n        return True\ndef f(n):\n    return S('x')",
+        "tests": "assert f(5).startswith('120')",
+        "reason": "wrong_answer",
+        "detail": "untrusted value of type S",
+    },
+    "object whose every method agrees": {
+        "program": "class Yes:\n    def __getattr__(self, name):\n        return lambda *a, **k: True\ndef f(n):\n    return Yes()",
+        "tests": "assert f(5).startswith('120')\nassert f(0).isdigit()",
+        "reason": "wrong_answer",
+        "detail": "untrusted value of type Yes",
+    },
     "raises AssertionError itself": {
         "program": "def f(n):\n    raise AssertionError('skip me')",
         "reason": "wrong_answer",
@@ -376,7 +388,7 @@ def f(n):
     },
     # ----------------------------------------------------------------------------------- huge and slow values
     "huge int past the value cap": {
-        "program": "def f(n):\n    return 1 << (8 * 10 ** 7)",
+        "program": "def f(n):\n    return 1 << (8 << 20)",  # 2 MiB of hex digits
         "reason": "output_too_large",
         "detail": "",
     },
