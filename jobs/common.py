@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from rl.config import (
     CONFIGS,
     ClusterConfig,
+    ConfigValueError,
     ModelConfig,
     SpecialistConfig,
     register_configs,
@@ -284,7 +285,7 @@ def config_error(err: Exception) -> str:
             else []
         )
         key = str(cause.full_key).rsplit(".", 1)[-1]
-        close = difflib.get_close_matches(key, fields, n=1)
+        close = difflib.get_close_matches(key, fields, n=1) or [f for f in fields if f in key][:1]
         hint = f"did you mean {close[0]!r}? " if close else ""
         valid = f"valid: {', '.join(fields)}" if fields else f"add a new one with +{cause.full_key}=..."
         return f"Could not override '{cause.full_key}': no such key ({hint}{valid})"
@@ -318,6 +319,13 @@ def compose_checked(config_name: str, schema: type[T], overrides: list[str]) -> 
         typed = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as err:
         raise InputError(config_error(err)) from None
+    except (
+        ValueError,
+        TypeError,
+    ) as err:  # what Hydra lets through (an index into a list that is not a number)
+        if isinstance(err, InputError | ConfigValueError):
+            raise
+        raise InputError(f"the command line {' '.join(overrides)} does not compose: {err}") from None
     assert isinstance(typed, schema)
     return typed, output_dir
 

@@ -100,3 +100,130 @@ def test_wrong_value_type_is_an_error() -> None:
     with pytest.raises(ConfigCompositionException) as err:
         _compose("train_specialist", ["steps=many"])
     assert "steps" in str(err.value) + str(err.value.__cause__)
+
+
+# ---- values: ranges and registered names, checked by the schemas themselves ----
+
+
+def test_the_names_the_schemas_accept_are_the_registries_names() -> None:
+    """rl.config.CHOICES mirrors registries that import torch (so a config is checked before torch loads)."""
+    from distill.losses import OPD_LOSSES
+    from jobs.common import TOKENIZER_FILES, WEIGHT_FILES
+    from jobs.train_specialist import SPECIALISTS
+    from rl import models
+    from rl.algorithms.advantages import ADVANTAGES
+    from rl.algorithms.aggregation import AGGREGATIONS
+    from rl.algorithms.kl import KL_ESTIMATORS
+    from rl.algorithms.mismatch import CORRECTIONS
+    from rl.algorithms.policy_loss import POLICY_LOSSES
+    from rl.config import CHOICES, DATA_SOURCES
+    from rl.fp4.formats import FORMATS
+    from rl.rollout.hf import DECODE_MODES
+    from rl.rollout.worker import ENGINES
+    from rl.tracking import WANDB_MODES
+    from rl.trainer.backends import BACKENDS
+    from specialists import agent, code, math, synthetic
+
+    registries = {
+        "model.dtype": models.DTYPES, "rollout.engine": ENGINES, "rollout.decode": DECODE_MODES,
+        "trainer.backend": BACKENDS, "algorithm.advantage": ADVANTAGES, "algorithm.policy_loss": POLICY_LOSSES,
+        "algorithm.aggregation": AGGREGATIONS, "algorithm.kl_estimator": KL_ESTIMATORS,
+        "algorithm.correction": CORRECTIONS, "specialist.domain": SPECIALISTS, "specialist.levels": synthetic.LEVELS,
+        "logger.mode": WANDB_MODES, "distill.loss": OPD_LOSSES, "fp4": FORMATS,
+    }  # fmt: skip
+    for key, registry in registries.items():
+        assert sorted(CHOICES[key]) == sorted(registry), key
+    assert {d: set(s) for d, s in DATA_SOURCES.items()} == {
+        "math": set(math.SOURCES), "code": set(code.SOURCES), "agent": set(agent.SOURCES)
+    }  # fmt: skip
+    assert (WEIGHT_FILES, TOKENIZER_FILES) == (models.WEIGHT_FILES, models.TOKENIZER_FILES)
+
+
+def test_the_zero_stages_and_lr_schedules_are_the_backends() -> None:
+    from rl.config import CHOICES, TrainerConfig
+    from rl.trainer.deepspeed_backend import ZERO_STAGES
+    from rl.trainer.torch_backend import lr_lambda
+
+    assert CHOICES["trainer.zero_stage"] == ZERO_STAGES
+    for schedule in CHOICES["trainer.lr_schedule"]:
+        lr_lambda(TrainerConfig(lr_schedule=schedule), 10)  # each one is known to the trainer
+
+
+@pytest.mark.parametrize(
+    ("schema", "values", "message"),
+    [
+        ("SpecialistRunConfig", {"steps": 0}, "steps must be >= 1, got 0"),
+        ("SpecialistRunConfig", {"checkpoint_every": 0}, "checkpoint_every must be >= 1, got 0"),
+        ("SpecialistRunConfig", {"run_name": "/abs"}, "run_name must be a directory name under runs_root"),
+        ("TrainerConfig", {"lr": 0.0}, "trainer.lr must be > 0, got 0.0"),
+        ("TrainerConfig", {"lr": float("inf")}, "trainer.lr must be > 0, got inf"),
+        ("TrainerConfig", {"betas": [0.9, 1.0]}, "trainer.betas[1] must be in [0, 0.9999], got 1.0"),
+        ("TrainerConfig", {"zero_stage": 0}, "trainer.zero_stage must be one of (1, 2, 3), got 0"),
+        ("RolloutConfig", {"top_p": 0.0}, "rollout.top_p must be in (0, 1]"),
+        ("RolloutConfig", {"temperature": -0.1}, "rollout.temperature must be >= 0, got -0.1"),
+        ("AlgorithmConfig", {"geo_low": 2.0, "geo_high": 1.0}, "algorithm.geo_high must be >= 2.0, got 1.0"),
+        ("AlgorithmConfig", {"kl_estimator": "k4"}, "unknown algorithm.kl_estimator 'k4'; valid: k1, k2, k3, k3_ratio"),
+        ("SpecialistConfig", {"domain": "code", "train_data": "gsm8k"},
+         "unknown specialist.train_data 'gsm8k'; valid: synthetic, mbpp, mbpp_sanitized, humaneval"),
+        ("SpecialistConfig", {"levels": [1, 1]}, "specialist.levels must be distinct values among 1, 2, 3"),
+        ("ClusterConfig", {"num_cpus": 0}, "cluster.num_cpus must be >= 1, got 0"),
+        ("DistillConfig", {"weights": {"math": -1.0}}, "distill.weights[0] must be >= 0, got -1.0"),
+        ("DistillConfig", {"beta": 1.5}, "distill.beta must be in [0, 1], got 1.5"),
+        ("BaseRecipe", {"micro_batches": 65}, "recipe.micro_batches must be in [1, 64], got 65"),
+        ("BaseRecipe", {"vocab_size": 100}, "recipe.vocab_size must be >= 259, got 100"),
+        ("BaseRecipe", {"domains": []}, "recipe.domains must be distinct values among math, code, agent, got []"),
+        ("PipelineRunConfig", {"model": "tiny-alll"}, "unknown model 'tiny-alll'; valid: smollm2-135m, tiny, tiny-all"),
+    ],
+)  # fmt: skip
+def test_values_out_of_range_name_the_key_and_the_range(schema: str, values: dict, message: str) -> None:
+    import rl.config
+
+    with pytest.raises(rl.config.ConfigValueError) as err:
+        getattr(rl.config, schema)(**values)
+    assert message in str(err.value)
+
+
+def test_the_edges_of_each_range_are_accepted() -> None:
+    from rl.config import AlgorithmConfig, ClusterConfig, RolloutConfig, SpecialistConfig, TrainerConfig
+
+    RolloutConfig(top_p=1.0, temperature=0.0, top_k=0, max_new_tokens=1)
+    TrainerConfig(lr=1e-12, min_lr_ratio=0.0, betas=[0.0, 0.9999], grad_clip=-1.0, max_nonfinite_steps=0)
+    AlgorithmConfig(group_size=2, kl_coef=0.0, geo_low=1.0, geo_high=1.0)
+    SpecialistConfig(num_train_tasks=0, num_eval_tasks=0, max_reward_error_rate=1.0, levels=[3])
+    ClusterConfig(num_cpus=None, actor_cpus=0.0)
+
+
+# ---- the entry points' composition: Hydra's errors as one line ----
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algorithm=grpoo"], "unknown algorithm=grpoo (Could not find 'algorithm/grpoo'); available options in "
+                              "'algorithm': dr_grpo, grpo, grpo_kl, rloo"),
+        (["trainer.lrr=1"], "Could not override 'trainer.lrr': no such key (did you mean 'lr'?"),
+        (["+rollout.beam=4"], "unknown config key(s) rollout.beam (SpecialistRunConfig has no such field)"),
+        (["steps=many"], "steps: Value 'many' of type 'str' could not be converted to Integer"),
+        (["steps=???"], "missing value for steps: set steps=<value>"),
+        (["steps=[1"], "cannot parse the command line:"),
+        (["specialist.train_path=${oc.env:DISTILLERY_NO_SUCH_VAR}"],
+         "specialist.train_path: KeyError raised while resolving interpolation"),
+        (["trainer.num_ranks=0"], "trainer.num_ranks must be >= 1, got 0"),
+    ],
+)  # fmt: skip
+def test_composition_errors_are_one_line_naming_the_key(overrides: list[str], message: str) -> None:
+    from jobs.common import InputError, compose_checked
+
+    with pytest.raises(ValueError) as err:
+        compose_checked("train_specialist", SpecialistRunConfig, overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value, InputError) or "must be" in str(err.value)
+
+
+def test_composition_gives_the_typed_config_and_its_run_directory(tmp_path: Path) -> None:
+    from jobs.common import compose_checked
+
+    cfg, run_dir = compose_checked("train_specialist", SpecialistRunConfig,
+                                   [f"runs_root={tmp_path}", "run_name=x", "steps=3"])  # fmt: skip
+    assert isinstance(cfg, SpecialistRunConfig) and cfg.steps == 3
+    assert run_dir == tmp_path / "x" and not run_dir.exists()  # named, not made
