@@ -12,6 +12,9 @@
   ``test_setup_code``, sanitized MBPP's ``test_imports``); ``""`` if none.
 
 The program is the extracted code block alone (no prompt is prepended), so prompts ask for the complete code.
+Scoring needs bwrap: without it ``score_code`` / ``SandboxPool`` raise ``SandboxUnavailable`` (saying why), unless
+the user opted in to the ``rlimits+audit`` fallback, which is not a security boundary
+(``DISTILLERY_SANDBOX_ISOLATION=rlimits+audit``; ``rewards/sandbox.py`` states the threat model).
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ task, and may run any Python, native code included if it can reach it. Two guara
    runs candidate code puts the decoded values into the tests' own assert expressions and evaluates them, with
    rlimits and a timeout (a value can make a trusted expression slow). What the tests expect never enters the
    sandbox, no secret lives there, and whatever the program writes on the value channel is no more than
-   choosing its return values: garbage or rows out of step with the tests fail the run.
+   choosing its return values: what the tests compute themselves (their inputs, loop variables, loop counts
+   over their own iterables) the judge computes too and never takes from the sandbox, and garbage, rows out
+   of step with the tests, or a claimed "passed" fail the run. The sandbox may report only failures on its own
+   (the program raised, was killed, changed a module the tests use); a pass is the judge's alone.
 2. **No program can touch the host.** Every run is its own process group (``setsid``) with hard rlimits (CPU
    time, address space, file size, processes + threads, open files, no core dumps) that it cannot raise, a
    wall-clock timeout that SIGKILLs the whole group, stdout/stderr/value channel capped (the run is killed at
@@ -37,10 +40,15 @@ task, and may run any Python, native code included if it can reach it. Two guara
 Defense in depth inside the sandbox (``rewards/sandbox_harness.py``): the audit hook blocks ctypes, cffi,
 ``_posixsubprocess``, signals and CPython's test modules by any component of the module name (and extension
 files by file name, through guarded ``_imp`` loaders), frame and gc introspection, code-object construction,
-fork and exec. Not defended: hard-coding the hidden tests' expected outputs; a program that legitimately needs
-``traceback``/``inspect``/``logging`` (frames), ``subprocess``/``multiprocessing``/``signal``, or, without bwrap,
-``tempfile`` (``os.open``) fails. Without root, bwrap runs in a user namespace and RLIMIT_NPROC counts all of
-the host user's tasks (it is set to their number plus ``max_processes``).
+fork and exec. Not defended: hard-coding the hidden tests' expected outputs; the methods and attributes the
+tests use on an object the tests hold by name (``s.pop()`` after ``s = Stack()``, or after ``x = f(1)``) run in
+the sandbox, as the program's code. Semantics the split changes (``rewards/split_tests.py``): every value
+request of a statement is evaluated, even where Python would short-circuit; a test value the program changes
+in place is seen changed by the sandbox only (the judge keeps its own); trusted test code runs on both sides
+and must be deterministic (seeded ``random``). A program that legitimately needs ``traceback``/``inspect``/
+``logging`` (frames), ``subprocess``/``multiprocessing``/``signal``, or, without bwrap, ``tempfile``
+(``os.open``) fails. Without root, bwrap runs in a user namespace and RLIMIT_NPROC counts all of the host
+user's tasks (it is set to their number plus ``max_processes``).
 """
 
 from __future__ import annotations

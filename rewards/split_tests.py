@@ -9,18 +9,24 @@ candidate code exists. What the tests expect never enters the sandbox, so no obj
 an expected value (no ``__eq__`` to fake), and the program can at most choose the values it reports.
 
 Which names involve the program (*tainted*) is a fixpoint: names the tests read but never bind (and that are
-neither built-ins nor standard modules), plus the task's ``entry_point``; then every name that a statement
-involving the program reads or writes, and every name a request reads (it must exist in the sandbox). Modules
-the tests import or use by name, and functions/classes the tests define without touching the program, exist on
-both sides and are never tainted.
+neither built-ins nor standard modules), the task's ``entry_point``, and every name bound by a statement that
+involves the program (``s = Stack()``, ``candidate = f``, the target of a loop over a program value). The judge
+asks the sandbox for those. A name the tests bind themselves and the sandbox needs (an input ``x = [3, 1]``,
+a loop variable over ``range(3)``) is *needed*: its statements run on both sides and the judge uses its own
+value, so a forged report cannot change the tests' inputs. Modules the tests import or use by name, and
+functions/classes the tests define without touching the program, exist on both sides and are never tainted.
+The program's callables and the attributes of objects the tests hold by name run in the sandbox (``f(x)``,
+``s.pop()``); a method, attribute or index of a value a call returned is the judge's (``f(x).strip()``,
+``f(x)[0]``), on the plain value.
 
-Supported control flow: ``for`` loops (both sides run them; the sandbox reports the number of iterations) and
-statements that do not involve the program at all (run by the judge only). An ``if``/``while``/``with``/``try``
-that involves the program, or a request inside a lambda or comprehension, is refused with ValueError: neither
-MBPP, sanitized MBPP nor the HumanEval format needs them. A HumanEval ``check(candidate)`` is inlined: its
-parameter becomes a name bound to ``entry_point`` and its statements become top-level tests. Requests of one
-statement are all evaluated, in source order, before the judge evaluates the statement (where Python would
-short-circuit, the sandbox still evaluates them).
+Supported control flow: ``for`` loops (over a program value, the judge runs as many rounds as the sandbox
+reports; over the tests' own iterable, both sides iterate it themselves) and statements that do not involve the
+program at all (run by the judge only). An ``if``/``while``/``with``/``try`` that involves the program, or a
+request inside a lambda or comprehension, is refused with ValueError: neither MBPP, sanitized MBPP nor the
+HumanEval format needs them. A HumanEval ``check(candidate)`` is inlined: its parameter becomes a name bound to
+``entry_point`` and its statements become top-level tests. Requests of one statement are all evaluated, in
+source order, before the judge evaluates the statement (where Python would short-circuit, the sandbox still
+evaluates them). A test value the program changes in place is seen changed by the sandbox only.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A completion scores 1 when the last ```python block in it passes the task's hidden tests in the sandbox
 (``rewards/sandbox.py``); otherwise 0 with the reason (no code block, syntax error, wrong answer, timeout, ...).
-Rollouts of a step are scored together on a pool of sandboxes (``score_batch``).
+Rollouts of a step are scored together on a pool of sandboxes (``score_batch``); the pool needs bwrap, or the
+opted-in ``rlimits+audit`` fallback (``DISTILLERY_SANDBOX_ISOLATION``), and refuses to start otherwise.
 """
 
 from __future__ import annotations
