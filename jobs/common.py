@@ -215,9 +215,27 @@ def check_cluster(cluster: ClusterConfig) -> None:
 # ---- the entry point: compose, check, then Hydra runs the job ----
 
 
+MULTIRUN = ("-m", "--multirun")
+
+
 def hydra_flags(argv: list[str]) -> bool:
-    """``-m``, ``--help``, ``--cfg`` ...: Hydra's own modes, which this module leaves to Hydra."""
-    return any(arg.startswith("-") for arg in argv)
+    """``--help``, ``--cfg``, ``-cn`` ...: Hydra's own modes, which this module leaves to Hydra (``-m`` is
+    checked here, member by member)."""
+    return any(arg.startswith("-") and arg not in MULTIRUN for arg in argv)
+
+
+def sweep_members(argv: list[str]) -> list[list[str]]:
+    """The command lines of a ``-m`` sweep's members, split as Hydra's basic sweeper splits them (the
+    ray_jobs launcher gets the same members)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        (members,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(argv), None)
+    except HydraException as err:
+        raise InputError(config_error(err)) from None
+    return members
 
 
 def override_keys(argv: list[str]) -> set[str]:
@@ -360,19 +378,34 @@ def job_main(
 
         def main() -> None:
             argv = sys.argv[1:]
-            if not hydra_flags(argv):
+            if hydra_flags(argv):
+                run_hydra()
+                return
+            if any(
+                arg in MULTIRUN for arg in argv
+            ):  # every member, before the first one runs or is submitted
+                overrides = [arg for arg in argv if arg not in MULTIRUN]
                 with user_errors():
-                    cfg, output_dir = compose_checked(config_name, schema, argv)
-                    check(cfg)
+                    for i, member in enumerate(sweep_members(overrides)):
+                        try:
+                            check(compose_checked(config_name, schema, member)[0])
+                        except ValueError as err:
+                            raise InputError(f"sweep member {i} ({' '.join(member)}): {err}") from None
                 state["checked"] = True
-                state["created"] = None if output_dir.exists() else output_dir
-                # Hydra composes again: pin what ${now:...} resolved to, so it runs where this checked
-                pins = {"run_name": getattr(cfg, "run_name", None), "hydra.run.dir": str(output_dir)}
-                sys.argv += [
-                    f"{k}={override_value(v)}"
-                    for k, v in pins.items()
-                    if v is not None and k not in override_keys(argv)
-                ]
+                run_hydra()
+                return
+            with user_errors():
+                cfg, output_dir = compose_checked(config_name, schema, argv)
+                check(cfg)
+            state["checked"] = True
+            state["created"] = None if output_dir.exists() else output_dir
+            # Hydra composes again: pin what ${now:...} resolved to, so it runs where this checked
+            pins = {"run_name": getattr(cfg, "run_name", None), "hydra.run.dir": str(output_dir)}
+            sys.argv += [
+                f"{k}={override_value(v)}"
+                for k, v in pins.items()
+                if v is not None and k not in override_keys(argv)
+            ]
             run_hydra()
 
         return main

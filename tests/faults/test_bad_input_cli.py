@@ -60,6 +60,10 @@ CASES = [
          "trainer.betas=3"),
     case("missing-value", "train_specialist", "missing value for steps: set steps=<value>", "steps=???"),
     case("no-equals", "train_specialist", "cannot parse the command line: Error parsing override 'steps'", "steps"),
+    # -m sweeps: every member checked before the first runs or is submitted (hydra/launcher=ray_jobs too)
+    case("sweep-member-range", "train_specialist", "steps=-5): steps must be >= 1, got -5", "-m", "steps=1,-5"),
+    case("ray-jobs-sweep-member-typo", "train_specialist", "Could not override 'trainer.traner_lr'", "-m",
+         "hydra/launcher=ray_jobs", "hydra.launcher.address=http://127.0.0.1:1", "trainer.traner_lr=1,2"),
     # value ranges and registered names (the schemas' __post_init__)
     case("steps-negative", "train_specialist", "steps must be >= 1, got -5", "steps=-5"),
     case("prompts-per-step-zero", "train_specialist", "prompts_per_step must be >= 1, got 0", "prompts_per_step=0"),
