@@ -71,6 +71,8 @@ _PLAIN_NUMBER_RE = re.compile(r"-?(?:\d[\d,]*(?:\.\d*)?|\.\d+)")
 _LAST_TOKEN_RE = re.compile(r"(?:\\[A-Za-z]+|\w*)$")
 _FIRST_TOKEN_RE = re.compile(r"^(?:\\[A-Za-z]+|\d+|.?)", re.DOTALL)
 _POWER_CHAIN_RE = re.compile(r"\^\s*(?:\{[^{}]*\}|\\[A-Za-z]+|\w)\s*\^")  # 9^9^9
+# Two numbers kept apart only by a space or an empty group: math-verify reads ``4~3`` and ``4{}3`` as 4.
+_SIDE_BY_SIDE_RE = re.compile(r"\d\s*(?:~|\\[,:; ]|\{\s*\})\s*\d")
 _COMMAND_RE = re.compile(r"\\([A-Za-z]+)")
 _FRAC_RE = re.compile(r"\\[dtc]?frac(?![A-Za-z])|\\sqrt(?![A-Za-z])")
 _CLOCK_RE = re.compile(r"(\d{1,2}):(\d{2})\s*(?:([ap])\.?\s*m\.?)?", re.IGNORECASE)
@@ -235,8 +237,9 @@ def form_problem(latex: str) -> str | None:
     Rejected: a command outside ``ALLOWED_COMMANDS`` (``3 \\vee 4``), ``\\text{}`` holding more than words
     (``3 \\text{ (or } 4)``, read as 4) or words with a connective (``4 \\text{ or three}``; a lone
     ``\\text{ and }`` between values is a list, which math-verify reads as one), a chain of equations (``x = 3 = 4``, read as its last value), an
-    equation whose left side is a number (``3 = 4``, read as 4), a lone ``|`` (``3 | 4``), and ``&`` or
-    ``\\\\`` outside a matrix.
+    equation whose left side is a number (``3 = 4``, read as 4), a lone ``|`` (``3 | 4``), ``&`` or ``\\\\``
+    outside a matrix, an environment other than a matrix (``\\begin{cases} 3 \\\\ 4``, read as 4), and two
+    numbers side by side (``4~3``, ``4{}3``, read as 4).
     """
     unknown = sorted({c for c in _COMMAND_RE.findall(latex) if c not in ALLOWED_COMMANDS})
     if unknown:
@@ -246,6 +249,10 @@ def form_problem(latex: str) -> str | None:
         return "\\text{} holding more than words"
     if any(_CONNECTIVE_RE.search(words) and not _CONNECTIVE_RE.fullmatch(words) for words in texts):
         return "words joined to the answer by a connective"
+    if _SIDE_BY_SIDE_RE.search(latex):
+        return "two numbers side by side"
+    if re.search(r"\\begin\s*\{(?!\s*[pbvBV]?matrix\s*\}|\s*array\s*\})", latex):
+        return "an environment that is not a matrix"
     if latex.count("=") > 1:
         return "more than one '='"
     if "=" in latex and not re.search(r"[A-Za-z]", latex.split("=", 1)[0]):

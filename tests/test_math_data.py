@@ -238,9 +238,9 @@ def math500_tasks() -> list[Task]:
 
 
 def test_every_math500_reference_scores_correct_against_itself_and_its_twin_wrong(math500_tasks: list[Task]):
-    # ~5 s. Before the grader normalisation 9 twins passed (52_9 for 52_8 aside: .0000673 for .0000672 by
-    # math-verify's 6-place rounding, 864 \mbox{ inches}^3 ...); the whole MATH test set is checked the same
-    # way by hand (5000 of 5000 self, 4912 of 4912 twins), too slow for CI.
+    # ~5 s. Before the grader normalisation one twin passed (.0000673 for .0000672: math-verify rounds to 6
+    # places). The whole MATH test set, checked the same way by hand (too slow for CI): 5000 of 5000 self,
+    # 4912 of 4912 twins wrong (before: 4909; also 1/2005! for 1/2004! and a misparsed \frac \pi4 reference).
     not_self = [
         (task.answer, reward.reason)
         for task in math500_tasks

@@ -338,6 +338,10 @@ def test_grader_rejects_the_wrong_twin(answer: str, reference: str):
         ("3 \\text{ (or } 4)", "\\text{} holding more than words"),
         ("4 \\text{ or three}", "words joined to the answer by a connective"),
         ("4 (or three)", "words joined to the answer by a connective"),
+        ("4~3", "two numbers side by side"),
+        ("4{}3", "two numbers side by side"),
+        ("4\\;3", "two numbers side by side"),
+        ("\\begin{cases} 3 \\\\ 4 \\end{cases}", "an environment that is not a matrix"),
     ],
 )
 def test_two_answers_in_one_box_are_malformed(answer: str, why: str):
