@@ -1,9 +1,9 @@
 """The trusted judge: decides a sandboxed run's verdict from the values it reported, in a process of its own.
 
-``rewards.sandbox`` starts it (``python -I -S``) for a batch of runs that left a value frame (one run, or the
-runs of one ``SandboxPool.map`` share), and sends this file's code object with the payload on stdin: per run,
-the judge half of each test unit (``rewards/split_tests.py``) and the frame the sandbox wrote
-(``rewards/sandbox_harness.py``); and the code of ``rewards/plain.py``. Each run is judged in a fresh
+``rewards.sandbox`` starts it (``python -S``, with the sandbox's flags and environment) for a batch of runs that
+left a value frame (one run, or the runs of one ``SandboxPool.map`` share), and sends this file's code object
+with the payload on stdin: per run, the judge half of each test unit (``rewards/split_tests.py``) and the frame
+the sandbox wrote (``rewards/sandbox_harness.py``); and the code of ``rewards/plain.py``. Each run is judged in a fresh
 namespace under its own wall-clock budget (an interval timer, the run's timeout); the process as a whole has the
 runs' summed CPU-time limits as RLIMIT_CPU. No candidate
 code exists here: the frame is JSON, its values are decoded into built-in types (``Opaque`` for anything that

@@ -524,7 +524,7 @@ def _judge_batch(items: Sequence[_Pending]) -> list[tuple[str, str, float]]:
     memory = max(max(p.limits.memory_mb for p in items), 256) << 20
     payload = {"plain": _codes()["plain"], "jobs": jobs, "as": memory}
     timeout = sum(p.limits.timeout_s for p in items) + 5.0  # each run's own budget, plus the start
-    argv = [_interpreter()[0], "-I", "-S", "-B", "-c", _JUDGE_BOOTSTRAP]
+    argv = _python_argv(_JUDGE_BOOTSTRAP)  # PYTHONHASHSEED=0 as in the sandbox: sets iterate alike
     done, stdout = None, b""
     with tempfile.TemporaryDirectory(prefix="sandbox-judge-") as cwd:
         try:

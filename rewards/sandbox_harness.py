@@ -71,7 +71,7 @@ _BLOCKED_EVENTS = frozenset(
 _BLOCKED_EVENTS_STRICT = frozenset(
     ["socket.__new__", "socket.connect", "socket.bind", "os.link", "os.symlink"]
 )
-_FRAME_ATTRS = frozenset(["tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"])
+_FRAME_ATTRS = frozenset(["tb_frame", "gi_frame", "cr_frame", "ag_frame"])
 # event -> indices of the args that are paths the event writes to (strict mode confines them to the workdir)
 _WRITE_EVENTS = {
     "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.chmod": (0,),
