@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from distill.teacher import TeacherGroup
 from jobs.common import forwarded_env
 from rl.batching import build_train_batch
 from rl.config import ClusterConfig, RolloutConfig
-from rl.models import load_tokenizer
+from rl.models import load_model, load_tokenizer
 from rl.rollout.group import RolloutGroup
 from rl.sft import chat_prompt_ids
 from rl.types import SamplingParams
@@ -41,6 +43,30 @@ def test_a_rollout_worker_killed_mid_generation_is_replaced_and_the_batch_redone
     assert (tmp_path / "killed").exists() and group.restarts == 1
     assert ray.get(group.workers[0].__ray_call__.remote(lambda self: __import__("os").getpid())) != first_pid
     assert [r.response_ids for r in got] == [r.response_ids for r in expected]  # the same batch, redone
+    group.shutdown()
+
+
+def test_a_rollout_worker_dead_when_weights_are_pushed_is_replaced_and_given_them(
+    tiny_base: Path, ray_local
+) -> None:
+    params = SamplingParams(max_new_tokens=8, seed=3)
+    weights = ray.put(
+        {k: v * 0.5 for k, v in load_model(str(tiny_base)).state_dict().items()}
+    )  # not the base's
+    healthy = RolloutGroup(str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), "none")
+    healthy.push_weights(weights)
+    expected = healthy.generate(prompts(tiny_base), params)
+    healthy.shutdown()
+    group = RolloutGroup(str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), "none")
+    base = group.generate(prompts(tiny_base), params)
+    assert [r.response_ids for r in base] != [r.response_ids for r in expected]  # the weights tell apart
+    pid = ray.get(group.workers[0].__ray_call__.remote(lambda self: __import__("os").getpid()))
+    os.kill(pid, signal.SIGKILL)  # dead before the weights arrive (a lost node looks the same from here)
+    group.push_weights(weights)
+    assert group.restarts == 1
+    assert [r.response_ids for r in group.generate(prompts(tiny_base), params)] == [
+        r.response_ids for r in expected
+    ]  # the replacement generates from the pushed weights, not the checkpoint it started from
     group.shutdown()
 
 
