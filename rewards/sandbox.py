@@ -18,9 +18,11 @@ task, and may run any Python, native code included if it can reach it. Two guara
 2. **No program can touch the host.** Every run is its own process group (``setsid``) with hard rlimits (CPU
    time, address space, file size, processes + threads, open files, no core dumps) that it cannot raise, a
    wall-clock timeout that SIGKILLs the whole group, stdout/stderr/value channel capped (the run is killed at
-   the cap), and an environment of five variables. Before any candidate code, the harness
-   (``rewards/seccomp.py``) loads a seccomp filter: no ``execve``/``fork``/``vfork``/non-thread ``clone``, no
-   rlimit raising, ``ptrace``, ``io_uring``, mounts or namespaces -- so no shell, even from libc.
+   the cap), and an environment of five variables. Before any candidate code a seccomp filter is loaded
+   (``rewards/seccomp.py``): no ``execve``/``fork``/``vfork``/non-thread ``clone``, no rlimit raising,
+   ``ptrace``, ``io_uring``, mounts or namespaces -- so no shell, even from libc. Under bwrap the harness loads
+   it; without bwrap a first stage loads it and then execs the harness in a fresh interpreter, so the process
+   that runs candidate code never loaded ``_ctypes`` (whose types stay reachable once loaded).
 
    * ``isolation="bwrap"`` (required by default; tried once, for real, and cached): fresh pid, network, IPC,
      UTS and cgroup namespaces; a read-only, ``nosuid`` view of ``/usr`` and the interpreter's prefix and
@@ -72,6 +74,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rewards.seccomp import LIMITS
 from rewards.split_tests import SplitTests, split_tests
 
 BWRAP = "bwrap"
@@ -287,21 +290,39 @@ def isolation_status() -> tuple[str, str]:
     return BWRAP, f"bwrap works ({bwrap})"
 
 
+_PROBE = (
+    "import os,sys,threading\nt=threading.Thread(target=int);t.start();t.join()\n"
+    "try:\n os.execv(sys.executable,[sys.executable,'-c','pass'])\nexcept PermissionError:\n print('ok')"
+)
+
+
 def _probe_argv() -> list[str]:
-    """A check that the seccomp filter installs and holds: exec is refused, threads still start."""
-    check = (
-        _codes()["seccomp_source"]
-        + "\ninstall()\nimport threading\nt=threading.Thread(target=int);t.start();t.join()\n"
-        "try:\n os.execv(sys.executable,[sys.executable,'-c','pass'])\nexcept PermissionError:\n print('ok')"
-    )
-    return _python_argv(check)
+    """A check that the seccomp filter installs (in the harness's way) and holds: no exec, threads start."""
+    return _python_argv(_codes()["seccomp_source"] + "\ninstall()\n" + _PROBE)
+
+
+def _stage_one_argv(limits: Limits, nproc: int, report_fd: int, code: str = _BOOTSTRAP) -> list[str]:
+    """Without bwrap: ``python -c <seccomp.py + launch()> <rlimits> <exec_fd> -- <the harness's argv>``."""
+    values = {
+        "cpu": limits.cpu_s,
+        "as": limits.memory_mb << 20,
+        "fsize": limits.file_size_mb << 20,
+        "nofile": limits.max_open_files,
+        "nproc": nproc,
+        "core": 0,
+    }
+    assert tuple(values) == LIMITS
+    exec_fd = max(limits.max_open_files, report_fd + 1)  # above every descriptor the run has or can open
+    stage_one = _codes()["seccomp_source"] + "\nlaunch()\n"
+    return [*_python_argv(stage_one), *map(str, [*values.values(), exec_fd]), "--", *_python_argv(code)]
 
 
 @functools.cache
 def seccomp_status() -> tuple[bool, str]:
     """(whether the seccomp stage works here without bwrap, why): tried once, for real."""
+    argv = _stage_one_argv(DEFAULT_LIMITS, 4096, 2, _PROBE)
     try:
-        probe = subprocess.run(_probe_argv(), capture_output=True, timeout=30, env=_environment("/"))
+        probe = subprocess.run(argv, capture_output=True, timeout=30, env=_environment("/"))
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, f"the seccomp stage failed to run: {type(e).__name__}: {e}"
     if probe.returncode != 0 or probe.stdout.strip() != b"ok":
@@ -642,11 +663,12 @@ def _launch(
     _, roots = _interpreter()
     read_roots = [*roots, workdir, "/dev/null", "/dev/zero", "/dev/urandom"]
     report_r, report_w = os.pipe()
-    argv = _python_argv()
     if isolation == BWRAP:
         bwrap = _bwrap_binary()
         assert bwrap is not None
-        argv = _bwrap_argv(bwrap, limits) + argv
+        argv = _bwrap_argv(bwrap, limits) + _python_argv()
+    else:
+        argv = _stage_one_argv(limits, nproc, report_w)
     payload = {
         "program": program,
         "units": list(tests.sandbox_units),
@@ -659,6 +681,7 @@ def _launch(
         "workdir": workdir,
         "read_roots": read_roots,
         "strict": isolation == FALLBACK,
+        "staged": isolation == FALLBACK,
         "plain": _codes()["plain"],
         "seccomp": _codes()["seccomp"],
         "limits": {

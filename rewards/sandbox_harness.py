@@ -5,7 +5,8 @@ the run's payload, to the child's stdin; a one-line bootstrap executes it in a p
 of the pristine builtins. This file:
 
 1. applies the rlimits, switches to the run's uid (root on the host + bwrap), installs the seccomp filter
-   (``rewards/seccomp.py``: no exec, fork or process, even from libc) and marks the run started;
+   (``rewards/seccomp.py``: no exec, fork or process, even from libc) and marks the run started; without
+   bwrap, stage one (``seccomp.launch``) did the limits and the filter before exec'ing this interpreter;
 2. imports the modules the tests use and snapshots them, drops blocked modules from ``sys.modules``, routes
    ``_imp``'s extension loaders through the audit hook and arms the hook (hooks cannot be removed): it blocks
    ctypes / cffi / ``_posixsubprocess`` / signals / test modules by any component of their name (and
@@ -390,8 +391,11 @@ def main(payload: dict) -> None:
     null = os_open("/dev/null", os.O_RDONLY)
     dup2(null, 0)
     close(null)
-    _apply_limits(payload["limits"], payload["uid"])
-    _install_seccomp(payload["seccomp"])  # OSError: the run ends without the started mark, a sandbox_error
+    if not payload["staged"]:  # else stage one (rewards/seccomp.py's launch) set both before exec'ing us
+        _apply_limits(payload["limits"], payload["uid"])
+        _install_seccomp(
+            payload["seccomp"]
+        )  # OSError: the run ends without the started mark, a sandbox_error
     pid = getpid()
     write(fd, _STARTED)
     plain: dict = {"__builtins__": dict(_RAW_BUILTINS), "__name__": "plain"}

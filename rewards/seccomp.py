@@ -7,7 +7,8 @@ and aarch64; any other architecture is refused, and a system call made under ano
 x32 -- kills the process):
 
 * ``execve``, ``execveat``, ``fork``, ``vfork``, and ``clone`` without ``CLONE_THREAD``: EPERM
-  (``pthread_create`` passes ``CLONE_THREAD``);
+  (``pthread_create`` passes ``CLONE_THREAD``); without bwrap, ``launch`` (stage one) keeps one
+  ``execveat`` on a descriptor no later process can own, to start the harness in a fresh interpreter;
 * ``clone3``: ENOSYS (its flags live in memory a classic filter cannot read; glibc falls back to ``clone``);
 * raising an rlimit (``setrlimit``, ``prlimit64`` with a new limit), ``ptrace``, ``process_vm_readv``/``writev``,
   ``io_uring_setup``, ``bpf``, ``perf_event_open``, mounts, namespaces, kernel modules, ``kexec``, ``reboot``:
@@ -50,9 +51,11 @@ DENIED = (
 )  # fmt: skip
 X32_SYSCALL_BIT = 0x40000000
 CLONE_THREAD = 0x00010000
+AT_EMPTY_PATH = 0x1000
 EPERM, ENOSYS = 1, 38
 RET_KILL_PROCESS, RET_ERRNO, RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
 PR_SET_NO_NEW_PRIVS, SECCOMP_SET_MODE_FILTER = 38, 1
+LIMITS = ("cpu", "as", "fsize", "nofile", "nproc", "core")  # launch's rlimit arguments, in order
 # struct seccomp_data {int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6];} (little-endian)
 _NR, _ARCH = 0, 4
 LD_W_ABS, JEQ_K, JGE_K, JSET_K, RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
@@ -63,8 +66,11 @@ def _arg(i: int, high: bool = False) -> int:
     return 16 + 8 * i + (4 if high else 0)
 
 
-def build_program(arch: str) -> list[tuple[int, int, int, int]]:
-    """The filter for ``arch`` as (code, jt, jf, k) instructions; ValueError for other architectures."""
+def build_program(arch: str, exec_fd: int | None = None) -> list[tuple[int, int, int, int]]:
+    """The filter for ``arch`` as (code, jt, jf, k) instructions; ValueError for other architectures.
+
+    ``exec_fd``: the one exec still allowed, ``execveat(exec_fd, "", ..., AT_EMPTY_PATH)`` (``launch``'s own).
+    """
     if arch not in AUDIT_ARCH:
         raise ValueError(f"seccomp filter: unsupported architecture {arch!r} (x86_64 and aarch64 are)")
     nr = SYSCALLS[arch]
@@ -76,7 +82,17 @@ def build_program(arch: str) -> list[tuple[int, int, int, int]]:
     ]
     if arch == "x86_64":
         asm.append((None, JGE_K, X32_SYSCALL_BIT, "kill", None))
-    asm += [(None, JEQ_K, nr[name], "eperm", None) for name in DENIED if name in nr]
+    denied = [name for name in DENIED if name in nr and not (exec_fd is not None and name == "execveat")]
+    asm += [(None, JEQ_K, nr[name], "eperm", None) for name in denied]
+    if exec_fd is not None:
+        asm += [
+            (None, JEQ_K, nr["execveat"], None, "not_execveat"),
+            (None, LD_W_ABS, _arg(0), None, None),
+            (None, JEQ_K, exec_fd, None, "eperm"),
+            (None, LD_W_ABS, _arg(4), None, None),
+            (None, JEQ_K, AT_EMPTY_PATH, "allow", "eperm"),
+            ("not_execveat", LD_W_ABS, _NR, None, None),
+        ]
     asm += [
         (None, JEQ_K, nr["clone3"], "enosys", None),
         (None, JEQ_K, nr["clone"], "clone", None),
@@ -108,7 +124,7 @@ def pack(program: list[tuple[int, int, int, int]]) -> bytes:
     return b"".join(struct.pack("=HBBI", *insn) for insn in program)
 
 
-def install() -> None:
+def install(exec_fd: int | None = None) -> None:
     """Load the filter on the calling thread (and the threads it starts later); OSError if the kernel refuses.
 
     Through ``_ctypes`` alone: the ``ctypes`` package costs more to import than the rest of the sandbox's start.
@@ -140,7 +156,7 @@ def install() -> None:
     arch = os.uname().machine
     if sys.byteorder != "little":
         raise OSError(f"seccomp filter: big-endian {arch} is not supported")
-    filters = pack(build_program(arch))
+    filters = pack(build_program(arch, exec_fd))
     prog = SockFprog(len(filters) // 8, filters)
     prctl = Function(("prctl", Libc()))  # type: ignore[arg-type]
     syscall = Function(("syscall", Libc()))  # type: ignore[arg-type]
@@ -149,3 +165,32 @@ def install() -> None:
     number = SYSCALLS[arch]["seccomp"]
     if syscall(c_long(number), c_long(SECCOMP_SET_MODE_FILTER), c_long(0), _ctypes.byref(prog)) != 0:
         raise OSError(_ctypes.get_errno(), "seccomp(SECCOMP_SET_MODE_FILTER) failed")
+
+
+def launch() -> None:
+    """Stage one of a run without bwrap: ``sys.argv[1:]`` = rlimits (``LIMITS`` order), exec_fd, ``--``, argv.
+
+    Sets the run's hard rlimits, opens the interpreter as ``exec_fd`` (at or above the open-files limit, so no
+    later process can own that descriptor), installs the filter allowing only that one exec, and ``fexecve``s
+    the harness there: the process that runs candidate code never loaded ``_ctypes``, whose types would
+    otherwise stay reachable (``object.__subclasses__()``) as raw-memory primitives.
+    """
+    import resource
+
+    values = [int(v) for v in sys.argv[1 : 2 + len(LIMITS)]]
+    limits, exec_fd = dict(zip(LIMITS, values, strict=False)), values[-1]
+    argv = sys.argv[3 + len(LIMITS) :]
+    if exec_fd < limits["nofile"]:
+        raise ValueError(f"exec_fd {exec_fd} must not be below the open-files limit {limits['nofile']}")
+    fd = os.open(argv[0], os.O_RDONLY | os.O_CLOEXEC)
+    os.dup2(fd, exec_fd, inheritable=False)  # before the open-files limit drops below it
+    os.close(fd)
+    for name, value in limits.items():
+        hard = value + 1 if name == "cpu" else value  # CPU: SIGXCPU at the limit, SIGKILL a second later
+        resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (value, hard))
+    try:
+        install(exec_fd)
+    except (OSError, ValueError) as e:
+        sys.stderr.write(f"sandbox: cannot install the seccomp filter: {e}\n")
+        os._exit(125)
+    os.execve(exec_fd, argv, dict(os.environ))  # glibc: execveat(exec_fd, "", ..., AT_EMPTY_PATH)
