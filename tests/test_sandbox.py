@@ -31,6 +31,7 @@ from rewards.sandbox import (
     SandboxJob,
     SandboxPool,
     _prepare_tests,
+    _stage_one_argv,
     _task_count,
     isolation_status,
     run_tests,
@@ -647,6 +648,29 @@ print(started, attempt(lambda: os.execv("/bin/sh", ["sh", "-c", "touch {canary}"
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert done.stdout.split() == ["[1]", "1", "1", "True", "True", "1", "refused"], done
+    assert not canary.exists()
+
+
+def test_stage_one_keeps_its_exec_to_itself(tmp_path: Path):
+    # Without bwrap the harness starts through one execveat on a descriptor at the open-files limit; the
+    # program behind it can neither exec a descriptor of its own nor make one with that number.
+    canary = tmp_path / "canary"
+    script = f"""
+import os, resource
+def attempt(fn):
+    try:
+        return fn()
+    except OSError as e:
+        return e.errno
+    except ValueError:
+        return "refused"
+sh = os.open("/bin/sh", os.O_RDONLY)
+print(attempt(lambda: os.execve(sh, ["sh", "-c", "touch {canary}"], {{}})), attempt(lambda: os.dup2(sh, 64)),
+      attempt(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))))
+"""
+    argv = _stage_one_argv(Limits(max_open_files=64), 4096, 2, script)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert done.stdout.split() == ["1", "9", "refused"], done  # EPERM, EBADF
     assert not canary.exists()
 
 
