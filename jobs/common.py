@@ -200,11 +200,18 @@ def check_data_files(spec: SpecialistConfig) -> None:
 
 
 def check_resume(run_dir: Path, resume: bool) -> None:
-    """``resume=true`` continues a run that exists. (A run directory without a checkpoint yet is a run killed
-    early: jobs.submit resubmits it with resume=true, and it starts again from step 0.)"""
+    """``resume=true`` continues a run that exists, and a run with checkpoints is only continued, never
+    overwritten. (A run directory without a checkpoint yet is a run killed early: jobs.submit resubmits it
+    with resume=true, and it starts again from step 0.)"""
     if resume and not run_dir.is_dir():
         raise InputError(f"resume=true but there is no run {run_dir} to continue (no checkpoint); "
                          "check run_name and runs_root, or drop resume=true to start it")  # fmt: skip
+    if not resume and run_dir.is_dir():
+        from rl.checkpoint import latest_checkpoint
+
+        if latest_checkpoint(run_dir) is not None:
+            raise RunDirError(f"run directory {run_dir} already has checkpoints; pass resume=true to continue it "
+                              "or choose another run_name")  # fmt: skip
 
 
 def check_cluster(cluster: ClusterConfig) -> None:

@@ -256,6 +256,9 @@ def check_inputs(cfg: PipelineRunConfig) -> None:
     if cfg.resume and not (pipeline_dir(cfg) / "pipeline.json").exists():
         raise InputError(f"resume=true but there is no pipeline {pipeline_dir(cfg)} to continue; check run_name "
                          "and runs_root, or drop resume=true to start it")  # fmt: skip
+    if not cfg.resume and (pipeline_dir(cfg) / "pipeline.json").exists():
+        raise RunDirError(f"{pipeline_dir(cfg)} already holds a pipeline; pass resume=true to continue it "
+                          "or choose another run_name")  # fmt: skip
     check_cluster(cfg.cluster)
 
 

@@ -133,14 +133,16 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     from rl.tracking import Tracker
 
     check_backends(cfg)
-    run_dir = Path(cfg.runs_root) / cfg.run_name
-    checkpoint = prepare_run_dir(run_dir, cfg.resume, cfg)
     specialist = load_specialist(cfg.specialist.domain)
     train_tasks, eval_tasks = specialist.train_tasks(cfg.specialist), specialist.eval_tasks(cfg.specialist)
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path)
     budget = response_budget(cfg, specialist)
     check_context(tokenizer, train_tasks + eval_tasks, budget, model_context(model_path))
+    run_dir = (
+        Path(cfg.runs_root) / cfg.run_name
+    )  # written only once the data, model and context are known good
+    checkpoint = prepare_run_dir(run_dir, cfg.resume, cfg)
     init_ray(cfg.cluster)
     trainer, rollout = start_workers(cfg, model_path)
     stream = TaskStream(train_tasks, seed=cfg.specialist.data_seed)

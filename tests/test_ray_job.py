@@ -57,14 +57,24 @@ def test_submit_retries_a_failed_job_with_resume_and_it_finishes(
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
 
 
-def test_submit_does_not_retry_bad_input_and_names_the_problem(tmp_path: Path, ray_head: RayHead) -> None:
-    proc = submit(ray_head, "--retries", "2", "train_specialist", "specialist.domain=nonexistent",
-                  f"runs_root={tmp_path / 'runs'}")  # fmt: skip
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("specialist.domain=nonexistent", "unknown specialist.domain 'nonexistent'"),
+        # Hydra's own composition error: exit 2 like any bad input (Hydra alone exits 1, which was retried)
+        ("algorithm=grpoo", "unknown algorithm=grpoo (Could not find 'algorithm/grpoo'); available options"),
+    ],
+)
+def test_submit_does_not_retry_bad_input_and_names_the_problem(
+    tmp_path: Path, ray_head: RayHead, override: str, message: str
+) -> None:
+    proc = submit(ray_head, "--retries", "2", "train_specialist", override, f"runs_root={tmp_path / 'runs'}")
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
+    assert proc.returncode == 2, out[-4000:]
     assert "attempt 1/3" in out and "attempt 2/3" not in out
     assert "not resubmitting" in out
-    assert "unknown specialist.domain 'nonexistent'" in out  # the job's one line, streamed back
+    assert message in out  # the job's one line, streamed back
+    assert not (tmp_path / "runs").exists()  # rejected before it made anything
 
 
 def test_submit_without_a_cluster_is_one_clear_line(tmp_path: Path) -> None:

@@ -106,6 +106,8 @@ CASES = [
          "specialist=gsm8k", "specialist.train_path={tmp}/train.jsonl"),
     case("resume-without-checkpoint", "train_specialist", "resume=true but there is no run {tmp}/runs/never-ran",
          "resume=true", "run_name=never-ran"),
+    case("rerun-over-checkpoints", "train_specialist", "run directory {tmp}/runs/done already has checkpoints; pass "
+         "resume=true", "run_name=done"),
     case("cluster-refused", "train_specialist", "Ray cluster at cluster.address=127.0.0.1:1 does not answer",
          "cluster.address=127.0.0.1:1"),
     case("cluster-malformed", "train_specialist", "cluster.address 'headnode' is not host:port", "cluster.address=headnode"),
@@ -133,6 +135,8 @@ CASES = [
          "+specialists.poetry.steps=1"),
     case("pipeline-resume-without-run", "pipeline", "resume=true but there is no pipeline {tmp}/runs/never-ran",
          "resume=true", "run_name=never-ran"),
+    case("pipeline-rerun-without-resume", "pipeline", "{tmp}/runs/done already holds a pipeline; pass resume=true",
+         "run_name=done"),
     case("pipeline-cluster-refused", "pipeline", "cluster.address=127.0.0.1:1 does not answer",
          "cluster.address=127.0.0.1:1"),
 ]  # fmt: skip
@@ -156,6 +160,15 @@ def prepare(tmp: Path) -> None:
         d: gone | {"name": d, "domain": d, "checkpoint": str(tmp / "ok")} for d in ("math", "code", "agent")
     }
     (tmp / "registry_ok.json").write_text(json.dumps(ok))
+    done = tmp / "runs" / "done"  # a run (and a pipeline) that has a checkpoint
+    (done / "checkpoints" / "step_000001").mkdir(parents=True)
+    (done / "checkpoints" / "step_000001" / "controller_state.json").write_text("{}")
+    (done / "checkpoints" / "latest").write_text("step_000001")
+    (done / "pipeline.json").write_text('{"stages": {}}')
+
+
+def listing(runs: Path) -> set[str]:
+    return {str(p.relative_to(runs)) for p in runs.rglob("*")}
 
 
 @dataclass(frozen=True)
@@ -165,13 +178,14 @@ class Result:
     stderr: str
     seconds: float  # wall time
     cpu_seconds: float  # user + system time of the process
-    runs: list[str]  # what is under runs_root afterwards
+    runs: list[str]  # what is new under runs_root afterwards
     cache_made: bool
     ray_made: bool
 
 
 def run_case(c: Case, tmp: Path) -> Result:
     prepare(tmp)
+    before = listing(tmp / "runs")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_", "DISTILLERY_"))}
     env |= {"DISTILLERY_CACHE": str(tmp / "cache"), "RAY_TMPDIR": str(tmp / "ray"), "WANDB_MODE": "disabled"}
     args = [a.format(tmp=tmp) for a in c.args]
@@ -187,7 +201,7 @@ def run_case(c: Case, tmp: Path) -> Result:
     killer.cancel()
     seconds = time.monotonic() - started
     returncode, cpu = os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
-    runs = sorted(str(p.relative_to(tmp / "runs")) for p in (tmp / "runs").rglob("*"))
+    runs = sorted(listing(tmp / "runs") - before)
     return Result(returncode, out.read_text(), err.read_text(), seconds, cpu, runs, (tmp / "cache").exists(),
                   (tmp / "ray").exists())  # fmt: skip
 
@@ -230,3 +244,21 @@ def test_a_good_config_passes_the_checks_and_reaches_hydra(tmp_path: Path) -> No
                            "--cfg", "job"], cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "steps: 3" in proc.stdout
+
+
+def test_bad_data_found_after_the_checks_leaves_no_run_directory(tmp_path: Path) -> None:
+    """A dataset row is read only when the job runs (after Hydra made the run directory): still one line and
+    exit 2, and the run directory, holding nothing but Hydra's scaffolding, is removed."""
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?"}\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_", "DISTILLERY_"))}
+    env |= {"DISTILLERY_CACHE": str(tmp_path / "cache"), "RAY_TMPDIR": str(tmp_path / "ray")}
+    proc = subprocess.run([sys.executable, "-m", "jobs.train_specialist", f"runs_root={tmp_path / 'runs'}",
+                           "run_name=bad", "specialist=gsm8k", f"specialist.train_path={bad}",
+                           f"specialist.eval_path={bad}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: ") and line.endswith(f"{bad} line 2: missing field 'answer'")
+    assert list((tmp_path / "runs").iterdir()) == []  # Hydra made runs/bad; the rejection removed it
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "ray").exists()
