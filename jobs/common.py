@@ -360,8 +360,8 @@ def job_main(
 ) -> Callable[[Callable[[T], None]], Callable[[], None]]:
     """Decorate a job's ``main(cfg)``: the command line is composed into ``schema`` and ``check``-ed (paths, the
     checkpoint to resume, the cluster) before anything runs; bad input is one ``error:`` line and exit 2, with
-    no run directory, base build or Ray. Then Hydra runs ``main`` as usual (``-m`` sweeps, ``--cfg``,
-    ``--help`` go to Hydra directly; each sweep member is checked when it runs)."""
+    no run directory, base build or Ray. Then Hydra runs ``main`` as usual. A ``-m`` sweep has every member
+    checked first; ``--cfg``, ``--help`` and Hydra's other flags go to Hydra unchecked."""
     import hydra
 
     register_configs()  # the schemas Hydra composes the YAML onto

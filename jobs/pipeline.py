@@ -139,7 +139,8 @@ def stage_configs(cfg: PipelineRunConfig) -> tuple[dict[str, SpecialistRunConfig
 def resume_command(cfg: PipelineRunConfig, argv: list[str]) -> str:
     """This command again with the pipeline's run name and ``resume=true`` (stage configs are composed from
     the command line, so the same overrides are kept)."""
-    kept = [a for a in argv if a.split("=", 1)[0].lstrip("+") not in ("run_name", "runs_root", "resume")]
+    kept = [a for a in argv if a.split("=", 1)[0].lstrip("+") not in ("run_name", "runs_root", "resume",
+                                                                      "hydra.run.dir")]  # fmt: skip
     return shlex.join(["python", "-m", "jobs.pipeline", *kept, f"run_name={cfg.run_name}",
                        f"runs_root={cfg.runs_root}", "resume=true"])  # fmt: skip
 
