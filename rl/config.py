@@ -448,6 +448,11 @@ class BaseRecipe:
     torch_threads: int = 0  # 0 = all cores
 
     def __post_init__(self) -> None:
+        domains = CHOICES["specialist.domain"]
+        if unknown := [d for d in self.domains if d not in domains]:
+            raise ConfigValueError(
+                f"unknown recipe domain {unknown[0]!r} in recipe.domains; valid: {', '.join(domains)}"
+            )
         check_fields("recipe", self, {
             "vocab_size": at_least(BASE_TOKENS), "hidden_size": at_least(1), "num_layers": at_least(1),
             "num_heads": at_least(1), "num_kv_heads": at_least(1), "intermediate_size": at_least(1),
