@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 from rl.config import (
     CONFIGS,
     ClusterConfig,
-    ConfigValueError,
     ModelConfig,
     SpecialistConfig,
     register_configs,
@@ -320,20 +319,36 @@ def config_error(err: Exception) -> str:
     return " ".join(told) or type(err).__name__
 
 
-def compose_checked(config_name: str, schema: type[T], overrides: list[str]) -> tuple[T, Path]:
-    """The typed config (its ranges checked by the schema) and the directory Hydra will create for it.
-
-    Composed here, with Hydra's compose API, before Hydra's own run: Hydra prints its errors as several lines
-    and exits 1, and it creates the run directory before the job can check anything."""
-    from hydra import compose, initialize_config_dir
+def compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """``configs/<config_name>.yaml`` with ``overrides``, its ``hydra`` node included; Hydra's errors as one line."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     register_configs()
     try:
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3", job_name=config_name):
-            composed = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+            return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise InputError(config_error(err)) from None
+    except (
+        ValueError,
+        TypeError,
+    ) as err:  # what Hydra lets through (an index into a list that is not a number)
+        raise InputError(f"the command line {' '.join(overrides)} does not compose: {err}") from None
+
+
+def compose_checked(config_name: str, schema: type[T], overrides: list[str]) -> tuple[T, Path]:
+    """The typed config (its ranges checked by the schema) and the directory Hydra will create for it.
+
+    Composed here, with Hydra's compose API, before Hydra's own run: Hydra prints its errors as several lines
+    and exits 1, and it creates the run directory before the job can check anything."""
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    composed = compose(config_name, overrides)
+    try:
         output_dir = Path(str(composed.hydra.run.dir))
         with open_dict(composed):
             del composed["hydra"]
@@ -342,17 +357,31 @@ def compose_checked(config_name: str, schema: type[T], overrides: list[str]) -> 
                 f"unknown config key(s) {', '.join(extra)} ({schema.__name__} has no such field)"
             )
         typed = OmegaConf.to_object(composed)
-    except (HydraException, OmegaConfBaseException) as err:
+    except OmegaConfBaseException as err:
         raise InputError(config_error(err)) from None
-    except (
-        ValueError,
-        TypeError,
-    ) as err:  # what Hydra lets through (an index into a list that is not a number)
-        if isinstance(err, InputError | ConfigValueError):
-            raise
-        raise InputError(f"the command line {' '.join(overrides)} does not compose: {err}") from None
     assert isinstance(typed, schema)
     return typed, output_dir
+
+
+def check_launcher(config_name: str, overrides: list[str]) -> None:
+    """``hydra/launcher=ray_jobs``: a cluster is named and its dashboard answers (Hydra's sweeper writes the
+    sweep directory before the launcher could find out)."""
+    from jobs.submit import dashboard_reachable
+
+    launcher = compose(config_name, overrides).hydra.launcher
+    if not str(launcher.get("_target_", "")).endswith("RayJobsLauncher"):
+        return
+    address = launcher.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise InputError("hydra/launcher=ray_jobs needs a cluster: hydra.launcher.address=http://<head>:8265 or "
+                         "RAY_ADDRESS")  # fmt: skip
+    try:
+        dashboard_reachable(address)
+    except ClusterUnreachableError as err:
+        detail = str(err).split(" does not answer ", 1)[-1]
+        raise ClusterUnreachableError(
+            f"Ray dashboard at hydra.launcher.address={address} does not answer {detail}"
+        ) from None
 
 
 def job_main(
@@ -393,11 +422,13 @@ def job_main(
             ):  # every member, before the first one runs or is submitted
                 overrides = [arg for arg in argv if arg not in MULTIRUN]
                 with user_errors():
-                    for i, member in enumerate(sweep_members(overrides)):
+                    members = sweep_members(overrides)
+                    for i, member in enumerate(members):
                         try:
                             check(compose_checked(config_name, schema, member)[0])
                         except ValueError as err:
                             raise InputError(f"sweep member {i} ({' '.join(member)}): {err}") from None
+                    check_launcher(config_name, members[0])
                 state["checked"] = True
                 run_hydra()
                 return

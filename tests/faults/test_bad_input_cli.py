@@ -64,6 +64,9 @@ CASES = [
     case("sweep-member-range", "train_specialist", "steps=-5): steps must be >= 1, got -5", "-m", "steps=1,-5"),
     case("ray-jobs-sweep-member-typo", "train_specialist", "Could not override 'trainer.traner_lr'", "-m",
          "hydra/launcher=ray_jobs", "hydra.launcher.address=http://127.0.0.1:1", "trainer.traner_lr=1,2"),
+    case("ray-jobs-dashboard-unreachable", "train_specialist",
+         "Ray dashboard at hydra.launcher.address=http://127.0.0.1:1 does not answer", "-m", "hydra/launcher=ray_jobs",
+         "hydra.launcher.address=http://127.0.0.1:1", "steps=1,2"),
     # value ranges and registered names (the schemas' __post_init__)
     case("steps-negative", "train_specialist", "steps must be >= 1, got -5", "steps=-5"),
     case("prompts-per-step-zero", "train_specialist", "prompts_per_step must be >= 1, got 0", "prompts_per_step=0"),
