@@ -384,6 +384,29 @@ def check_launcher(config_name: str, overrides: list[str]) -> None:
         ) from None
 
 
+def check_run(config_name: str, schema: type[T], check: Callable[[T], None], argv: list[str]) -> Path:
+    """Compose and check one run; pin what ``${now:...}`` resolved to (Hydra composes again, a second later
+    perhaps), so the job runs where it was checked. The run directory Hydra will make."""
+    cfg, output_dir = compose_checked(config_name, schema, argv)
+    check(cfg)
+    pins = {"run_name": getattr(cfg, "run_name", None), "hydra.run.dir": str(output_dir)}
+    given = override_keys(argv)
+    sys.argv += [f"{k}={override_value(v)}" for k, v in pins.items() if v is not None and k not in given]
+    return output_dir
+
+
+def check_sweep(config_name: str, schema: type[T], check: Callable[[T], None], argv: list[str]) -> None:
+    """Compose and check every member of a ``-m`` sweep, and the ray_jobs launcher's cluster, before the first
+    member runs or is submitted."""
+    members = sweep_members(argv)
+    for i, member in enumerate(members):
+        try:
+            check(compose_checked(config_name, schema, member)[0])
+        except ValueError as err:
+            raise InputError(f"sweep member {i} ({' '.join(member)}): {err}") from None
+    check_launcher(config_name, members[0])
+
+
 def job_main(
     config_name: str, schema: type[T], check: Callable[[T], None]
 ) -> Callable[[Callable[[T], None]], Callable[[], None]]:
@@ -414,36 +437,14 @@ def job_main(
 
         def main() -> None:
             argv = sys.argv[1:]
-            if hydra_flags(argv):
-                run_hydra()
-                return
-            if any(
-                arg in MULTIRUN for arg in argv
-            ):  # every member, before the first one runs or is submitted
-                overrides = [arg for arg in argv if arg not in MULTIRUN]
+            if not hydra_flags(argv):
                 with user_errors():
-                    members = sweep_members(overrides)
-                    for i, member in enumerate(members):
-                        try:
-                            check(compose_checked(config_name, schema, member)[0])
-                        except ValueError as err:
-                            raise InputError(f"sweep member {i} ({' '.join(member)}): {err}") from None
-                    check_launcher(config_name, members[0])
+                    if any(arg in MULTIRUN for arg in argv):
+                        check_sweep(config_name, schema, check, [a for a in argv if a not in MULTIRUN])
+                    else:
+                        output_dir = check_run(config_name, schema, check, argv)
+                        state["created"] = None if output_dir.exists() else output_dir
                 state["checked"] = True
-                run_hydra()
-                return
-            with user_errors():
-                cfg, output_dir = compose_checked(config_name, schema, argv)
-                check(cfg)
-            state["checked"] = True
-            state["created"] = None if output_dir.exists() else output_dir
-            # Hydra composes again: pin what ${now:...} resolved to, so it runs where this checked
-            pins = {"run_name": getattr(cfg, "run_name", None), "hydra.run.dir": str(output_dir)}
-            sys.argv += [
-                f"{k}={override_value(v)}"
-                for k, v in pins.items()
-                if v is not None and k not in override_keys(argv)
-            ]
             run_hydra()
 
         return main
