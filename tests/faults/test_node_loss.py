@@ -128,9 +128,8 @@ def two_nodes(tmp_path: Path) -> Iterator[TwoNodes]:
 
 @pytest.fixture(scope="module")
 def reference(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return reference_run(
-        tiny_base, tmp_path_factory.getbasetemp() / "distill-reference"
-    )  # shared with test_chaos
+    """The undisturbed run, shared with test_chaos (the same job, settings and seed)."""
+    return reference_run(tiny_base, tmp_path_factory.getbasetemp() / "distill-reference")
 
 
 @pytest.mark.slow
@@ -142,21 +141,24 @@ def test_losing_the_node_of_the_rollout_worker_and_the_teacher_mid_generation_lo
     # rollout worker and teacher start on node2, the trainer on the head; the student's rollout worker stops in
     # its 3rd generation (step 2: eval, step 1, step 2) and says so, for the node to die under it
     env = two_nodes.env | {"DISTILLERY_PREFER_NODE": "rollout=node2,teacher=node2,trainer=head",
-                                         "DISTILLERY_FAULT_PAUSE": f"rollout:3:{paused}"}  # fmt: skip
+                           "DISTILLERY_FAULT_PAUSE": f"rollout:3:{paused}"}  # fmt: skip
     cmd = [sys.executable, "-m", "jobs.distill", *DISTILL, f"model.path={tiny_base}", f"runs_root={runs}",
            "run_name=lost", f"cluster.address={two_nodes.address}"]  # fmt: skip
-    job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = tmp_path / "job.out", tmp_path / "job.err"  # files: a full pipe would stall the job
+    with stdout.open("w") as out_file, stderr.open("w") as err_file:
+        job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out_file, stderr=err_file, text=True)
     try:
         deadline = time.monotonic() + 400
         while not paused.exists() or not paused.read_text():
-            assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+            assert job.poll() is None and time.monotonic() < deadline, stderr.read_text()[-5000:]
             time.sleep(0.5)
         assert int(paused.read_text()) in tree(two_nodes.node2.pid)  # the generating worker is node2's
         kill_tree(two_nodes.node2.pid)  # the node is gone: raylet, agents, workers, all at once
-        out, err = job.communicate(timeout=600)
+        job.wait(timeout=600)
     finally:
         job.kill()
-    assert job.returncode == 0, out[-3000:] + err[-5000:]
+    out = stdout.read_text()
+    assert job.returncode == 0, out[-3000:] + stderr.read_text()[-5000:]
     assert "rollout worker(s) [0] died" in out and "teacher 'm' died" in out
     lines = metrics(runs / "lost")
     assert lines[-1]["rollout/worker_restarts"] == 1.0 and lines[-1]["opd/teacher_restarts"] == 1.0
