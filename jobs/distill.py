@@ -97,6 +97,18 @@ def served_teacher(
     return make
 
 
+def resource_needs(cfg: DistillRunConfig, routes: list[Route]) -> dict[str, dict[str, float]]:
+    """What each role reserves: one TeacherWorker per distinct teacher, each with ``distill.teacher_cpus`` and
+    (on GPUs) the actors' GPU fraction, beside the rollout workers and trainer ranks."""
+    from rl.placement import role_needs
+
+    n_teachers = len({route.teacher.name for route in routes})
+    teachers = {"CPU": cfg.distill.teacher_cpus * n_teachers, "GPU": cfg.cluster.actor_gpus * n_teachers}
+    return {"rollout": role_needs(cfg.rollout.num_workers, cfg.cluster),
+            "trainer": role_needs(cfg.trainer.num_ranks, cfg.cluster),
+            "teacher": {k: v for k, v in teachers.items() if v > 0}}  # fmt: skip
+
+
 def start_workers(cfg: DistillRunConfig, student: str, routes: list[Route], env: dict[str, str]
                   ) -> tuple[TrainerGroup, RolloutGroup, TeacherGroup]:  # fmt: skip
     from distill.losses import LossOptions
@@ -122,7 +134,7 @@ def run(cfg: DistillRunConfig) -> dict[str, Any]:
     from rl.checkpoint import load_state
     from rl.controller import sampling_params
     from rl.models import load_tokenizer
-    from rl.placement import check_resources, role_needs
+    from rl.placement import check_resources
     from rl.tracking import Tracker, truncate_metrics
     from specialists.registry import registry_path
 
@@ -138,9 +150,7 @@ def run(cfg: DistillRunConfig) -> dict[str, Any]:
     run_dir = Path(cfg.runs_root) / cfg.run_name
     checkpoint = prepare_run_dir(run_dir, cfg.resume, cfg)
     init_ray(cfg.cluster)
-    teacher_cpus = {"CPU": cfg.distill.teacher_cpus * len(routes)}
-    check_resources({"rollout": role_needs(cfg.rollout.num_workers, cfg.cluster),
-                     "trainer": role_needs(cfg.trainer.num_ranks, cfg.cluster), "teacher": teacher_cpus})  # fmt: skip
+    check_resources(resource_needs(cfg, routes))
     env = forwarded_env()
     state = load_state(checkpoint) if checkpoint else {}
     history = state.get("history", {})

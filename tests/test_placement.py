@@ -27,3 +27,24 @@ def test_roles_that_fit_alone_but_not_together_are_named_together() -> None:
     with pytest.raises(ResourceError, match=r"rollout \+ trainer need 4 CPUs together, cluster has 3"):
         check_resources(needs, total={"CPU": 3.0})
     check_resources(needs, total={"CPU": 4.0})  # fits exactly: no error
+
+
+def test_distillation_counts_each_teachers_gpu_share() -> None:
+    """Three teachers at a quarter GPU each beside a trainer and a rollout worker ask for 1.25 GPUs: named
+    before any actor starts (the check once counted only the teachers' CPUs, so the job waited 60 s for a
+    placement group that could never be placed)."""
+    from types import SimpleNamespace
+
+    from jobs.distill import resource_needs
+    from rl.config import DistillRunConfig
+
+    cfg = DistillRunConfig(cluster=ClusterConfig(actor_cpus=1, actor_gpus=0.25))
+    routes = [SimpleNamespace(teacher=SimpleNamespace(name=n)) for n in ("m", "c", "a", "a")]  # a serves two
+    needs = resource_needs(cfg, routes)  # type: ignore[arg-type]
+    assert needs["teacher"] == {"CPU": 3 * cfg.distill.teacher_cpus, "GPU": 0.75}
+    with pytest.raises(
+        ResourceError, match=r"rollout \+ trainer \+ teacher need 1.25 GPUs together, cluster has 1"
+    ):
+        check_resources(needs, total={"CPU": 16.0, "GPU": 1.0})
+    check_resources(resource_needs(DistillRunConfig(cluster=ClusterConfig(actor_cpus=1, actor_gpus=0.2)), routes),  # type: ignore[arg-type]
+                    total={"CPU": 16.0, "GPU": 1.0})  # fmt: skip
