@@ -1,9 +1,9 @@
 """The whole product in one command: base -> math, code and agent specialists -> one student -> report.
 
     python -m jobs.pipeline                                   # the embedded default (make run)
-    python -m jobs.pipeline specialists.math.steps=60 distill.distill.lr=3e-4
+    python -m jobs.pipeline specialists.math.steps=60 +distill.distill.lr=3e-4
     python -m jobs.pipeline run_name=pipeline-20261123-120000 resume=true
-    python -m jobs.pipeline model=smollm2-135m +overrides.rollout=vllm +overrides.trainer.num_ranks=2
+    python -m jobs.pipeline base_model=smollm2-135m +overrides.rollout=vllm +overrides.trainer.num_ranks=2
 
 Each stage is its own job (``jobs.train_specialist``, ``jobs.distill``) composed from that job's config plus
 the stage's overrides, and run in this process on one Ray: stage configs are checked exactly as the jobs
@@ -75,7 +75,7 @@ def flatten(overrides: dict[str, Any], prefix: str = "") -> list[str]:
 def shared_overrides(cfg: PipelineRunConfig, stage: str) -> list[str]:
     """What every stage takes from the pipeline: model, FP4, where it writes, W&B group, cluster, resume."""
     logger = dataclasses.replace(cfg.logger, group=cfg.logger.group or cfg.run_name)
-    out = [f"model={cfg.model}", f"fp4={cfg.fp4}", f"runs_root={override_value(str(pipeline_dir(cfg)))}",
+    out = [f"model={cfg.base_model}", f"fp4={cfg.fp4}", f"runs_root={override_value(str(pipeline_dir(cfg)))}",
            f"run_name={stage}", f"resume={override_value(cfg.resume)}"]  # fmt: skip
     out += flatten({"logger": dataclasses.asdict(logger)})
     out += flatten({"cluster": {"address": cfg.cluster.address, "num_cpus": cfg.cluster.num_cpus}})
@@ -223,7 +223,7 @@ def run(cfg: PipelineRunConfig) -> dict[str, Any]:
     n = len(specialists) + 3
     print(f"pipeline {out}: base, {', '.join(specialists)} specialists, distillation, report "
           f"(W&B group {group}; cache {cache_dir()})", flush=True)  # fmt: skip
-    summaries = {"base": run_stage(log, "base", f"stage 1/{n}: base {cfg.model}",
+    summaries = {"base": run_stage(log, "base", f"stage 1/{n}: base {cfg.base_model}",
                                    lambda: base_stage(cfg, distill.model, group))}  # fmt: skip
     for i, (name, spec) in enumerate(specialists.items(), start=2):
         title = f"stage {i}/{n}: {spec.specialist.domain} specialist {name!r} ({spec.steps} RL steps)"

@@ -159,7 +159,7 @@ def report_md(report: dict[str, Any], cfg: PipelineRunConfig, seconds: dict[str,
     stages = "\n".join(f"| {stage} | {s:.0f} |" for stage, s in seconds.items())
     return f"""# Pipeline `{cfg.run_name}`
 
-Base `{cfg.model}` -> {", ".join(report["specialists"])} specialists (GRPO, FP4 `{cfg.fp4}` rollouts and QAT) ->
+Base `{cfg.base_model}` -> {", ".join(report["specialists"])} specialists (GRPO, FP4 `{cfg.fp4}` rollouts and QAT) ->
 one student by on-policy distillation (full-vocabulary reverse KL to each domain's specialist).
 Wall time {report["total_seconds"] / 60:.1f} min over all stages on {report["machine"]}. W&B group `{report["wandb_group"]}`.
 

@@ -483,7 +483,9 @@ class PipelineRunConfig:
     with the overrides below, run in this process, in ``<runs_root>/<run_name>/<stage>/``.
     """
 
-    model: str = "tiny-all"  # configs/model/ entry of every stage: the specialists' base and the student
+    # configs/model/ entry of every stage: the specialists' base and the student (not ``model``: Hydra reads
+    # ``model=...`` as a choice of the configs/model/ group, which this config does not select)
+    base_model: str = "tiny-all"
     # stage name -> overrides of jobs.train_specialist's config, nested (rollout: {max_new_tokens: 64} is
     # rollout.max_new_tokens=64); the stage name picks the specialist group unless ``specialist: <group>`` is set
     specialists: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -501,7 +503,7 @@ class PipelineRunConfig:
 
     def __post_init__(self) -> None:
         models = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
-        check_fields("", self, {"model": one_of(tuple(models)), "fp4": fp4_format(), "run_name": run_name(),
+        check_fields("", self, {"base_model": one_of(tuple(models)), "fp4": fp4_format(), "run_name": run_name(),
                                 "runs_root": non_empty()})  # fmt: skip
 
 

@@ -67,7 +67,9 @@ def test_pipeline_composes_with_a_stage_per_specialist() -> None:
     cfg = to_typed(_compose("pipeline", ["specialists.math.steps=5", "+overrides.seed=3",
                                          "hydra/launcher=ray_jobs"]), PipelineRunConfig)  # fmt: skip
     assert sorted(cfg.specialists) == ["agent", "code", "math"] and cfg.specialists["math"]["steps"] == 5
-    assert cfg.overrides == {"seed": 3} and cfg.model == "tiny-all" and cfg.run_name.startswith("pipeline-")
+    assert (
+        cfg.overrides == {"seed": 3} and cfg.base_model == "tiny-all" and cfg.run_name.startswith("pipeline-")
+    )
     assert cfg.specialists["code"]["rollout"] == {"max_new_tokens": 64}
 
 
@@ -172,7 +174,7 @@ def test_the_zero_stages_and_lr_schedules_are_the_backends() -> None:
         ("BaseRecipe", {"micro_batches": 65}, "recipe.micro_batches must be in [1, 64], got 65"),
         ("BaseRecipe", {"vocab_size": 100}, "recipe.vocab_size must be >= 259, got 100"),
         ("BaseRecipe", {"domains": []}, "recipe.domains must be distinct values among math, code, agent, got []"),
-        ("PipelineRunConfig", {"model": "tiny-alll"}, "unknown model 'tiny-alll'; valid: smollm2-135m, tiny, tiny-all"),
+        ("PipelineRunConfig", {"base_model": "tiny-alll"}, "unknown base_model 'tiny-alll'; valid: smollm2-135m, tiny, tiny-all"),
     ],
 )  # fmt: skip
 def test_values_out_of_range_name_the_key_and_the_range(schema: str, values: dict, message: str) -> None:
