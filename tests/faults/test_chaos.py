@@ -22,8 +22,8 @@ from tests.test_job_e2e import metrics
 # trains in MXFP4), so the KL and the loss are not 0. One rollout worker, one teacher, one trainer rank: every
 # call of a role is the next one in its count, so a seed's schedule plays out the same way every run.
 DISTILL = [
-    "prompts_per_step=4", "distill.samples_per_prompt=2", "eval_every=0", "distill.num_eval_tasks=6",
-    "rollout.max_new_tokens=24", "checkpoint_every=1", "cluster.num_cpus=2", "cluster.actor_cpus=0.5",
+    "prompts_per_step=4", "distill.samples_per_prompt=2", "eval_every=0", "distill.num_eval_tasks=4",
+    "rollout.max_new_tokens=12", "checkpoint_every=1", "cluster.num_cpus=2", "cluster.actor_cpus=0.5",
     "distill.teacher_cpus=0.25", "distill.teachers.math=m", "~distill.teachers.code", "~distill.teachers.agent",
     "steps=4",
 ]  # fmt: skip
