@@ -295,7 +295,9 @@ def f(n):
         + WRONG,
         "tests": "for i in range(1, 4):\n    assert f(i) == i * 2",
         "reason": "runtime_error",
-        "detail": "end before the tests do",
+        # the judge finds the rows end early ("... end before the tests do") or, where the forged frame reached
+        # no value channel (fallback's second stage), the run exits 0 "before the tests finished": short either way
+        "detail": "before the tests",
     },
     "listing /proc/self/fd": {
         "program": "import os\nfds = os.listdir('/proc/self/fd')" + WRONG,
