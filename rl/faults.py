@@ -39,14 +39,6 @@ PAUSE_S = 300.0  # longer than any test waits for the node to die
 _calls: Counter[str] = Counter()
 
 
-def armed(role: str) -> bool:
-    """Whether any fault mode in the environment can stop ``role`` (for a caller that adds a kill point)."""
-    targeted = [
-        os.environ.get(k, "").split(":", 1)[0] for k in ("DISTILLERY_FAULT_KILL", "DISTILLERY_FAULT_PAUSE")
-    ]
-    return role in targeted or (role in CHAOS_ROLES and bool(os.environ.get("DISTILLERY_FAULT_CHAOS")))
-
-
 def maybe_kill(role: str) -> None:
     """A fault point: one call of ``role``'s work method, which every mode above counts."""
     _calls[role] += 1

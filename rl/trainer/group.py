@@ -10,17 +10,12 @@ import torch
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import remove_placement_group
 
-from rl import faults
 from rl.config import AlgorithmConfig, ClusterConfig, TrainerConfig
 from rl.placement import actor_bundle, in_group, role_placement_group, unresponsive
 from rl.trainer.backends import BACKENDS
 from rl.trainer.torch_backend import DistInfo, free_port
 from rl.trainer.worker import ACTORS
 from rl.types import DistillPart, LossNormalizer, TrainBatch
-
-
-def _rank_fault_point(rank: Any) -> None:
-    faults.maybe_kill("trainer")
 
 
 class TrainerDiedError(RuntimeError):
@@ -122,7 +117,6 @@ class TrainerGroup:
         """One OPD optimizer step: rank ``r`` trains on ``parts_by_rank[r]`` with the teacher hidden states
         behind ``hidden_by_rank[r]`` (Ray resolves them in the rank's process). Per-teacher KL is token-weighted
         over ranks: ``opd/kl/<teacher>``, ``opd/tokens/<teacher>``."""
-        self._fault_point()
         results = self._get([r.distill_step.remote(parts, total_tokens, *hidden)
                            for r, parts, hidden in zip(self.ranks, parts_by_rank, hidden_by_rank, strict=True)])  # fmt: skip
         merged = {k: results[0][k] for k in ("train/grad_norm", "train/lr", "train/nonfinite")}
@@ -136,13 +130,6 @@ class TrainerGroup:
             )
         merged["train/tokens"] = float(total_tokens)
         return merged
-
-    def _fault_point(self) -> None:
-        """Fault tests only (``rl.faults``): the OPD step has no kill point of its own, as ``train_step`` has, so
-        each rank gets one queued just ahead of the step (an actor runs one caller's calls in order)."""
-        if faults.armed("trainer"):
-            for rank in self.ranks:
-                rank.__ray_call__.remote(_rank_fault_point)  # type: ignore[attr-defined]
 
     def export_weights(self) -> ray.ObjectRef:
         """A reference to rank 0's weights in the object store (no copy through the controller).

@@ -295,6 +295,7 @@ class TorchTrainer:
         """One optimizer step of on-policy distillation over ``parts`` (grouped by teacher); ``hidden[i]`` is
         the teacher's hidden states for ``parts[i]``. ``total_tokens`` counts the trained tokens of the whole
         batch (all ranks, all parts), so the loss is the weighted token-mean of reference §8.2."""
+        maybe_kill("trainer")
         self._zero_grad()
         sums: dict[str, float] = {"train/loss": 0.0}
         calls = [
