@@ -26,6 +26,8 @@ LIMITS = Limits(timeout_s=3.0, cpu_s=2, memory_mb=256)
 CTYPES_SO = importlib.util.find_spec("_ctypes").origin  # type: ignore[union-attr]
 CFFI_SO = importlib.util.find_spec("_cffi_backend").origin  # type: ignore[union-attr]
 SITE_PACKAGES = str(Path(CFFI_SO).parent)  # type: ignore[arg-type]
+# The forged-frame attacks write to every descriptor number up to 65535: the value channel keeps the number it
+# has in the parent, which is above 63 in a test process that holds many files (CI's did; the attack then missed it).
 # A forged frame that claims every test passed without values: rows end before the tests do.
 FORGED_EMPTY = '\\nSBXV1 [[], null, ""]\\n'
 # A forged frame whose rows are for sites the tests do not have.
@@ -248,7 +250,7 @@ def f(n):
     },
     # ------------------------------------------------------------------------ descriptors, /proc, other runs
     "forged frames on every descriptor": {
-        "program": "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'"
+        "program": "import os\nfor fd in range(3, 65536):\n    try:\n        os.write(fd, b'"
         + FORGED_PASSED
         + "')\n    except OSError:\n        pass"
         + WRONG,
@@ -256,7 +258,7 @@ def f(n):
         "detail": "test 1/3",
     },
     "forged empty frame, then exit": {
-        "program": "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'"
+        "program": "import os\nfor fd in range(3, 65536):\n    try:\n        os.write(fd, b'"
         + FORGED_EMPTY
         + "')\n    except OSError:\n        pass\nos._exit(0)"
         + WRONG,
@@ -264,7 +266,7 @@ def f(n):
         "detail": "end before the tests do",
     },
     "forged frame out of step, then exit": {
-        "program": "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'"
+        "program": "import os\nfor fd in range(3, 65536):\n    try:\n        os.write(fd, b'"
         + FORGED_STEP
         + "')\n    except OSError:\n        pass\nos._exit(0)"
         + WRONG,
@@ -272,7 +274,7 @@ def f(n):
         "detail": "out of step",
     },
     "forged 'passed' end, then exit": {
-        "program": "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'"
+        "program": "import os\nfor fd in range(3, 65536):\n    try:\n        os.write(fd, b'"
         + FORGED_PASSED
         + "')\n    except OSError:\n        pass\nos._exit(0)"
         + WRONG,
@@ -280,7 +282,7 @@ def f(n):
         "detail": "unknown reason",
     },
     "forged values for a trusted loop": {
-        "program": "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'"
+        "program": "import os\nfor fd in range(3, 65536):\n    try:\n        os.write(fd, b'"
         + FORGED_LOOP
         + "')\n    except OSError:\n        pass\nos._exit(0)"
         + WRONG,
@@ -289,15 +291,13 @@ def f(n):
         "detail": "test 1/1",
     },
     "forged rows cut short for a trusted loop": {
-        "program": "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'"
+        "program": "import os\nfor fd in range(3, 65536):\n    try:\n        os.write(fd, b'"
         + FORGED_EMPTY
         + "')\n    except OSError:\n        pass\nos._exit(0)"
         + WRONG,
         "tests": "for i in range(1, 4):\n    assert f(i) == i * 2",
         "reason": "runtime_error",
-        # the judge finds the rows end early ("... end before the tests do") or, where the forged frame reached
-        # no value channel (fallback's second stage), the run exits 0 "before the tests finished": short either way
-        "detail": "before the tests",
+        "detail": "end before the tests do",
     },
     "listing /proc/self/fd": {
         "program": "import os\nfds = os.listdir('/proc/self/fd')" + WRONG,
@@ -463,8 +463,13 @@ def attacked(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         )
         jobs.append(SandboxJob(program, case.get("tests", TESTS), limits=LIMITS))
     before = set(_children(os.getpid()))
-    with SandboxPool(workers=4, isolation=mode) as pool:
-        results = pool.map(jobs)
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(100)]  # channels numbered above 100, as in a busy process
+    try:
+        with SandboxPool(workers=4, isolation=mode) as pool:
+            results = pool.map(jobs)
+    finally:
+        for fd in held:
+            os.close(fd)
     left = set(_children(os.getpid())) - before  # at once: every child is reaped before map returns
     return mode, canaries, dict(zip(CASES, results, strict=True)), sorted(left)
 
