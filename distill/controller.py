@@ -197,7 +197,8 @@ class DistillController:
     def summary(self) -> dict[str, Any]:
         start, last = self.history.get("eval_start", {}), self.history.get("eval_last", {})
         summary: dict[str, Any] = {"steps": self.cfg.steps, "checkpoint": self.last_checkpoint,
-                                   "rollout/fp4_mode": self.rollout.fp4_mode}  # fmt: skip
+                                   "rollout/fp4_mode": self.rollout.fp4_mode,
+                                   "rollout/weight_sync": self.trainer.weight_sync}  # fmt: skip
         summary |= {f"{k}_start": v for k, v in start.items()} | last | self.history.get("last_step", {})
         return summary
 

@@ -103,7 +103,10 @@ def resource_needs(cfg: DistillRunConfig, routes: list[Route]) -> dict[str, dict
     from rl.placement import role_needs
 
     n_teachers = len({route.teacher.name for route in routes})
-    teachers = {"CPU": cfg.distill.teacher_cpus * n_teachers, "GPU": cfg.cluster.actor_gpus * n_teachers}
+    teachers = {
+        "CPU": cfg.distill.teacher_cpus * n_teachers,
+        "GPU": (cfg.cluster.actor_gpus or 0) * n_teachers,
+    }
     return {"rollout": role_needs(cfg.rollout.num_workers, cfg.cluster),
             "trainer": role_needs(cfg.trainer.num_ranks, cfg.cluster),
             "teacher": {k: v for k, v in teachers.items() if v > 0}}  # fmt: skip
@@ -120,6 +123,7 @@ def start_workers(cfg: DistillRunConfig, student: str, routes: list[Route], env:
     trainer = TrainerGroup(student, trainer_cfg, AlgorithmConfig(), cfg.cluster, cfg.steps, cfg.model.dtype,
                            cfg.seed, env, cfg.rollout.temperature, cfg.fp4)  # fmt: skip
     rollout = RolloutGroup(student, cfg.rollout, cfg.cluster, env, cfg.fp4)
+    trainer.connect_weights(cfg.cluster.weight_sync, rollout.device_uuids())
     teachers = TeacherGroup({r.teacher.name: (r.teacher.checkpoint, r.teacher.fp4) for r in routes},
                             cfg.model.dtype, cfg.cluster, cfg.distill.teacher_cpus, env)  # fmt: skip
     d = cfg.distill
@@ -134,7 +138,7 @@ def run(cfg: DistillRunConfig) -> dict[str, Any]:
     from rl.checkpoint import load_state
     from rl.controller import sampling_params
     from rl.models import load_tokenizer
-    from rl.placement import check_resources
+    from rl.placement import check_resources, share_gpus
     from rl.tracking import Tracker, truncate_metrics
     from specialists.registry import registry_path
 
@@ -150,6 +154,8 @@ def run(cfg: DistillRunConfig) -> dict[str, Any]:
     run_dir = Path(cfg.runs_root) / cfg.run_name
     checkpoint = prepare_run_dir(run_dir, cfg.resume, cfg)
     init_ray(cfg.cluster)
+    actors = cfg.rollout.num_workers + cfg.trainer.num_ranks + len({route.teacher.name for route in routes})
+    cfg = dataclasses.replace(cfg, cluster=share_gpus(cfg.cluster, actors))
     check_resources(resource_needs(cfg, routes))
     env = forwarded_env()
     state = load_state(checkpoint) if checkpoint else {}

@@ -106,7 +106,9 @@ def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGro
         model_path, cfg.trainer, cfg.algorithm, cfg.cluster, cfg.steps, cfg.model.dtype, cfg.seed, env,
         cfg.rollout.temperature, cfg.fp4,
     )  # fmt: skip
-    return trainer, RolloutGroup(model_path, cfg.rollout, cfg.cluster, env, cfg.fp4)
+    rollout = RolloutGroup(model_path, cfg.rollout, cfg.cluster, env, cfg.fp4)
+    trainer.connect_weights(cfg.cluster.weight_sync, rollout.device_uuids())
+    return trainer, rollout
 
 
 def restore(
@@ -130,6 +132,7 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     from rl.batching import TaskStream
     from rl.controller import SpecialistController, response_budget
     from rl.models import load_tokenizer, model_context
+    from rl.placement import share_gpus
     from rl.tracking import Tracker
 
     check_backends(cfg)
@@ -144,6 +147,9 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     )  # written only once the data, model and context are known good
     checkpoint = prepare_run_dir(run_dir, cfg.resume, cfg)
     init_ray(cfg.cluster)
+    cfg = dataclasses.replace(
+        cfg, cluster=share_gpus(cfg.cluster, cfg.rollout.num_workers + cfg.trainer.num_ranks)
+    )
     trainer, rollout = start_workers(cfg, model_path)
     stream = TaskStream(train_tasks, seed=cfg.specialist.data_seed)
     state = restore(checkpoint, run_dir, trainer, rollout, stream) if checkpoint else {}

@@ -299,18 +299,29 @@ class LoggerConfig:
                                       "sample_rows": at_least(0)})  # fmt: skip
 
 
+WEIGHT_SYNC_MODES = ("auto", "object_store", "cuda_ipc")  # rl/weight_sync.py
+
+
 @dataclass
 class ClusterConfig:
     address: str | None = None  # Ray address; None starts (or joins, inside a Ray job) a local Ray
     num_cpus: int | None = None  # CPUs of a local Ray started by the job; None = all
     torch_threads: int = 0  # intra-op threads per actor; 0 = all cores of the machine
     actor_cpus: float = 1.0  # Ray CPUs reserved per actor
-    actor_gpus: float = 0.0  # Ray GPUs per actor; 0.5 colocates a trainer rank and a rollout worker per GPU
+    # Ray GPUs per actor (0.5 colocates a trainer rank and a rollout worker on a GPU); None = the cluster's GPUs
+    # shared evenly by the job's actors, at most 1 each (0 on a cluster without GPUs)
+    actor_gpus: float | None = None
+    weight_sync: str = "auto"  # trainer -> rollout: auto | object_store | cuda_ipc (actors sharing one GPU)
 
     def __post_init__(self) -> None:
         check_fields("cluster", self, {"address": optional(non_empty()), "num_cpus": optional(at_least(1)),
                                        "torch_threads": at_least(0), "actor_cpus": at_least(0),
-                                       "actor_gpus": at_least(0)})  # fmt: skip
+                                       "actor_gpus": optional(at_least(0)),
+                                       "weight_sync": one_of(WEIGHT_SYNC_MODES)})  # fmt: skip
+        if self.weight_sync == "cuda_ipc" and self.actor_gpus == 0:
+            raise ValueError(
+                "cluster.weight_sync=cuda_ipc needs the actors on a GPU (cluster.actor_gpus > 0)"
+            )
 
 
 @dataclass

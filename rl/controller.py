@@ -305,6 +305,7 @@ class SpecialistController:
             "steps": self.cfg.steps,
             "checkpoint": self.last_checkpoint,
             "rollout/fp4_mode": self.rollout.fp4_mode,  # packed | simulated | none
+            "rollout/weight_sync": self.trainer.weight_sync,  # object_store | cuda_ipc
         }
         summary |= {f"{k}_start": v for k, v in start.items() if not k.startswith("perf/")}
         summary |= {k: v for k, v in last.items()}

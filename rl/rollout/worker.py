@@ -20,6 +20,7 @@ from rl.config import RolloutConfig
 from rl.faults import maybe_kill
 from rl.fp4.qat import payload_nbytes
 from rl.types import Rollout, SamplingParams
+from rl.weight_sync import SharedImport, SharedWeights, device_uuid
 
 ENGINES = ("hf", "vllm")
 
@@ -55,6 +56,7 @@ class RolloutWorker:
         # Ray pins a 1-CPU actor to one thread (OMP_NUM_THREADS=1); roles run one at a time, so use the cores.
         torch.set_num_threads(threads or os.cpu_count() or 1)
         self.engine = build_engine(model_path, cfg, dtype, fp4)
+        self.shared = SharedImport()  # the trainer's CUDA buffer, mapped once (cluster.weight_sync=cuda_ipc)
         print(f"rollout worker: engine={cfg.engine} rollout/fp4_mode={self.engine.fp4_mode}", flush=True)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
@@ -62,11 +64,19 @@ class RolloutWorker:
         maybe_kill("rollout")
         return self.engine.generate(prompts, params)
 
-    def load_weights(self, state: dict[str, Any]) -> tuple[float, int]:
-        """Take new policy weights; returns (seconds, bytes received)."""
+    def load_weights(self, state: dict[str, Any] | SharedWeights) -> tuple[float, int]:
+        """Take new policy weights (a payload, or the trainer's shared CUDA buffer); returns (seconds, bytes)."""
         start = time.perf_counter()
+        if isinstance(state, SharedWeights):
+            self.engine.load_weights(self.shared.open(state))
+            torch.cuda.synchronize()  # copied out before the trainer's next export overwrites the buffer
+            return time.perf_counter() - start, state.nbytes
         self.engine.load_weights(state)
         return time.perf_counter() - start, payload_nbytes(state)
+
+    def device_uuid(self) -> str:
+        """This worker's GPU ("" on CPU)."""
+        return device_uuid()
 
     def dequantized_weights(self) -> dict[str, torch.Tensor]:
         """What each FP4 linear multiplies by (float32), keyed like the trainer's weights."""

@@ -34,6 +34,7 @@ import torch
 from rl.config import TrainerConfig
 from rl.fp4.qat import export_weights, fake_quant_weights, to_cpu
 from rl.trainer.torch_backend import TorchTrainer, lr_lambda
+from rl.weight_sync import SharedWeights
 
 ZERO_STAGES = (1, 2, 3)
 CHECKPOINT_DIR, CHECKPOINT_TAG = "deepspeed", "state"
@@ -151,6 +152,12 @@ class DeepSpeedTrainer(TorchTrainer):
         """Rank 0: the full weights with QAT linears packed as FP4; other ranks: {} (collective)."""
         with self._gathered():
             return to_cpu(export_weights(self.model, self.qat_names, self.fp4)) if self.dist.rank == 0 else {}
+
+    def export_shared(self) -> SharedWeights | None:
+        """``export_weights`` into rank 0's shared CUDA buffer, as the torch backend's (collective)."""
+        with self._gathered():
+            state = export_weights(self.model, self.qat_names, self.fp4) if self.dist.rank == 0 else None
+        return self.shared.export(state) if state is not None else None
 
     def fake_quant_weights(self) -> dict[str, torch.Tensor]:
         with self._gathered():

@@ -16,6 +16,7 @@ from rl.trainer.backends import BACKENDS
 from rl.trainer.torch_backend import DistInfo, free_port
 from rl.trainer.worker import ACTORS
 from rl.types import DistillPart, LossNormalizer, TrainBatch
+from rl.weight_sync import choose
 
 
 class TrainerDiedError(RuntimeError):
@@ -41,6 +42,9 @@ class TrainerGroup:
         if cfg.backend not in BACKENDS:
             raise ValueError(f"unknown trainer.backend {cfg.backend!r}; valid: {', '.join(BACKENDS)}")
         self.cfg = cfg
+        self.weight_sync = (
+            "object_store"  # or cuda_ipc: set by connect_weights once the rollout workers exist
+        )
         self.group = role_placement_group("trainer", [actor_bundle(cluster) for _ in range(cfg.num_ranks)])
         port = free_port()
         self.ranks = [
@@ -132,12 +136,19 @@ class TrainerGroup:
         return merged
 
     def export_weights(self) -> ray.ObjectRef:
-        """A reference to rank 0's weights in the object store (no copy through the controller).
+        """A reference to rank 0's weights in the object store (no copy through the controller), or, with
+        ``weight_sync == "cuda_ipc"``, to the IPC handle of the CUDA buffer rank 0 packed them into.
 
         Every rank takes part (a sharded backend gathers the full weights collectively); the others return {}.
         """
-        refs = [r.export_weights.remote() for r in self.ranks]
+        shared = self.weight_sync == "cuda_ipc"
+        refs = [(r.export_shared if shared else r.export_weights).remote() for r in self.ranks]
         return refs[0]
+
+    def connect_weights(self, mode: str, worker_uuids: list[str]) -> str:
+        """Pick the weight path for ``cluster.weight_sync=mode`` given the rollout workers' GPUs; returns it."""
+        self.weight_sync = choose(mode, self._get([self.ranks[0].device_uuid.remote()])[0], worker_uuids)
+        return self.weight_sync
 
     def fake_quant_weights(self) -> dict[str, torch.Tensor]:
         """Rank 0's fake-quantized QAT weights (every rank takes part, as in ``export_weights``)."""

@@ -30,6 +30,7 @@ from rl.faults import maybe_kill
 from rl.fp4.qat import HostStaging, apply_qat, export_weights, fake_quant_weights, to_cpu
 from rl.models import lm_head_weight, load_model
 from rl.types import DistillPart, LossNormalizer, TrainBatch, predicting_mask
+from rl.weight_sync import SharedExport, SharedWeights, device_uuid
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class TorchTrainer:
         self._nan_after = int(nan_after) if nan_after else None
         self._train_calls = 0
         self.staging = HostStaging() if self.device.type == "cuda" else None  # pinned buffers for exports
+        self.shared = SharedExport()  # the CUDA buffer colocated rollout workers map (cluster.weight_sync)
 
     always_distributed = False  # backends that need a process group even on one rank
 
@@ -370,6 +372,17 @@ class TorchTrainer:
         if self.dist.rank != 0:
             return {}
         return to_cpu(export_weights(self.model, self.qat_names, self.fp4), self.staging)
+
+    def export_shared(self) -> SharedWeights | None:
+        """``export_weights`` packed into this rank's CUDA buffer, answered by its IPC handle (rank 0; others
+        None): for rollout workers on the same GPU (``rl.weight_sync``)."""
+        if self.dist.rank != 0:
+            return None
+        return self.shared.export(export_weights(self.model, self.qat_names, self.fp4))
+
+    def device_uuid(self) -> str:
+        """This rank's GPU ("" on CPU): rollout workers on the same GPU take the weights by CUDA IPC."""
+        return device_uuid()
 
     def fake_quant_weights(self) -> dict[str, torch.Tensor]:
         """The weights each QAT linear multiplies by in the training forward (rank 0; for the bitwise check)."""
