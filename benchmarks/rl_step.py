@@ -2,6 +2,11 @@
 
     python -m benchmarks.rl_step --out $OUT/rl_step.json          # GPU: Qwen3-0.6B shape, 4 prompts x 8, 256 tokens
     python -m benchmarks.rl_step --cpu                             # CPU smoke run: tiny model (what make test runs)
+    python -m benchmarks.rl_step --no-trl --variants mxfp4 --job auto,object_store --larger 32   # the job's step
+
+With ``--job``, each variant also runs through what a job runs (a RolloutGroup and a TrainerGroup of Ray actors
+sharing the GPU, batches crossing Ray, weights by CUDA IPC or the object store), alternating with the plain
+classes, and the output adds each job row's ratio to its plain row and what the actors add per phase.
 
 One step = rollout of ``prompts x group`` completions generated to exactly ``new_tokens`` tokens (EOS ignored),
 rewards, GRPO advantages, a log-prob recompute of the batch, one optimizer step, and the weight push to the
@@ -34,7 +39,7 @@ from rl.models import load_tokenizer, smollm2_path, tiny_qwen3_config, token_id
 from rl.rollout.hf import HFEngine
 from rl.sft import chat_prompt_ids
 from rl.trainer.torch_backend import TorchTrainer
-from rl.types import LossNormalizer, SamplingParams
+from rl.types import LossNormalizer, Rollout, SamplingParams, TrainBatch
 from specialists.synthetic import math_tasks
 
 PHASES = ("rollout", "logprob", "train", "sync")
@@ -118,11 +123,28 @@ class Ours:
         self.engine = HFEngine.from_path(path, rollout, setup.dtype, fp4)
         self.trainer = TorchTrainer(path, TrainerConfig(lr=1e-6, micro_batch_size=micro_batch), AlgorithmConfig(),
                                     total_steps=steps, dtype=setup.dtype, fp4=fp4)  # fmt: skip
-        tokenizer = self.engine.tokenizer
-        self.pad_id = token_id(tokenizer, "pad")
         self.name = f"ours (FP4 {fp4}, decode={self.engine.decode})"
-        self.prompts = [chat_prompt_ids(tokenizer, q) for q in questions for _ in range(setup.group)]
+        self._prepare(self.engine.tokenizer, questions)
+
+    def _prepare(self, tokenizer: Any, questions: list[str]) -> None:
+        self.pad_id = token_id(tokenizer, "pad")
+        self.prompts = [chat_prompt_ids(tokenizer, q) for q in questions for _ in range(self.setup.group)]
         self.calls = 0
+
+    # the four phases; Job runs them through the job's Ray actor groups
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
+        return self.engine.generate(prompts, params)
+
+    def logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        return self.trainer.forward_logprobs(batch)
+
+    def train(self, batch: TrainBatch) -> dict[str, float]:
+        return self.trainer.train_step(
+            batch, LossNormalizer(batch.num_tokens, batch.num_sequences, self.setup.new_tokens)
+        )
+
+    def push(self) -> None:
+        self.engine.load_weights(self.trainer.export_weights())
 
     def step(self, questions: int | None = None) -> tuple[float, dict[str, float]]:
         """(seconds, seconds per phase) of one step over the first ``questions`` questions (all by default)."""
@@ -134,24 +156,66 @@ class Ours:
         self.calls += 1
         sync(dev)
         t0 = time.perf_counter()
-        rollouts = self.engine.generate(prompts, params)
+        rollouts = self.generate(prompts, params)
         t1 = time.perf_counter()
         rewards_NG = torch.tensor([vowel_share(r.text) for r in rollouts]).view(-1, s.group)
         advantages_NG, _ = grpo(rewards_NG)
         batch = build_train_batch(rollouts, advantages_NG.flatten().tolist(), self.pad_id)
-        batch = replace(batch, old_logprobs_BT=self.trainer.forward_logprobs(batch))
+        batch = replace(batch, old_logprobs_BT=self.logprobs(batch))
         sync(dev)
         t2 = time.perf_counter()
-        norm = LossNormalizer(batch.num_tokens, batch.num_sequences, s.new_tokens)
-        metrics = self.trainer.train_step(batch, norm)
+        metrics = self.train(batch)
         sync(dev)
         t3 = time.perf_counter()
-        self.engine.load_weights(self.trainer.export_weights())
+        self.push()
         sync(dev)
         t4 = time.perf_counter()
         if not all(len(r.response_ids) == s.new_tokens for r in rollouts) or metrics["train/nonfinite"]:
-            raise RuntimeError("ours: a completion ended early or the step was not finite")
+            raise RuntimeError(f"{self.name}: a completion ended early or the step was not finite")
         return t4 - t0, dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True))
+
+    def close(self) -> None:
+        pass
+
+
+class Job(Ours):
+    """The same step through what a job runs: a RolloutGroup and a TrainerGroup of Ray actors sharing the GPU
+    (``cluster.actor_gpus`` = ``gpu_share``), batches and rollouts crossing Ray, weights by ``weight_sync``."""
+
+    def __init__(self, setup: Setup, questions: list[str], fp4: str, micro_batch: int, steps: int, decode: str,
+                 weight_sync: str, gpu_share: float):  # fmt: skip
+        from jobs.common import forwarded_env
+        from rl.config import ClusterConfig
+        from rl.rollout.group import RolloutGroup
+        from rl.trainer.group import TrainerGroup
+
+        self.setup, self.fp4 = setup, fp4
+        path, env = str(setup.model_dir), forwarded_env()
+        gpus = gpu_share if setup.device.type == "cuda" else 0.0
+        cluster = ClusterConfig(actor_cpus=1, actor_gpus=gpus, weight_sync=weight_sync, torch_threads=1)
+        rollout = RolloutConfig(max_batch_size=len(questions) * setup.group, decode=decode)
+        self.rollout = RolloutGroup(path, rollout, cluster, env, fp4)
+        self.trainer = TrainerGroup(path, TrainerConfig(lr=1e-6, micro_batch_size=micro_batch), AlgorithmConfig(),
+                                    cluster, steps, setup.dtype, 0, env, 1.0, fp4)  # fmt: skip
+        path_taken = self.trainer.connect_weights(weight_sync, self.rollout.device_uuids())
+        self.name = f"job (FP4 {fp4}, Ray actors, weights by {path_taken})"
+        self._prepare(load_tokenizer(path), questions)
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
+        return self.rollout.generate(prompts, params)
+
+    def logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        return self.trainer.forward_logprobs(batch)
+
+    def train(self, batch: TrainBatch) -> dict[str, float]:
+        return self.trainer.train_step(batch, self.setup.new_tokens)
+
+    def push(self) -> None:
+        self.rollout.push_weights(self.trainer.export_weights())
+
+    def close(self) -> None:
+        self.trainer.shutdown()
+        self.rollout.shutdown()
 
 
 def trl_trainer(setup: Setup, out_dir: str, steps: int, callback: Any) -> Any:
@@ -274,6 +338,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--larger", default="", help="more prompt counts for ours alone after the duel, e.g. 16,32"
     )
     parser.add_argument("--no-trl", action="store_true", help="time ours only")
+    parser.add_argument(
+        "--job", default="", help="also each variant through the job's Ray actors, weights by: auto, object_store, "
+        "cuda_ipc (comma-separated; the actors share the GPU evenly)",
+    )  # fmt: skip
     parser.add_argument("--out", default="", help="write the rows as JSON here")
     args = parser.parse_args(argv)
     gpu = torch.cuda.is_available() and not args.cpu
@@ -286,7 +354,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.device = "cuda" if gpu else "cpu"
     if args.group < 2:
         parser.error("--group must be >= 2 (GRPO normalises within a group)")
+    args.job = [m for m in args.job.split(",") if m]
+    if bad := [m for m in args.job if m not in ("auto", "object_store", "cuda_ipc")]:
+        parser.error(f"--job {','.join(bad)}: valid weight paths are auto, object_store, cuda_ipc")
     return args
+
+
+def ray_overhead(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each job row against the plain-class row of its FP4 setting and batch: step ratio and, per phase, the
+    seconds the actors add (negative where the job is faster)."""
+    out = []
+    for job in [r for r in rows if r["engine"].startswith("job ")]:
+        fp4 = job["engine"].split("FP4 ")[1].split(",")[0]
+        plain = next(r for r in rows if r["engine"].startswith(f"ours (FP4 {fp4},")
+                     and r["completions"] == job["completions"])  # fmt: skip
+        out.append({
+            "job": job["engine"], "plain": plain["engine"], "completions": job["completions"],
+            "step_ratio": job["step_s"] / plain["step_s"],
+            "added_s": {p: job["phases_s"][p] - plain["phases_s"][p] for p in PHASES},
+        })  # fmt: skip
+    return out
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -301,8 +388,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         questions = [t.prompt for t in math_tasks(max([args.prompts, *larger]), "heldout")]
         setup = Setup(model_dir, questions[: args.prompts], args.group, args.new_tokens, dtype, device)
         total = args.warmup + args.steps
-        ours = [Ours(setup, questions, fp4, args.micro_batch, total * (1 + len(larger)), args.decode)
-                for fp4 in args.variants.split(",")]  # fmt: skip
+        steps = total * (1 + len(larger))
+        ours = [
+            Ours(setup, questions, fp4, args.micro_batch, steps, args.decode)
+            for fp4 in args.variants.split(",")
+        ]
+        if args.job:
+            import ray
+
+            ray.init(num_cpus=max(4, os.cpu_count() or 1), num_gpus=1 if device.type == "cuda" else 0,
+                     include_dashboard=False, log_to_driver=False)  # fmt: skip
+            share = 1 / (2 * len(args.job) * len(args.variants.split(",")))  # 2 actors per job variant
+            ours += [Job(setup, questions, fp4, args.micro_batch, steps, args.decode, mode, share)
+                     for fp4 in args.variants.split(",") for mode in args.job]  # fmt: skip
         if args.no_trl:
             timings = [Timings(o.name) for o in ours]
             for _ in range(total):
@@ -322,11 +420,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     seconds, phases = engine.step(n)
                     t.add(seconds, peak_gib(device), phases)
                 rows.append(t.row(big, args.warmup))
+        for engine in ours:
+            engine.close()
     print(f"\n{args.model} ({dtype}), {args.prompts} prompts x {args.group}, {args.new_tokens} new tokens, "
           f"median of {args.steps} steps after {args.warmup} warm-up, on {name}\n")  # fmt: skip
     print(table(rows))
+    overhead = ray_overhead(rows)
+    for o in overhead:
+        added = ", ".join(f"{p} {1e3 * v:+.0f} ms" for p, v in o["added_s"].items())
+        print(f"{o['job']} vs {o['plain']}, {o['completions']} completions: {o['step_ratio']:.2f}x ({added})")
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": name, "args": vars(args), "rows": rows}, indent=2))
+        result = {"device": name, "args": vars(args), "rows": rows, "ray_overhead": overhead}
+        Path(args.out).write_text(json.dumps(result, indent=2))
     return rows
 
 

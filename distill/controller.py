@@ -31,6 +31,7 @@ from rl.controller import (
     specialist_scores,
     turn_metrics,
 )
+from rl.failures import named_actor_failures
 from rl.models import token_id
 from rl.rollout.multiturn import Generate
 from rl.sft import chat_prompt_ids
@@ -102,27 +103,32 @@ class DistillController:
         self.guard = NonFiniteGuard(cfg.trainer.max_nonfinite_steps)
         self.history: dict[str, Any] = {}
         self.last_checkpoint: str | None = None
+        self.step = 0  # the step running (0: the start eval)
         self._clock: tuple[float, int] | None = None
 
     def run(self, start_step: int = 0) -> dict[str, Any]:
         """Steps ``start_step + 1 .. cfg.steps``; returns the summary."""
-        if start_step == 0:
-            self.history["eval_start"] = self.evaluate(0)
-            self.tracker.log(self.history["eval_start"], 0)
-        for step in range(start_step + 1, self.cfg.steps + 1):
-            started = time.perf_counter()
-            batches, metrics = self.sample(step)
-            metrics |= self.train(batches, step)
-            metrics |= self.rollout.push_weights(self.trainer.export_weights())
-            metrics["perf/step_s"] = time.perf_counter() - started
-            if step == self.cfg.steps or (self.cfg.eval_every and step % self.cfg.eval_every == 0):
-                metrics |= self.evaluate(step)
-                self.history["eval_last"] = {k: v for k, v in metrics.items() if k.startswith("eval/")}
-            self.tracker.log(metrics, step)
-            self.history["last_step"] = {k: v for k, v in metrics.items() if k.startswith(("opd/", "train/"))}
-            self._progress(step, metrics)
-            if step == self.cfg.steps or step % self.cfg.checkpoint_every == 0:
-                self.checkpoint(step)
+        with named_actor_failures(lambda: self.step, lambda: self.last_checkpoint):
+            if start_step == 0:
+                self.history["eval_start"] = self.evaluate(0)
+                self.tracker.log(self.history["eval_start"], 0)
+            for step in range(start_step + 1, self.cfg.steps + 1):
+                self.step = step
+                started = time.perf_counter()
+                batches, metrics = self.sample(step)
+                metrics |= self.train(batches, step)
+                metrics |= self.rollout.push_weights(self.trainer.export_weights())
+                metrics["perf/step_s"] = time.perf_counter() - started
+                if step == self.cfg.steps or (self.cfg.eval_every and step % self.cfg.eval_every == 0):
+                    metrics |= self.evaluate(step)
+                    self.history["eval_last"] = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+                self.tracker.log(metrics, step)
+                self.history["last_step"] = {
+                    k: v for k, v in metrics.items() if k.startswith(("opd/", "train/"))
+                }
+                self._progress(step, metrics)
+                if step == self.cfg.steps or step % self.cfg.checkpoint_every == 0:
+                    self.checkpoint(step)
         return self.summary()
 
     def sampling(self, seed: int, temperature: float | None = None) -> SamplingParams:

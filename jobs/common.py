@@ -457,6 +457,7 @@ RETRYABLE = (
     "rl.trainer.group:TrainerDiedError",
     "rl.tracking:DiskFullError",
 )  # a retry with resume=true can succeed
+ACTOR_FAILED = ("rl.failures:ActorFailedError",)  # exit 3 (retryable) for a GPU fault, else 1
 
 
 def remove_if_untouched(run_dir: Path) -> None:
@@ -482,3 +483,6 @@ def user_errors(created: Path | None = None) -> Iterator[None]:
     except _loaded(RETRYABLE) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(RETRYABLE_EXIT)
+    except _loaded(ACTOR_FAILED) as err:  # an actor's method raised: a GPU fault can pass on a resubmit
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(RETRYABLE_EXIT if getattr(err, "retryable", False) else 1)

@@ -34,7 +34,7 @@ from jobs.common import (
     prepare_run_dir,
     resolve_model_path,
 )
-from jobs.train_specialist import check_backends
+from jobs.train_specialist import check_backends, check_memory
 from rl.config import AlgorithmConfig, DistillRunConfig
 
 if TYPE_CHECKING:
@@ -157,6 +157,8 @@ def run(cfg: DistillRunConfig) -> dict[str, Any]:
     actors = cfg.rollout.num_workers + cfg.trainer.num_ranks + len({route.teacher.name for route in routes})
     cfg = dataclasses.replace(cfg, cluster=share_gpus(cfg.cluster, actors))
     check_resources(resource_needs(cfg, routes))
+    teachers = {r.teacher.name: (r.teacher.checkpoint, r.teacher.fp4) for r in routes}
+    check_memory(cfg, student, cfg.prompts_per_step, cfg.rollout.max_new_tokens, teachers)
     env = forwarded_env()
     state = load_state(checkpoint) if checkpoint else {}
     history = state.get("history", {})

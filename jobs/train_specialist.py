@@ -89,6 +89,28 @@ def check_inputs(cfg: SpecialistRunConfig) -> None:
     check_cluster(cfg.cluster)
 
 
+def check_memory(cfg: SpecialistRunConfig | DistillRunConfig, model_path: str, sequences: int, tokens: int,
+                 teachers: dict[str, tuple[str, str]] | None = None) -> None:  # fmt: skip
+    """Each actor's least GPU memory against its share of this machine's GPU, before any actor starts
+    (``rl.memory``; no GPU here or CPU actors: nothing to check). ``sequences`` per step, ``tokens`` of
+    response each; ``teachers``: name -> (checkpoint, FP4 format)."""
+    from rl.memory import ModelShape, check_gpu_memory, local_gpu, rollout_needs, trainer_needs
+
+    gpu = local_gpu()
+    if gpu is None or not cfg.cluster.actor_gpus:
+        return
+    shape, dtype = ModelShape.of(model_path, cfg.fp4), cfg.model.dtype
+    batch = min(cfg.rollout.max_batch_size, -(-sequences // cfg.rollout.num_workers))
+    reference = isinstance(cfg, SpecialistRunConfig) and cfg.algorithm.kl_coef > 0
+    needs = {"trainer rank": trainer_needs(shape, dtype, reference),
+             "rollout worker": rollout_needs(shape, dtype, cfg.fp4, batch, tokens)}  # fmt: skip
+    for name, (checkpoint, fmt) in (teachers or {}).items():
+        needs[f"teacher {name}"] = {
+            "weights": rollout_needs(ModelShape.of(checkpoint, fmt), dtype, fmt, 0, 0)["weights"]
+        }
+    check_gpu_memory(needs, cfg.cluster.actor_gpus, *gpu)
+
+
 def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGroup, RolloutGroup]:
     """Check the cluster can hold every role, then start the trainer ranks and rollout workers."""
     from rl.placement import check_resources, role_needs
@@ -150,6 +172,7 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     cfg = dataclasses.replace(
         cfg, cluster=share_gpus(cfg.cluster, cfg.rollout.num_workers + cfg.trainer.num_ranks)
     )
+    check_memory(cfg, model_path, cfg.prompts_per_step * cfg.algorithm.group_size, budget)
     trainer, rollout = start_workers(cfg, model_path)
     stream = TaskStream(train_tasks, seed=cfg.specialist.data_seed)
     state = restore(checkpoint, run_dir, trainer, rollout, stream) if checkpoint else {}

@@ -26,6 +26,7 @@ from rl.algorithms.sampling import zero_variance_groups
 from rl.batching import TaskStream, build_train_batch
 from rl.checkpoint import save_checkpoint
 from rl.config import RolloutConfig, SpecialistRunConfig
+from rl.failures import named_actor_failures
 from rl.models import token_id
 from rl.rollout.group import RolloutGroup
 from rl.rollout.multiturn import Generate, multi_turn_rollouts
@@ -144,6 +145,7 @@ class SpecialistController:
         self.guard = NonFiniteGuard(cfg.trainer.max_nonfinite_steps)
         self.history: dict[str, Any] = {}
         self.last_checkpoint: str | None = None
+        self.step = 0  # the step running (0: the start eval)
         self._prompt_cache: dict[str, list[int]] = {}
         self._clock: tuple[float, int] | None = None  # (time, step) of the first step this process ran
         self.multi_turn = hasattr(specialist, "make_env")  # agent specialists: episodes with an environment
@@ -151,23 +153,27 @@ class SpecialistController:
 
     def run(self, start_step: int = 0) -> dict[str, Any]:
         """Steps ``start_step + 1 .. cfg.steps``; returns the run summary."""
-        if start_step == 0:
-            self.history["eval_start"] = self.evaluate(0)
-            self.tracker.log(self.history["eval_start"], 0)
-        for step in range(start_step + 1, self.cfg.steps + 1):
-            started = time.perf_counter()
-            groups, metrics = self.sample_groups(step)
-            metrics |= self.train(groups, step)
-            metrics |= self.sync_weights()
-            metrics["perf/step_s"] = time.perf_counter() - started
-            if step == self.cfg.steps or (self.cfg.eval_every and step % self.cfg.eval_every == 0):
-                metrics |= self.evaluate(step)
-                self.history["eval_last"] = {k: v for k, v in metrics.items() if k.startswith("eval/")}
-            self.tracker.log(metrics, step)
-            self.history["last_step"] = {k: v for k, v in metrics.items() if k.startswith(SUMMARY_PREFIXES)}
-            self._progress(step, metrics)
-            if step == self.cfg.steps or step % self.cfg.checkpoint_every == 0:
-                self.checkpoint(step)
+        with named_actor_failures(lambda: self.step, lambda: self.last_checkpoint):
+            if start_step == 0:
+                self.history["eval_start"] = self.evaluate(0)
+                self.tracker.log(self.history["eval_start"], 0)
+            for step in range(start_step + 1, self.cfg.steps + 1):
+                self.step = step
+                started = time.perf_counter()
+                groups, metrics = self.sample_groups(step)
+                metrics |= self.train(groups, step)
+                metrics |= self.sync_weights()
+                metrics["perf/step_s"] = time.perf_counter() - started
+                if step == self.cfg.steps or (self.cfg.eval_every and step % self.cfg.eval_every == 0):
+                    metrics |= self.evaluate(step)
+                    self.history["eval_last"] = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+                self.tracker.log(metrics, step)
+                self.history["last_step"] = {
+                    k: v for k, v in metrics.items() if k.startswith(SUMMARY_PREFIXES)
+                }
+                self._progress(step, metrics)
+                if step == self.cfg.steps or step % self.cfg.checkpoint_every == 0:
+                    self.checkpoint(step)
         return self.summary()
 
     def prompt_ids(self, task: Task) -> list[int]:

@@ -10,6 +10,8 @@ while writing a checkpoint: weights written, nothing renamed yet).
 - ``DISTILLERY_FAULT_PAUSE=<role>:<N>:<marker file>``: the N-th call of ``<role>`` in a process creates the marker
   and sleeps, so a test can kill the process's node while it is mid-call; a replacement finds the marker and
   does not pause.
+- ``DISTILLERY_FAULT_RAISE=<role>:<N>``: the N-th call of ``<role>`` in a process raises ``INJECTED`` (a CUDA
+  error's text, as a GPU fault inside an actor reads), so a test sees what the job makes of it.
 - ``DISTILLERY_FAULT_CHAOS=<seed>:<count>:<state dir>``: ``count`` kills spread over the rollout, teacher and
   trainer roles at call numbers drawn from ``seed`` (``chaos_schedule``). Calls are counted per role across every
   process and every attempt of a job (``<state dir>/calls-<role>``, under a file lock), so a restarted actor or a
@@ -37,6 +39,7 @@ CHAOS_MAX_GAP = 3
 PAUSE_S = 300.0  # longer than any test waits for the node to die
 
 _calls: Counter[str] = Counter()
+INJECTED = "CUDA error: an illegal memory access was encountered (injected by DISTILLERY_FAULT_RAISE)"
 
 
 def maybe_kill(role: str) -> None:
@@ -47,6 +50,10 @@ def maybe_kill(role: str) -> None:
         if who == role and _calls[role] == int(at) and not Path(marker).exists():
             Path(marker).touch()
             os.kill(os.getpid(), signal.SIGKILL)
+    if spec := os.environ.get("DISTILLERY_FAULT_RAISE"):
+        who, at = spec.split(":", 1)
+        if who == role and _calls[role] == int(at):
+            raise RuntimeError(INJECTED)
     if spec := os.environ.get("DISTILLERY_FAULT_PAUSE"):
         who, at, marker = spec.split(":", 2)
         if who == role and _calls[role] == int(at) and not Path(marker).exists():

@@ -13,6 +13,7 @@ from distill.teacher import TeacherGroup
 from jobs.common import forwarded_env
 from rl.batching import build_train_batch
 from rl.config import ClusterConfig, RolloutConfig
+from rl.faults import INJECTED
 from rl.models import load_model, load_tokenizer
 from rl.rollout.group import RolloutGroup
 from rl.sft import chat_prompt_ids
@@ -116,3 +117,22 @@ def test_a_job_survives_a_killed_rollout_worker_and_a_killed_trainer_stops_it_fo
     ]
     assert sorted(logged) == [0, 1, 2, 3]  # the W&B run (both attempts' offline files): each step once
     assert [m.get("reward/mean") for m in lines] == [m.get("reward/mean") for m in straight]
+
+    # an exception inside an actor (a CUDA error's text): one line naming the actor, its method, the step and
+    # the checkpoint; exit 3, so jobs.submit resubmits with resume=true, which continues from that checkpoint
+    env = {
+        **job_env,
+        "DISTILLERY_FAULT_RAISE": "rollout:4",
+    }  # calls: start eval greedy + sampled, step 1, step 2
+    proc = run_job(env, *common, "run_name=raised", check=False)
+    checkpoint = tmp_path / "raised" / "checkpoints" / "step_000001"
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: RolloutWorker.generate failed at step 2: RuntimeError: {INJECTED}; the last good checkpoint "
+        f"is {checkpoint} (resume=true continues from it)"
+    )
+    assert [m["step"] for m in metrics(tmp_path / "raised")] == [0, 1]
+    run_job(job_env, *common, "run_name=raised", "resume=true")
+    assert [m.get("reward/mean") for m in metrics(tmp_path / "raised")] == [
+        m.get("reward/mean") for m in straight
+    ]

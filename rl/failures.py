@@ -1,0 +1,48 @@
+"""An exception inside an actor (a CUDA error in a rollout worker, say) as one line naming the actor, its
+method and the step, with the checkpoint a resume continues from -- instead of Ray's nested tracebacks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from ray.exceptions import RayTaskError
+
+GPU_FAULTS = ("CUDA error", "CUDA out of memory", "cuDNN error", "CUBLAS_STATUS", "NCCL error")
+
+
+class ActorFailedError(RuntimeError):
+    """An actor's method raised; the job stops. ``retryable``: a GPU fault, which a resubmitted job (resume=true
+    from the last checkpoint) can get past; any other exception would only raise again."""
+
+    def __init__(self, message: str, retryable: bool):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def describe(err: RayTaskError) -> tuple[str, str]:
+    """(``Class.method`` of the actor call that raised, ``ExceptionType: first line`` of what it raised)."""
+    where = (err.proctitle or f"ray::{err.function_name}").removeprefix("ray::").removesuffix("()")
+    cause = err.cause if err.cause is not None else err
+    first = next((line for line in str(cause).splitlines() if line.strip()), "")
+    return where, f"{type(cause).__name__}: {first}".rstrip(": ")
+
+
+@contextmanager
+def named_actor_failures(step: Callable[[], int], checkpoint: Callable[[], str | None]) -> Iterator[None]:
+    """Inside a controller's loop: a ``RayTaskError`` leaves as one ``ActorFailedError`` (``step()`` and
+    ``checkpoint()`` are read when it happens)."""
+    try:
+        yield
+    except RayTaskError as err:
+        where, what = describe(err)
+        last = checkpoint()
+        resume = (
+            f"the last good checkpoint is {last} (resume=true continues from it)"
+            if last
+            else "no checkpoint yet"
+        )
+        at = f"at step {step()}" if step() else "in the start eval"
+        raise ActorFailedError(
+            f"{where} failed {at}: {what}; {resume}", any(f in what for f in GPU_FAULTS)
+        ) from None
