@@ -3,6 +3,7 @@ method and the step, with the checkpoint a resume continues from -- instead of R
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -22,8 +23,11 @@ class ActorFailedError(RuntimeError):
 
 def describe(err: RayTaskError) -> tuple[str, str]:
     """(``Class.method`` of the actor call that raised, ``ExceptionType: first line`` of what it raised)."""
-    where = (err.proctitle or f"ray::{err.function_name}").removeprefix("ray::").removesuffix("()")
-    cause = err.cause if err.cause is not None else err
+    # what Ray raises is a RayTaskError(<cause's class>) holding only the cause; its text starts with the
+    # worker's process title, ray::<Class>.<method>()
+    title = re.search(r"ray::([\w.]+)\(", str(err))
+    where = title.group(1) if title else "an actor"
+    cause = getattr(err, "cause", None) or err
     first = next((line for line in str(cause).splitlines() if line.strip()), "")
     return where, f"{type(cause).__name__}: {first}".rstrip(": ")
 

@@ -13,7 +13,9 @@ from rl.failures import ActorFailedError, describe, named_actor_failures
 
 
 def task_error(cause: Exception) -> RayTaskError:
-    return RayTaskError("generate", "Traceback ...", cause, proctitle="ray::RolloutWorker.generate()")
+    """What ``ray.get`` raises for an exception in an actor method: a RayTaskError(<cause's class>)."""
+    err = RayTaskError("generate", "Traceback ...", cause, proctitle="ray::RolloutWorker.generate()")
+    return err.as_instanceof_cause()
 
 
 def test_the_actor_method_and_the_first_line_of_the_cause() -> None:

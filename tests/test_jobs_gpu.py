@@ -104,3 +104,20 @@ def test_the_pipeline_runs_every_stage_on_the_gpu(
     for stage, steps in STEPS.items():
         assert [m["step"] for m in metrics(out / stage)] == list(range(steps + 1)), stage
     check_report(out, proc.stdout)
+
+
+def test_a_share_of_the_gpu_too_small_for_an_actor_is_refused_before_any_actor_starts(
+    runs: Path, gpu_env: dict[str, str]
+) -> None:
+    """SmolLM2-135M's trainer rank needs ~2 GiB at the least (weights, gradients, AdamW in float32); 1% of the
+    GPU is ~1.4 GiB: one line naming the actor and the figures, exit 2, no actor started."""
+    cmd = [sys.executable, "-m", "jobs.train_specialist", *TINY, "model=smollm2-135m", f"runs_root={runs}",
+           "run_name=too-big", "logger=disabled", "cluster.actor_gpus=0.01"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=gpu_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: not enough GPU memory: the trainer rank needs at least 2.0 GiB (weights 0.5 + "
+                           "gradients 0.5 + AdamW moments 1.0)"), line  # fmt: skip
+    assert "cluster.actor_gpus=0.01 of the NVIDIA" in line
+    assert "rollout worker: engine=" not in proc.stdout  # refused before any actor started
+    assert not (runs / "too-big").exists()

@@ -114,6 +114,10 @@ CASES = [
     case("cluster-refused", "train_specialist", "Ray cluster at cluster.address=127.0.0.1:1 does not answer",
          "cluster.address=127.0.0.1:1"),
     case("cluster-malformed", "train_specialist", "cluster.address 'headnode' is not host:port", "cluster.address=headnode"),
+    case("weight-sync-unknown", "train_specialist", "unknown cluster.weight_sync 'nccl'; valid: auto, object_store, cuda_ipc",
+         "cluster.weight_sync=nccl"),
+    case("cuda-ipc-on-cpu-actors", "train_specialist", "cluster.weight_sync=cuda_ipc needs the actors on a GPU "
+         "(cluster.actor_gpus > 0)", "cluster.weight_sync=cuda_ipc", "cluster.actor_gpus=0"),
     # distillation
     case("distill-unknown-loss", "distill", "unknown distill.loss 'kl'; valid: reverse_kl", "distill.loss=kl"),
     case("distill-unknown-domain", "distill", "unknown domain(s) poetry in distill.teachers", "+distill.teachers.poetry=x"),

@@ -127,10 +127,11 @@ def test_a_job_survives_a_killed_rollout_worker_and_a_killed_trainer_stops_it_fo
     proc = run_job(env, *common, "run_name=raised", check=False)
     checkpoint = tmp_path / "raised" / "checkpoints" / "step_000001"
     assert proc.returncode == 3, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
+    # the one error line (actors' own output, forwarded by Ray, may still arrive after it)
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
         f"error: RolloutWorker.generate failed at step 2: RuntimeError: {INJECTED}; the last good checkpoint "
         f"is {checkpoint} (resume=true continues from it)"
-    )
+    ]
     assert [m["step"] for m in metrics(tmp_path / "raised")] == [0, 1]
     run_job(job_env, *common, "run_name=raised", "resume=true")
     assert [m.get("reward/mean") for m in metrics(tmp_path / "raised")] == [
