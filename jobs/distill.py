@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobs.cli import job_main
 from jobs.common import (
     check_cluster,
     check_model_path,
@@ -30,10 +31,9 @@ from jobs.common import (
     check_writable,
     forwarded_env,
     init_ray,
-    job_main,
     prepare_run_dir,
-    resolve_model_path,
 )
+from jobs.make_base import resolve_model_path
 from jobs.train_specialist import check_backends, check_memory
 from rl.config import AlgorithmConfig, DistillRunConfig
 

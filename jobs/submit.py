@@ -43,7 +43,7 @@ EXCLUDES = [
     "**/__pycache__",
     ".pytest_cache",
 ]
-BAD_INPUT_EXIT = 2  # jobs.common.user_errors: bad config or data; a retry would fail the same way
+BAD_INPUT_EXIT = 2  # jobs.cli.user_errors: bad config or data; a retry would fail the same way
 FINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 

@@ -19,6 +19,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobs.cli import job_main
 from jobs.common import (
     base_artifact_name,
     check_cluster,
@@ -28,10 +29,9 @@ from jobs.common import (
     check_writable,
     forwarded_env,
     init_ray,
-    job_main,
     prepare_run_dir,
-    resolve_model_path,
 )
+from jobs.make_base import resolve_model_path
 from rl.config import DistillRunConfig, SpecialistRunConfig
 
 if TYPE_CHECKING:

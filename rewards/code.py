@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 
 from rewards.sandbox import DEFAULT_LIMITS, REASONS, Limits, SandboxJob, SandboxPool, run_tests
-from rl.types import Reward
+from rewards.types import Reward
 
 # Every Reward.reason of a code task is one of these.
 CODE_REASONS = ("no_code_block", *REASONS)

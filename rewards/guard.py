@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
 
-from rl.types import Reward
+from rewards.types import Reward
 
 REWARD_ERROR = "reward_error"
 WORKERS = 4

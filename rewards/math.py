@@ -32,7 +32,7 @@ from rewards.math_normalize import (
     text_reading,
 )
 from rewards.math_worker import compare, compare_in_child, error_reason
-from rl.types import Reward
+from rewards.types import Reward
 
 # Every Reward.reason starts with one of these; a verifier_error reason appends ": <type>: <message>",
 # a malformed_answer one ": <why>".

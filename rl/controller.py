@@ -95,8 +95,10 @@ def specialist_scores(
     if hasattr(specialist, "score_batch") and not os.environ.get("DISTILLERY_FAULT_REWARD"):
         try:
             return specialist.score_batch(tasks, rollouts)
-        except Exception:  # retried per sample below, so each failure is recorded where it happened
-            pass
+        except Exception as err:  # retried per sample below, so each failure is recorded where it happened
+            name = getattr(specialist, "__name__", "the specialist")
+            print(f"warning: {name}.score_batch raised {type(err).__name__}: {err}; scoring the "
+                  "batch sample by sample", flush=True)  # fmt: skip
     return guarded_scores(specialist.score, tasks, rollouts, timeout_s)
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rewards.types import Reward as Reward  # defined below rl/, so the graders need no torch
+
 
 @dataclass(frozen=True)
 class Task:
@@ -56,14 +58,6 @@ class Rollout:
     def trained_mask(self) -> tuple[int, ...]:
         """``loss_mask``, with the single-turn default (every response token trained) spelled out."""
         return self.loss_mask or (1,) * len(self.response_ids)
-
-
-@dataclass(frozen=True)
-class Reward:
-    """A scored completion: the score and why it got it (never a silent 0)."""
-
-    score: float
-    reason: str  # e.g. "correct", "wrong_answer", "no_boxed_answer", "unparsable_answer"
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,8 @@ def test_the_edges_of_each_range_are_accepted() -> None:
     ],
 )  # fmt: skip
 def test_composition_errors_are_one_line_naming_the_key(overrides: list[str], message: str) -> None:
-    from jobs.common import InputError, compose_checked
+    from jobs.cli import compose_checked
+    from jobs.common import InputError
 
     with pytest.raises(ValueError) as err:
         compose_checked("train_specialist", SpecialistRunConfig, overrides)
@@ -224,7 +225,7 @@ def test_composition_errors_are_one_line_naming_the_key(overrides: list[str], me
 
 
 def test_composition_gives_the_typed_config_and_its_run_directory(tmp_path: Path) -> None:
-    from jobs.common import compose_checked
+    from jobs.cli import compose_checked
 
     cfg, run_dir = compose_checked("train_specialist", SpecialistRunConfig,
                                    [f"runs_root={tmp_path}", "run_name=x", "steps=3"])  # fmt: skip

@@ -44,13 +44,16 @@ def test_error_rate_limit_names_the_first_failure() -> None:
         check_error_rate(rewards, 0.25, "step 3")
 
 
-def test_a_batch_scorer_that_raises_is_scored_sample_by_sample() -> None:
+def test_a_batch_scorer_that_raises_is_scored_sample_by_sample(capsys: pytest.CaptureFixture[str]) -> None:
     def score_batch(tasks, rollouts):
         raise RuntimeError("sandbox pool broke")
 
     specialist = SimpleNamespace(score_batch=score_batch, score=flaky)
     rewards = specialist_scores(specialist, [0, 2], ["a", "b"], timeout_s=0.5)  # type: ignore[arg-type]
     assert [r.reason for r in rewards] == ["correct", "reward_error: KeyError: 'no such answer'"]
+    assert "score_batch raised RuntimeError: sandbox pool broke; scoring the batch sample by sample" in (
+        capsys.readouterr().out
+    )  # said, not swallowed
 
 
 def test_injected_faults_and_their_spec(monkeypatch) -> None:

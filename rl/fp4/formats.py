@@ -21,6 +21,8 @@ from typing import Literal
 
 import torch
 
+from rl.fp4.tensors import MXFP4_BLOCK, NVFP4_BLOCK, MXFP4Tensor, NVFP4Tensor
+
 ScaleRule = Literal["ceil", "floor"]
 
 E2M1_MAX = 6.0
@@ -34,8 +36,6 @@ E2M1_VALUES = torch.tensor(
 _MIDPOINTS_ABOVE_EVEN = (0.25, 1.25, 2.5, 5.0)  # between codes 0|1, 2|3, 4|5, 6|7
 _MIDPOINTS_ABOVE_ODD = (0.75, 1.75, 3.5)  # between codes 1|2, 3|4, 5|6
 
-MXFP4_BLOCK = 32
-NVFP4_BLOCK = 16
 E8M0_BIAS = 127
 E8M0_MAX_EXP = 254  # 255 encodes NaN
 E4M3_MAX = 448.0
@@ -129,20 +129,6 @@ def _check_codes(codes: torch.Tensor) -> None:
 # MXFP4: 32 E2M1 codes share one E8M0 scale 2^(e - 127), e stored as a uint8
 
 
-@dataclass(frozen=True, eq=False)
-class MXFP4Tensor:
-    """A weight in MXFP4 (OCP MX v1.0 layout; DeepSeek-V4's expert-weight format)."""
-
-    packed: torch.Tensor  # uint8 [N, K/2]: E2M1 codes, element 2i in the low nibble
-    scales: torch.Tensor  # uint8 [N, K/32]: E8M0 biased exponent e of each block, scale = 2^(e - 127)
-    shape: tuple[int, ...]  # shape of the original weight, [..., K]; N = prod(shape[:-1])
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the packed codes plus the scales."""
-        return self.packed.numel() + self.scales.numel()
-
-
 def quantize_mxfp4(w: torch.Tensor, scale_rule: ScaleRule = "ceil") -> MXFP4Tensor:
     """Quantize ``w`` [..., K] to MXFP4 with 32-element blocks along the last axis.
 
@@ -216,28 +202,6 @@ def _saturate_to_finite(codes: torch.Tensor, biased_NB: torch.Tensor) -> torch.T
 
 # ---------------------------------------------------------------------------------------------------------------
 # NVFP4: 16 E2M1 codes share one E4M3 scale, times one FP32 scale per tensor (torchao nvfp4_tensor.py recipe)
-
-
-@dataclass(frozen=True, eq=False)
-class NVFP4Tensor:
-    """A weight in NVFP4: x = E2M1 value * block_scale * tensor_scale."""
-
-    packed: torch.Tensor  # uint8 [N, K/2]: E2M1 codes, element 2i in the low nibble
-    block_scale_bits: torch.Tensor  # uint8 [N, K/16]: E4M3 bit patterns of the block scales
-    tensor_scale: torch.Tensor  # float32 0-dim: ~ amax(|W|) / (448 * 6)
-    shape: tuple[int, ...]  # shape of the original weight, [..., K]; N = prod(shape[:-1])
-
-    # The scales are stored as their uint8 bits because float8 tensors do not survive pickling across
-    # processes (torch 2.13 legacy storage path), and weights travel to rollout workers through Ray.
-    @property
-    def block_scales(self) -> torch.Tensor:
-        """float8_e4m3fn [N, K/16]: block scale relative to tensor_scale (a view of the bits)."""
-        return self.block_scale_bits.view(torch.float8_e4m3fn)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the packed codes, the block scales and the 4-byte tensor scale."""
-        return self.packed.numel() + self.block_scale_bits.numel() + 4
 
 
 def quantize_nvfp4(w: torch.Tensor) -> NVFP4Tensor:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from rl.fp4.formats import MXFP4_BLOCK, MXFP4Tensor
+from rl.fp4.tensors import MXFP4_BLOCK, MXFP4Tensor
 from rl.fp4.triton_w4a16 import tl, triton, triton_available
 
 if triton is not None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from rl.fp4.formats import MXFP4_BLOCK, NVFP4_BLOCK, MXFP4Tensor, NVFP4Tensor
+from rl.fp4.tensors import MXFP4_BLOCK, NVFP4_BLOCK, MXFP4Tensor, NVFP4Tensor
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Bad input for the specialist job, each one clear line naming the problem and exit code 2 before any work
-(through jobs.common.user_errors, in process: the error is raised before Ray starts; the subprocess path of
+(through jobs.cli.user_errors, in process: the error is raised before Ray starts; the subprocess path of
 the same wrapper is covered by tests/test_job_e2e.py)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.common import user_errors
+from jobs.cli import user_errors
 from jobs.train_specialist import run
 from rl.config import ModelConfig, SpecialistConfig, SpecialistRunConfig
 
