@@ -24,13 +24,8 @@ from rewards.guard import check_error_rate
 from rl.batching import TaskStream, build_train_batch
 from rl.checkpoint import save_checkpoint
 from rl.config import DistillRunConfig
-from rl.controller import (
-    NonFiniteGuard,
-    sampling_params,
-    specialist_rollouts,
-    specialist_scores,
-    turn_metrics,
-)
+from rl.controller import NonFiniteGuard, sampling_params
+from rl.episodes import specialist_rollouts, specialist_scores, turn_metrics
 from rl.failures import named_actor_failures
 from rl.models import token_id
 from rl.rollout.multiturn import Generate

@@ -8,19 +8,17 @@ practises on the teacher's own task distribution and is evaluated on the teacher
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from rl.config import DistillConfig, SpecialistConfig
+from rl.episodes import Specialist
 from rl.models import load_tokenizer, model_context
 from rl.sft import chat_prompt_ids
 from rl.types import Task
+from specialists.domains import SPECIALISTS, get_specialist
 from specialists.registry import SpecialistEntry, lookup
-
-DOMAINS = {"math": "specialists.math", "code": "specialists.code", "agent": "specialists.agent"}
 
 
 class CompatibilityError(ValueError):
@@ -32,13 +30,13 @@ class Route:
     domain: str
     teacher: SpecialistEntry
     weight: float  # w_e of reference §1.2
-    specialist: ModuleType  # specialists/<domain>.py: tasks, reward, environment
+    specialist: Specialist  # specialists/<domain>.py's SPECIALIST: tasks, reward, environment
     tasks_cfg: SpecialistConfig  # the teacher run's data config (eval size from distill.num_eval_tasks)
     max_turns: int  # model turns per episode (1 for single-turn domains)
 
     @property
     def multi_turn(self) -> bool:
-        return hasattr(self.specialist, "make_env")
+        return self.specialist.make_env is not None
 
 
 def build_routes(cfg: DistillConfig, registry: Path) -> list[Route]:
@@ -47,13 +45,13 @@ def build_routes(cfg: DistillConfig, registry: Path) -> list[Route]:
         raise ValueError(
             "distill.teachers is empty: name a teacher per domain, e.g. distill.teachers.math=<name>"
         )
-    if unknown := sorted(set(cfg.teachers) - set(DOMAINS)):
+    if unknown := sorted(set(cfg.teachers) - set(SPECIALISTS)):
         raise ValueError(
-            f"unknown domain(s) {', '.join(unknown)} in distill.teachers; valid: {', '.join(DOMAINS)}"
+            f"unknown domain(s) {', '.join(unknown)} in distill.teachers; valid: {', '.join(SPECIALISTS)}"
         )
-    if stray := sorted(set(cfg.weights) - set(DOMAINS)):
+    if stray := sorted(set(cfg.weights) - set(SPECIALISTS)):
         raise ValueError(
-            f"unknown domain(s) {', '.join(stray)} in distill.weights; valid: {', '.join(DOMAINS)}"
+            f"unknown domain(s) {', '.join(stray)} in distill.weights; valid: {', '.join(SPECIALISTS)}"
         )
     routes = []
     for domain, name in cfg.teachers.items():
@@ -64,8 +62,8 @@ def build_routes(cfg: DistillConfig, registry: Path) -> list[Route]:
         # one gets the domain's defaults
         spec = SpecialistConfig(**entry.config.get("specialist", {"domain": entry.domain}))
         spec = dataclasses.replace(spec, num_eval_tasks=cfg.num_eval_tasks)
-        module = importlib.import_module(DOMAINS[domain])
-        turns = cfg.max_turns if hasattr(module, "make_env") else 1
+        module = get_specialist(domain)
+        turns = cfg.max_turns if module.make_env is not None else 1
         routes.append(Route(domain, entry, cfg.weights.get(domain, 1.0), module, spec, turns))
     return routes
 

@@ -17,15 +17,13 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
-import importlib
 import json
 import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from jobs.cli import job_main
 from jobs.common import check_model_path, check_writable
@@ -36,6 +34,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
     from rl.types import Task
+    from specialists.domains import Demo
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHAT_TEMPLATE = (
@@ -44,16 +43,6 @@ CHAT_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class BaseDemo:
-    """One SFT demonstration: a task and its completion as segments (text, trained?); observations of an
-    agent transcript are context, not target."""
-
-    task: Task
-    segments: tuple[tuple[str, bool], ...]
-
-
-DOMAIN_MODULES = {"math": "specialists.math", "code": "specialists.code", "agent": "specialists.agent"}
 EVAL_MAX_NEW_TOKENS = {"math": 48, "code": 64, "agent": 48}
 AGENT_EVAL_TURNS = 4
 PROGRESS_EVERY = 50  # SFT steps between progress lines
@@ -71,33 +60,11 @@ def mixed_recipe() -> BaseRecipe:
                       micro_batches=4, max_steps=1000, eval_every=500, num_eval_tasks=100, target_pass_at_1=1.0)  # fmt: skip
 
 
-def specialist(domain: str) -> Any:
-    if domain not in DOMAIN_MODULES:
-        raise ValueError(f"unknown recipe domain {domain!r}; valid: {', '.join(DOMAIN_MODULES)}")
-    return importlib.import_module(DOMAIN_MODULES[domain])
-
-
-def domain_demos(
-    recipe: BaseRecipe, domain: str, n: int | None = None, split: str = "train"
-) -> list[BaseDemo]:
+def domain_demos(recipe: BaseRecipe, domain: str, n: int | None = None, split: str = "train") -> list[Demo]:
     """The recipe's demonstrations of one domain (``n`` overrides the recipe's count)."""
-    from specialists import synthetic
+    from specialists.domains import get_specialist
 
-    specialist(domain)  # an unknown domain fails here, naming the valid ones
-    if domain == "math":
-        demos = synthetic.math_demos(
-            n or recipe.num_demos, split, recipe.seed, boxed_share=recipe.boxed_share
-        )
-        return [BaseDemo(d.task, ((d.solution, True),)) for d in demos]
-    if domain == "code":
-        demos = specialist("code").demos(
-            n or recipe.num_code_demos, split, recipe.seed, recipe.code_fenced_share
-        )
-        return [BaseDemo(d.task, ((d.solution, True),)) for d in demos]
-    demos = specialist("agent").demos(
-        n or recipe.num_agent_demos, split, recipe.seed, recipe.agent_boxed_share
-    )
-    return [BaseDemo(d.task, tuple(d.segments)) for d in demos]
+    return get_specialist(domain, "recipe domain").demos(recipe, n, split)
 
 
 def heldout_tasks(recipe: BaseRecipe, domain: str) -> list[Task]:
@@ -108,7 +75,7 @@ def heldout_tasks(recipe: BaseRecipe, domain: str) -> list[Task]:
     return [d.task for d in domain_demos(recipe, domain, recipe.num_eval_tasks, "heldout")]
 
 
-def _completion(demo: BaseDemo) -> str:
+def _completion(demo: Demo) -> str:
     """A demo's target as hashed: the text of a single trained segment, else every segment with its flag."""
     (text, trained), *rest = demo.segments
     return text if trained and not rest else str(demo.segments)
@@ -156,7 +123,7 @@ def chat_text(prompt: str, completion: str) -> str:
     return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{completion}<|im_end|>\n"
 
 
-def demo_text(demo: BaseDemo) -> str:
+def demo_text(demo: Demo) -> str:
     return chat_text(demo.task.prompt, "".join(text for text, _ in demo.segments))
 
 
@@ -185,12 +152,13 @@ def greedy_pass_at_1(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, domain: str, tasks: list[Task]
 ) -> float:
     """Held-out greedy pass@1 of one domain with its specialist's reward (what RL will optimise)."""
-    from rl.controller import specialist_rollouts, specialist_scores
+    from rl.episodes import specialist_rollouts, specialist_scores
     from rl.rollout.hf import HFEngine
     from rl.sft import chat_prompt_ids
     from rl.types import SamplingParams
+    from specialists.domains import get_specialist
 
-    module = specialist(domain)
+    module = get_specialist(domain, "recipe domain")
     engine = HFEngine(model, tokenizer, max_batch_size=len(tasks))
     prompts = [chat_prompt_ids(tokenizer, t.prompt) for t in tasks]
     params = SamplingParams(EVAL_MAX_NEW_TOKENS[domain], 0.0)

@@ -40,14 +40,6 @@ if TYPE_CHECKING:
     from rl.tracking import Tracker
     from rl.trainer.group import TrainerGroup
 
-SPECIALISTS = {"math": "specialists.math", "code": "specialists.code", "agent": "specialists.agent"}
-
-
-def load_specialist(domain: str) -> Any:
-    if domain not in SPECIALISTS:
-        raise ValueError(f"unknown specialist.domain {domain!r}; valid: {', '.join(SPECIALISTS)}")
-    return importlib.import_module(SPECIALISTS[domain])
-
 
 def check_context(tokenizer: Any, tasks: list, response_tokens: int, context: int) -> None:
     """Every prompt plus the longest response (all turns, for agents) must fit the model's context."""
@@ -156,9 +148,10 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     from rl.models import load_tokenizer, model_context
     from rl.placement import share_gpus
     from rl.tracking import Tracker
+    from specialists.domains import get_specialist
 
     check_backends(cfg)
-    specialist = load_specialist(cfg.specialist.domain)
+    specialist = get_specialist(cfg.specialist.domain)
     train_tasks, eval_tasks = specialist.train_tasks(cfg.specialist), specialist.eval_tasks(cfg.specialist)
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path)

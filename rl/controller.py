@@ -9,34 +9,31 @@ uninterrupted one would have.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 
-from rewards.guard import check_error_rate, guarded_scores, is_reward_error
+from rewards.guard import check_error_rate, is_reward_error
 from rewards.math import reason_kind
 from rl.algorithms.advantages import get_advantage_fn
 from rl.algorithms.sampling import zero_variance_groups
 from rl.batching import TaskStream, build_train_batch
 from rl.checkpoint import save_checkpoint
 from rl.config import RolloutConfig, SpecialistRunConfig
+from rl.episodes import Specialist, specialist_rollouts, specialist_scores, turn_metrics
 from rl.failures import named_actor_failures
 from rl.models import token_id
 from rl.rollout.group import RolloutGroup
-from rl.rollout.multiturn import Generate, multi_turn_rollouts
 from rl.sft import chat_prompt_ids
 from rl.tracking import Tracker
 from rl.trainer.group import TrainerGroup
 from rl.types import Reward, Rollout, SamplingParams, Task
 
 SUMMARY_PREFIXES = ("mismatch/", "reward/", "train/")  # last-step figures copied into summary.json
-REWARD_TIMEOUT_S = 10.0  # per-sample reward time limit where no config gives one
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,62 +64,16 @@ class NonFiniteGuard:
             )
 
 
-def specialist_rollouts(
-    specialist: ModuleType,
-    generate: Generate,
-    tokenizer: Any,
-    tasks: list[Task],
-    prompts: list[list[int]],
-    params: SamplingParams,
-    max_turns: int,
-    max_response_tokens: int,
-) -> list[Rollout]:
-    """One completion per task with any engine's ``generate``: a single generation, or, for a specialist with
-    an environment (``make_env``), a multi-turn episode."""
-    if not hasattr(specialist, "make_env"):
-        return generate(prompts, params)
-    envs = [specialist.make_env(t) for t in tasks]
-    return multi_turn_rollouts(generate, tokenizer, prompts, envs, params, max_turns, specialist.TOOL_STOP,
-                               max_response_tokens)  # fmt: skip
-
-
-def specialist_scores(
-    specialist: ModuleType, tasks: list[Task], rollouts: list[Rollout], timeout_s: float = REWARD_TIMEOUT_S
-) -> list[Reward]:
-    """Rewards in order, never raising: a reward that raises or hangs gives 0 with a ``reward_error`` reason
-    (``rewards.guard``). Specialists that run programs score a whole batch at once (``score_batch``, whose
-    sandbox bounds every program); if that raises, the batch is scored sample by sample, guarded."""
-    if hasattr(specialist, "score_batch") and not os.environ.get("DISTILLERY_FAULT_REWARD"):
-        try:
-            return specialist.score_batch(tasks, rollouts)
-        except Exception as err:  # retried per sample below, so each failure is recorded where it happened
-            name = getattr(specialist, "__name__", "the specialist")
-            print(f"warning: {name}.score_batch raised {type(err).__name__}: {err}; scoring the "
-                  "batch sample by sample", flush=True)  # fmt: skip
-    return guarded_scores(specialist.score, tasks, rollouts, timeout_s)
-
-
 def sampling_params(r: RolloutConfig, seed: int, temperature: float | None = None) -> SamplingParams:
     """The rollout config's sampling at ``seed``; ``temperature=0.0`` for greedy eval."""
     temp = r.temperature if temperature is None else temperature
     return SamplingParams(r.max_new_tokens, temp, r.top_p, r.top_k, tuple(r.stop), seed)
 
 
-def response_budget(cfg: SpecialistRunConfig, specialist: ModuleType) -> int:
+def response_budget(cfg: SpecialistRunConfig, specialist: Specialist) -> int:
     """Most response tokens one rollout can have: one generation, or every turn plus its observations."""
-    turns = cfg.specialist.max_turns if hasattr(specialist, "make_env") else 1
+    turns = cfg.specialist.max_turns if specialist.make_env is not None else 1
     return cfg.rollout.max_new_tokens * turns
-
-
-def turn_metrics(rollouts: list[Rollout]) -> dict[str, float]:
-    """Multi-turn figures: turns per episode, tool calls per episode, share of tool calls that errored."""
-    calls = sum(r.tool_calls for r in rollouts)
-    return {
-        "rollout/turns_mean": sum(r.turns for r in rollouts) / len(rollouts),
-        "rollout/tool_calls_mean": calls / len(rollouts),
-        "reward/tool_error_rate": sum(r.tool_errors for r in rollouts) / max(calls, 1),
-        "rollout/turn_limit_frac": sum(r.finish_reason == "turn_limit" for r in rollouts) / len(rollouts),
-    }
 
 
 class SpecialistController:
@@ -132,7 +83,7 @@ class SpecialistController:
         self,
         cfg: SpecialistRunConfig,
         run_dir: Path,
-        specialist: ModuleType,
+        specialist: Specialist,
         tokenizer: Any,
         rollout: RolloutGroup,
         trainer: TrainerGroup,
@@ -150,7 +101,7 @@ class SpecialistController:
         self.step = 0  # the step running (0: the start eval)
         self._prompt_cache: dict[str, list[int]] = {}
         self._clock: tuple[float, int] | None = None  # (time, step) of the first step this process ran
-        self.multi_turn = hasattr(specialist, "make_env")  # agent specialists: episodes with an environment
+        self.multi_turn = specialist.make_env is not None  # agent specialists: episodes with an environment
         self.max_response_tokens = response_budget(cfg, specialist)
 
     def run(self, start_step: int = 0) -> dict[str, Any]:

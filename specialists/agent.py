@@ -8,13 +8,13 @@ The reward is 1 for the right final answer (tools are needed: every episode has 
 
 from __future__ import annotations
 
-from rl.config import SpecialistConfig
+from rl.config import BaseRecipe, SpecialistConfig
 from rl.types import Reward, Rollout, Task
 from specialists.agent_env import TOOL_STOP, agent_demos, agent_tasks, make_env, score_agent
+from specialists.domains import Demo, Domain
 
 DOMAIN = "agent"
 SOURCES = ("synthetic",)
-__all__ = ["DOMAIN", "TOOL_STOP", "demos", "eval_tasks", "make_env", "score", "train_tasks"]
 
 
 def _tasks(name: str, split: str, n: int, cfg: SpecialistConfig) -> list[Task]:
@@ -31,10 +31,16 @@ def eval_tasks(cfg: SpecialistConfig) -> list[Task]:
     return _tasks(cfg.eval_data, "heldout", cfg.num_eval_tasks, cfg)
 
 
-def demos(n: int, split: str, seed: int, boxed_share: float) -> list:
+def demos(recipe: BaseRecipe, n: int | None, split: str) -> list[Demo]:
     """SFT transcripts for ``jobs.make_base`` (model segments trained, observations not)."""
-    return agent_demos(n, split, seed, boxed_share=boxed_share)
+    made = agent_demos(n or recipe.num_agent_demos, split, recipe.seed, boxed_share=recipe.agent_boxed_share)
+    return [Demo(d.task, tuple(d.segments)) for d in made]
 
 
 def score(task: Task, rollout: Rollout) -> Reward:
     return score_agent(task, rollout.text)
+
+
+SPECIALIST = Domain(
+    DOMAIN, SOURCES, train_tasks, eval_tasks, score, demos, make_env=make_env, tool_stop=TOOL_STOP
+)

@@ -12,9 +12,10 @@ from functools import cache
 
 from rewards.code import make_answer, score_code, score_code_batch
 from rewards.sandbox import SandboxPool
-from rl.config import SpecialistConfig
+from rl.config import BaseRecipe, SpecialistConfig
 from rl.types import Reward, Rollout, Task
 from specialists.code_data import DatasetError, load_code_tasks
+from specialists.domains import Demo, Domain
 from specialists.synthetic_code import code_demos, code_problems, to_task
 
 DOMAIN = "code"
@@ -26,9 +27,10 @@ def synthetic_tasks(n: int, split: str, seed: int, levels: tuple[int, ...]) -> l
     return [to_task(p, f"synthetic-code/{split}/{i}", make_answer) for i, p in enumerate(problems)]
 
 
-def demos(n: int, split: str, seed: int, fenced_share: float) -> list:
-    """SFT demonstrations for ``jobs.make_base``."""
-    return code_demos(n, split, seed, make_answer, fenced_share)
+def demos(recipe: BaseRecipe, n: int | None, split: str) -> list[Demo]:
+    """SFT demonstrations for ``jobs.make_base`` (a ``recipe.code_fenced_share`` of them in a ```python block)."""
+    made = code_demos(n or recipe.num_code_demos, split, recipe.seed, make_answer, recipe.code_fenced_share)
+    return [Demo(d.task, ((d.solution, True),)) for d in made]
 
 
 def _load(name: str, path: str, split: str, n: int, cfg: SpecialistConfig) -> list[Task]:
@@ -63,3 +65,6 @@ def score(task: Task, rollout: Rollout) -> Reward:
 def score_batch(tasks: list[Task], rollouts: list[Rollout]) -> list[Reward]:
     """Every rollout of a step, in order, run in parallel sandboxes."""
     return score_code_batch([(r.text, t.answer) for t, r in zip(tasks, rollouts, strict=True)], pool())
+
+
+SPECIALIST = Domain(DOMAIN, SOURCES, train_tasks, eval_tasks, score, demos, score_batch=score_batch)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from rewards.math import score_math
-from rl.config import SpecialistConfig
+from rl.config import BaseRecipe, SpecialistConfig
 from rl.types import Reward, Rollout, Task
 from specialists import synthetic
+from specialists.domains import Demo, Domain
 from specialists.math_data import DatasetError, load_math_tasks
 
 DOMAIN = "math"
@@ -35,3 +36,12 @@ def eval_tasks(cfg: SpecialistConfig) -> list[Task]:
 def score(task: Task, rollout: Rollout) -> Reward:
     """1 for an equivalent ``\\boxed{}`` answer, else 0 with the reason."""
     return score_math(rollout.text, task.answer)
+
+
+def demos(recipe: BaseRecipe, n: int | None, split: str) -> list[Demo]:
+    """SFT demonstrations for ``jobs.make_base`` (a ``recipe.boxed_share`` of them answer in ``\\boxed{}``)."""
+    made = synthetic.math_demos(n or recipe.num_demos, split, recipe.seed, boxed_share=recipe.boxed_share)
+    return [Demo(d.task, ((d.solution, True),)) for d in made]
+
+
+SPECIALIST = Domain(DOMAIN, SOURCES, train_tasks, eval_tasks, score, demos)

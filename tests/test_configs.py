@@ -111,7 +111,6 @@ def test_the_names_the_schemas_accept_are_the_registries_names() -> None:
     """rl.config.CHOICES mirrors registries that import torch (so a config is checked before torch loads)."""
     from distill.losses import OPD_LOSSES
     from jobs import common
-    from jobs.train_specialist import SPECIALISTS
     from rl import models
     from rl.algorithms.advantages import ADVANTAGES
     from rl.algorithms.aggregation import AGGREGATIONS
@@ -125,6 +124,7 @@ def test_the_names_the_schemas_accept_are_the_registries_names() -> None:
     from rl.tracking import WANDB_MODES
     from rl.trainer.backends import BACKENDS
     from specialists import agent, code, math, synthetic
+    from specialists.domains import SPECIALISTS
 
     registries = {
         "model.dtype": models.DTYPES, "rollout.engine": ENGINES, "rollout.decode": DECODE_MODES,

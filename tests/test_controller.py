@@ -12,19 +12,21 @@ from rl.models import load_tokenizer
 from rl.rollout.group import RolloutGroup
 from rl.tracking import Tracker
 from rl.types import Reward, Rollout, Task
+from specialists.domains import Domain
 
 
-class ParitySpecialist:
+def parity(task: Task, rollout: Rollout) -> Reward:
     """Scores by the parity of a hash of the completion; tasks named 'easy-*' always score 1.
 
     'easy' groups have zero reward variance, so dynamic sampling must drop them and refill.
     """
+    if task.uid.startswith("easy"):
+        return Reward(1.0, "correct")
+    return Reward(float(zlib.crc32(str(rollout.response_ids).encode()) % 2), "parity")
 
-    @staticmethod
-    def score(task: Task, rollout: Rollout) -> Reward:
-        if task.uid.startswith("easy"):
-            return Reward(1.0, "correct")
-        return Reward(float(zlib.crc32(str(rollout.response_ids).encode()) % 2), "parity")
+
+# a specialist with this reward (tasks are given to the controller directly; no demos: no base is built)
+ParitySpecialist = Domain("math", ("synthetic",), lambda cfg: [], lambda cfg: [], parity, lambda *a: [])
 
 
 def test_dynamic_sampling_drops_uniform_groups_and_refills(

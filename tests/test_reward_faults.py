@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from rewards.guard import RewardErrorRateError, check_error_rate, guarded_scores, is_reward_error
-from rl.controller import specialist_scores
+from rl.episodes import specialist_scores
 from rl.types import Reward
 
 
@@ -48,11 +48,12 @@ def test_a_batch_scorer_that_raises_is_scored_sample_by_sample(capsys: pytest.Ca
     def score_batch(tasks, rollouts):
         raise RuntimeError("sandbox pool broke")
 
-    specialist = SimpleNamespace(score_batch=score_batch, score=flaky)
+    specialist = SimpleNamespace(domain="code", score_batch=score_batch, score=flaky)
     rewards = specialist_scores(specialist, [0, 2], ["a", "b"], timeout_s=0.5)  # type: ignore[arg-type]
     assert [r.reason for r in rewards] == ["correct", "reward_error: KeyError: 'no such answer'"]
-    assert "score_batch raised RuntimeError: sandbox pool broke; scoring the batch sample by sample" in (
-        capsys.readouterr().out
+    assert (
+        "the code specialist's score_batch raised RuntimeError: sandbox pool broke; scoring the batch sample by sample"
+        in (capsys.readouterr().out)
     )  # said, not swallowed
 
 

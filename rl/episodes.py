@@ -1,0 +1,92 @@
+"""What RL, distillation and the base recipe do with a specialist: its episodes (one generation, or a multi-turn
+episode with its environment) and its rewards (guarded: never raising, a failure scored 0 with the reason).
+
+``Specialist`` is the contract a domain meets (``specialists/domains.py`` holds the table of them): tasks, a
+per-sample reward, optionally a batch reward (programs run together in a sandbox pool) and an environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from rewards.guard import guarded_scores
+from rl.config import SpecialistConfig
+from rl.rollout.multiturn import EnvLike, Generate, multi_turn_rollouts
+from rl.types import Reward, Rollout, SamplingParams, Task
+
+
+class Specialist(Protocol):
+    """One domain: its prompts, its reward and, for agents, its environment (read-only members)."""
+
+    @property
+    def domain(self) -> str: ...
+    @property
+    def train_tasks(self) -> Callable[[SpecialistConfig], list[Task]]: ...
+    @property
+    def eval_tasks(self) -> Callable[[SpecialistConfig], list[Task]]: ...
+    @property
+    def score(self) -> Callable[[Task, Rollout], Reward]: ...
+    @property
+    def score_batch(self) -> Callable[[list[Task], list[Rollout]], list[Reward]] | None:
+        """All of a step's samples at once (programs run together in a sandbox pool), or None."""
+        ...
+
+    @property
+    def make_env(self) -> Callable[[Task], EnvLike] | None:
+        """Multi-turn: one environment per episode, or None."""
+        ...
+
+    @property
+    def tool_stop(self) -> str:
+        """Where a model turn ends to call a tool (multi-turn only)."""
+        ...
+
+
+def specialist_rollouts(
+    specialist: Specialist,
+    generate: Generate,
+    tokenizer: Any,
+    tasks: list[Task],
+    prompts: list[list[int]],
+    params: SamplingParams,
+    max_turns: int,
+    max_response_tokens: int,
+) -> list[Rollout]:
+    """One completion per task with any engine's ``generate``: a single generation, or, for a specialist with
+    an environment (``make_env``), a multi-turn episode."""
+    if specialist.make_env is None:
+        return generate(prompts, params)
+    envs = [specialist.make_env(t) for t in tasks]
+    return multi_turn_rollouts(generate, tokenizer, prompts, envs, params, max_turns, specialist.tool_stop,
+                               max_response_tokens)  # fmt: skip
+
+
+def specialist_scores(
+    specialist: Specialist,
+    tasks: list[Task],
+    rollouts: list[Rollout],
+    timeout_s: float = SpecialistConfig.reward_timeout_s,
+) -> list[Reward]:
+    """Rewards in order, never raising: a reward that raises or hangs gives 0 with a ``reward_error`` reason
+    (``rewards.guard``). Specialists that run programs score a whole batch at once (``score_batch``, whose
+    sandbox bounds every program); if that raises, the batch is scored sample by sample, guarded."""
+    if specialist.score_batch is not None and not os.environ.get("DISTILLERY_FAULT_REWARD"):
+        try:
+            return specialist.score_batch(tasks, rollouts)
+        except Exception as err:  # retried per sample below, so each failure is recorded where it happened
+            print(f"warning: the {specialist.domain} specialist's score_batch raised {type(err).__name__}: {err}; scoring the "
+                  "batch sample by sample", flush=True)  # fmt: skip
+    return guarded_scores(specialist.score, tasks, rollouts, timeout_s)
+
+
+def turn_metrics(rollouts: list[Rollout]) -> dict[str, float]:
+    """Multi-turn figures: turns per episode, tool calls per episode, share of tool calls that errored."""
+    calls = sum(r.tool_calls for r in rollouts)
+    return {
+        "rollout/turns_mean": sum(r.turns for r in rollouts) / len(rollouts),
+        "rollout/tool_calls_mean": calls / len(rollouts),
+        "reward/tool_error_rate": sum(r.tool_errors for r in rollouts) / max(calls, 1),
+        "rollout/turn_limit_frac": sum(r.finish_reason == "turn_limit" for r in rollouts) / len(rollouts),
+    }
