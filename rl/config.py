@@ -35,7 +35,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "algorithm.aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),  # .aggregation
     "algorithm.kl_estimator": ("k1", "k2", "k3", "k3_ratio"),  # rl.algorithms.kl.KL_ESTIMATORS
     "algorithm.correction": ("none", "tis", "geo_mask", "opsm"),  # rl.algorithms.mismatch.CORRECTIONS
-    "specialist.domain": ("math", "code", "agent"),  # jobs.train_specialist.SPECIALISTS
+    "specialist.domain": ("math", "code", "agent"),  # specialists/domains.py SPECIALISTS
     "specialist.levels": (1, 2, 3),  # specialists.synthetic.LEVELS
     "logger.mode": ("offline", "online", "disabled"),  # rl.tracking.WANDB_MODES
     "distill.loss": (
