@@ -114,7 +114,7 @@ def resource_needs(cfg: DistillRunConfig, routes: list[Route]) -> dict[str, dict
 
 def start_workers(cfg: DistillRunConfig, student: str, routes: list[Route], env: dict[str, str]
                   ) -> tuple[TrainerGroup, RolloutGroup, TeacherGroup]:  # fmt: skip
-    from distill.losses import LossOptions
+    from distill.losses import LossOptions, OPDObjective
     from distill.teacher import TeacherGroup
     from rl.rollout.group import RolloutGroup
     from rl.trainer.group import TrainerGroup
@@ -127,7 +127,9 @@ def start_workers(cfg: DistillRunConfig, student: str, routes: list[Route], env:
     teachers = TeacherGroup({r.teacher.name: (r.teacher.checkpoint, r.teacher.fp4) for r in routes},
                             cfg.model.dtype, cfg.cluster, cfg.distill.teacher_cpus, env)  # fmt: skip
     d = cfg.distill
-    trainer.set_teacher_heads(teachers.heads(), d.loss, LossOptions(d.beta, d.top_k, d.is_cap, d.vocab_chunk))
+    trainer.set_teacher_heads(
+        teachers.heads(), OPDObjective(d.loss, LossOptions(d.beta, d.top_k, d.is_cap, d.vocab_chunk))
+    )
     return trainer, rollout, teachers
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.losses import LossOptions
+from distill.losses import LossOptions, OPDObjective
 from distill.routing import CompatibilityError, build_routes, check_compatible, check_context
 from distill.teacher import Teacher
 from rl.batching import build_train_batch
@@ -157,7 +157,7 @@ def opd_trainer(base: Path, micro: int = 8, lr: float = 1e-3, loss: str = "rever
         str(base), TrainerConfig(lr=lr, micro_batch_size=micro), AlgorithmConfig(), total_steps=20
     )
     teacher_head = load_model(str(base)).get_output_embeddings().weight.detach()
-    trainer.set_teacher_heads({"t": teacher_head}, loss, LossOptions(vocab_chunk=200))
+    trainer.set_teacher_heads({"t": teacher_head}, OPDObjective(loss, LossOptions(vocab_chunk=200)))
     return trainer
 
 

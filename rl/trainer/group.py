@@ -108,9 +108,10 @@ class TrainerGroup:
         merged["train/sequences"] = float(batch.num_sequences)
         return merged
 
-    def set_teacher_heads(self, heads: dict[str, torch.Tensor], loss: str, options: Any) -> None:
+    def set_teacher_heads(self, heads: dict[str, torch.Tensor], objective: Any) -> None:
+        """Every rank gets the teachers' LM heads and the OPD objective (``distill.losses.OPDObjective``)."""
         heads_ref = ray.put(heads)
-        self._get([r.set_teacher_heads.remote(heads_ref, loss, options) for r in self.ranks])
+        self._get([r.set_teacher_heads.remote(heads_ref, objective) for r in self.ranks])
 
     def distill_step(
         self,

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import socket
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,14 @@ def lr_lambda(cfg: TrainerConfig, total_steps: int):
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 
     return factor
+
+
+# (student hidden, student head, teacher hidden, teacher head, per-position weight, sampled tokens, their rollout
+# log-probs) -> (loss, per-position KL): the OPD objective's call (distill.losses.OPDObjective)
+OPDLoss = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    tuple[torch.Tensor, torch.Tensor],
+]
 
 
 class TorchTrainer:
@@ -284,11 +293,10 @@ class TorchTrainer:
 
     # ------------------------------------------------------------------------- on-policy distillation
 
-    def set_teacher_heads(self, heads: dict[str, torch.Tensor], loss: str, options: Any) -> None:
-        """Teachers' LM heads (kept on CPU; one at a time goes to the device) and the OPD objective by name."""
-        from distill.losses import get_opd_loss
-
-        self.teacher_heads, self.opd_loss, self.opd_options = heads, get_opd_loss(loss), options
+    def set_teacher_heads(self, heads: dict[str, torch.Tensor], objective: OPDLoss) -> None:
+        """Teachers' LM heads (kept on CPU; one at a time goes to the device) and the OPD objective
+        (``distill.losses.OPDObjective``: called per micro-batch, see ``OPDLoss``)."""
+        self.teacher_heads, self.opd_objective = heads, objective
         self._head: tuple[str | None, Any] = (None, None)  # (teacher, its head on the device)
 
     def distill_step(
@@ -335,8 +343,6 @@ class TorchTrainer:
     def _opd_micro_loss(
         self, part: DistillPart, micro: TrainBatch, h_t_ND: torch.Tensor, total_tokens: int
     ) -> tuple[torch.Tensor, float, float]:
-        from distill.losses import SampledTokens
-
         micro = micro.to(self.device)
         out = self.forward_module(input_ids=micro.input_ids_BT, attention_mask=micro.attention_mask_BT,
                                   output_hidden_states=True, logits_to_keep=1)  # fmt: skip
@@ -346,9 +352,8 @@ class TorchTrainer:
         w_t = self._resident_head(part.teacher, w_s.dtype)
         weight = torch.full((h_s.shape[0],), part.weight * self.dist.world_size / max(total_tokens, 1),
                             device=self.device)  # fmt: skip
-        sampled = SampledTokens(micro.input_ids_BT[:, 1:][mask], micro.rollout_logprobs_BT[:, 1:][mask])
-        loss, kl_N = self.opd_loss(h_s, w_s, h_t_ND.to(self.device, h_s.dtype), w_t, weight, sampled,
-                                   self.opd_options)  # fmt: skip
+        loss, kl_N = self.opd_objective(h_s, w_s, h_t_ND.to(self.device, h_s.dtype), w_t, weight,
+                                        micro.input_ids_BT[:, 1:][mask], micro.rollout_logprobs_BT[:, 1:][mask])  # fmt: skip
         return loss, float(kl_N.sum()), float(h_s.shape[0])
 
     def _step_metrics(
