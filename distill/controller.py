@@ -27,6 +27,7 @@ from rl.config import DistillRunConfig
 from rl.controller import NonFiniteGuard, sampling_params
 from rl.episodes import specialist_rollouts, specialist_scores, turn_metrics
 from rl.failures import named_actor_failures
+from rl.memory import gpu_memory
 from rl.models import token_id
 from rl.rollout.multiturn import Generate
 from rl.sft import chat_prompt_ids
@@ -201,7 +202,9 @@ class DistillController:
                                    "rollout/fp4_mode": self.rollout.fp4_mode,
                                    "rollout/weight_sync": self.trainer.weight_sync}  # fmt: skip
         summary |= {f"{k}_start": v for k, v in start.items()} | last | self.history.get("last_step", {})
-        return summary
+        return summary | gpu_memory(
+            {"trainer": self.trainer, "rollout": self.rollout, "teacher": self.teachers}
+        )
 
     def _progress(self, step: int, metrics: dict[str, float]) -> None:
         if self._clock is None:

@@ -24,6 +24,7 @@ from ray.util.placement_group import remove_placement_group
 from rl.config import ClusterConfig
 from rl.faults import maybe_kill
 from rl.fp4.qat import fake_quant_weights, qat_linear_names
+from rl.memory import peak_gpu_gib
 from rl.models import hidden_size, lm_head_weight, load_model, model_context
 from rl.placement import REDOS, in_group, role_placement_group
 from rl.types import TrainBatch, predicting_mask
@@ -44,6 +45,10 @@ class Teacher:
             self.model.to(self.device)
         self.path, self.fp4 = path, fp4
         self.context = model_context(path)
+
+    def peak_gpu_gib(self) -> float:
+        """The most GPU memory this teacher has held (0 on CPU)."""
+        return peak_gpu_gib()
 
     def ready(self) -> bool:
         return True
@@ -97,6 +102,10 @@ class TeacherGroup:
             num_cpus=cpus, num_gpus=cluster.actor_gpus, scheduling_strategy=in_group(self.group, self.index[name]),
             runtime_env={"env_vars": env},
         ).remote(path, fp4, dtype, cluster.torch_threads)  # fmt: skip
+
+    def peak_gpu_gib(self) -> float:
+        """The most GPU memory any teacher has held, in GiB (0 on CPU)."""
+        return max(ray.get([w.peak_gpu_gib.remote() for w in self.workers.values()]))
 
     def heads(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.workers, ray.get([w.head.remote() for w in self.workers.values()]), strict=True))

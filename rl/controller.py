@@ -26,6 +26,7 @@ from rl.checkpoint import save_checkpoint
 from rl.config import RolloutConfig, SpecialistRunConfig
 from rl.episodes import Specialist, specialist_rollouts, specialist_scores, turn_metrics
 from rl.failures import named_actor_failures
+from rl.memory import gpu_memory
 from rl.models import token_id
 from rl.rollout.group import RolloutGroup
 from rl.sft import chat_prompt_ids
@@ -271,7 +272,7 @@ class SpecialistController:
         summary |= self.history.get("last_step", {})
         if "eval/pass@1" in start and "eval/pass@1" in last:
             summary["eval/pass@1_gain"] = last["eval/pass@1"] - start["eval/pass@1"]
-        return summary
+        return summary | gpu_memory({"trainer": self.trainer, "rollout": self.rollout})
 
     def _progress(self, step: int, metrics: dict[str, float]) -> None:
         """One terminal line per step: reward, loss, step time, ETA (and eval when it ran)."""

@@ -14,6 +14,7 @@ check refuses could not have run; one it lets through can still run out of memor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
@@ -91,3 +92,18 @@ def local_gpu() -> tuple[int, str] | None:
         return None
     props = torch.cuda.get_device_properties(0)
     return int(props.total_memory), str(props.name)
+
+
+def peak_gpu_gib() -> float:
+    """The most GPU memory this process's allocator has held so far, in GiB (0 without CUDA): what an actor
+    took of its share (the CUDA context, ~0.5 GiB, comes on top)."""
+    import torch
+
+    return torch.cuda.max_memory_reserved() / GiB if torch.cuda.is_available() else 0.0
+
+
+def gpu_memory(groups: dict[str, Any]) -> dict[str, float]:
+    """``memory/<role>_peak_gib`` for each actor group (``peak_gpu_gib()``: its largest actor) that has held
+    GPU memory; nothing on CPU."""
+    peaks = {role: group.peak_gpu_gib() for role, group in groups.items()}
+    return {f"memory/{role}_peak_gib": round(gib, 3) for role, gib in peaks.items() if gib > 0}

@@ -65,6 +65,7 @@ def test_each_specialist_trains_on_the_gpu_through_ray(
     # the rollout's packed FP4 weights are the trainer's fake-quantized ones: the sampler/trainer gap stays tiny
     assert summary["mismatch/kl_k3"] < 1e-3, summary
     assert summary["rollout/weight_sync"] == "cuda_ipc"  # trainer and rollout worker share the GPU
+    assert summary["memory/trainer_peak_gib"] > 0 and summary["memory/rollout_peak_gib"] > 0, summary
     assert "eval/pass@1" in summary and "step 2/2" in proc.stdout
 
 
@@ -88,6 +89,8 @@ def test_distillation_on_the_gpu_from_the_specialists(
     lines = metrics(runs / "student")
     assert [m["step"] for m in lines] == [0, 1, 2]
     assert all(m["opd/teacher_s/a"] > 0 and m["opd/kl/m"] >= 0 for m in lines[1:])
+    summary = json.loads((runs / "student" / "summary.json").read_text())
+    assert min(summary[f"memory/{role}_peak_gib"] for role in ("trainer", "rollout", "teacher")) > 0, summary
     assert "| domain |" in proc.stdout
 
 

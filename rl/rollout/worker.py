@@ -19,6 +19,7 @@ import torch
 from rl.config import RolloutConfig
 from rl.faults import maybe_kill
 from rl.fp4.qat import payload_nbytes
+from rl.memory import peak_gpu_gib
 from rl.types import Rollout, SamplingParams
 from rl.weight_sync import SharedImport, SharedWeights, device_uuid
 
@@ -77,6 +78,10 @@ class RolloutWorker:
     def device_uuid(self) -> str:
         """This worker's GPU ("" on CPU)."""
         return device_uuid()
+
+    def peak_gpu_gib(self) -> float:
+        """The most GPU memory this worker has held: weights, KV caches, CUDA graph pools (0 on CPU)."""
+        return peak_gpu_gib()
 
     def dequantized_weights(self) -> dict[str, torch.Tensor]:
         """What each FP4 linear multiplies by (float32), keyed like the trainer's weights."""

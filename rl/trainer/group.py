@@ -146,6 +146,10 @@ class TrainerGroup:
         refs = [(r.export_shared if shared else r.export_weights).remote() for r in self.ranks]
         return refs[0]
 
+    def peak_gpu_gib(self) -> float:
+        """The most GPU memory any rank has held, in GiB (0 on CPU)."""
+        return max(self._get([r.peak_gpu_gib.remote() for r in self.ranks]))
+
     def connect_weights(self, mode: str, worker_uuids: list[str]) -> str:
         """Pick the weight path for ``cluster.weight_sync=mode`` given the rollout workers' GPUs; returns it."""
         self.weight_sync = choose(mode, self._get([self.ranks[0].device_uuid.remote()])[0], worker_uuids)

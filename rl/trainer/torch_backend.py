@@ -29,6 +29,7 @@ from rl.algorithms.policy_loss import get_policy_loss_fn
 from rl.config import AlgorithmConfig, TrainerConfig
 from rl.faults import maybe_kill
 from rl.fp4.qat import HostStaging, apply_qat, export_weights, fake_quant_weights, to_cpu
+from rl.memory import peak_gpu_gib
 from rl.models import lm_head_weight, load_model
 from rl.types import DistillPart, LossNormalizer, TrainBatch, predicting_mask
 from rl.weight_sync import SharedExport, SharedWeights, device_uuid
@@ -388,6 +389,10 @@ class TorchTrainer:
     def device_uuid(self) -> str:
         """This rank's GPU ("" on CPU): rollout workers on the same GPU take the weights by CUDA IPC."""
         return device_uuid()
+
+    def peak_gpu_gib(self) -> float:
+        """The most GPU memory this rank has held (0 on CPU)."""
+        return peak_gpu_gib()
 
     def fake_quant_weights(self) -> dict[str, torch.Tensor]:
         """The weights each QAT linear multiplies by in the training forward (rank 0; for the bitwise check)."""
