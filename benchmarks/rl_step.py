@@ -5,8 +5,11 @@
     python -m benchmarks.rl_step --no-trl --variants mxfp4 --job auto,object_store --larger 32   # the job's step
 
 With ``--job``, each variant also runs through what a job runs (a RolloutGroup and a TrainerGroup of Ray actors
-sharing the GPU, batches crossing Ray, weights by CUDA IPC or the object store), alternating with the plain
-classes, and the output adds each job row's ratio to its plain row and what the actors add per phase.
+sharing the GPU, batches crossing Ray, weights by CUDA IPC or the object store), and the output adds each job
+row's ratio to its plain row and what the actors add per phase. TRL and the plain classes alternate step by
+step; everything else (the ``--larger`` batches, ``--no-trl`` runs, the job variants) runs one engine at a time,
+each freed before the next is built: the plain classes and a job's actors at 256 x 256 do not fit one 80 GB
+card together.
 
 One step = rollout of ``prompts x group`` completions generated to exactly ``new_tokens`` tokens (EOS ignored),
 rewards, GRPO advantages, a log-prob recompute of the batch, one optimizer step, and the weight push to the
@@ -21,12 +24,14 @@ same function for both. Medians over the timed steps after ``--warmup`` untimed 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +111,22 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def time_alone(engine: Ours, size: Setup, total: int, warmup: int) -> dict[str, Any]:
+    """``total`` steps of one engine over ``size``'s questions; its row (medians after ``warmup``)."""
+    t = Timings(engine.name)
+    for _ in range(total):
+        reset_peak(size.device)
+        seconds, phases = engine.step(len(size.questions))
+        t.add(seconds, peak_gib(size.device), phases)
+    return t.row(size, warmup)
+
+
 def peak_gib(device: torch.device) -> float:
     """The CUDA allocator's peak since the last reset (both engines' weights are resident throughout)."""
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
@@ -175,7 +196,9 @@ class Ours:
         return t4 - t0, dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True))
 
     def close(self) -> None:
-        pass
+        """Free the GPU memory this engine holds (the next engine is built after it)."""
+        del self.engine, self.trainer
+        free_memory(self.setup.device)
 
 
 class Job(Ours):
@@ -216,6 +239,7 @@ class Job(Ours):
     def close(self) -> None:
         self.trainer.shutdown()
         self.rollout.shutdown()
+        free_memory(self.setup.device)
 
 
 def trl_trainer(setup: Setup, out_dir: str, steps: int, callback: Any) -> Any:
@@ -389,39 +413,33 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         setup = Setup(model_dir, questions[: args.prompts], args.group, args.new_tokens, dtype, device)
         total = args.warmup + args.steps
         steps = total * (1 + len(larger))
-        ours = [
-            Ours(setup, questions, fp4, args.micro_batch, steps, args.decode)
-            for fp4 in args.variants.split(",")
-        ]
+        plain = [partial(Ours, setup, questions, fp4, args.micro_batch, steps, args.decode)
+                 for fp4 in args.variants.split(",")]  # fmt: skip
+        jobs = []
         if args.job:
             import ray
 
             ray.init(num_cpus=max(4, os.cpu_count() or 1), num_gpus=1 if device.type == "cuda" else 0,
                      include_dashboard=False, log_to_driver=False)  # fmt: skip
             share = 1 / (2 * len(args.job) * len(args.variants.split(",")))  # 2 actors per job variant
-            ours += [Job(setup, questions, fp4, args.micro_batch, steps, args.decode, mode, share)
-                     for fp4 in args.variants.split(",") for mode in args.job]  # fmt: skip
-        if args.no_trl:
-            timings = [Timings(o.name) for o in ours]
-            for _ in range(total):
-                for engine, t in zip(ours, timings, strict=True):
-                    reset_peak(device)
-                    seconds, phases = engine.step()
-                    t.add(seconds, peak_gib(device), phases)
-        else:
-            timings = alternate(setup, ours, total)
-        rows = [t.row(setup, args.warmup) for t in timings]
-        for n in larger:
-            big = replace(setup, questions=questions[:n])
+            jobs = [partial(Job, setup, questions, fp4, args.micro_batch, steps, args.decode, mode, share)
+                    for fp4 in args.variants.split(",") for mode in args.job]  # fmt: skip
+        sizes = [setup, *(replace(setup, questions=questions[:n]) for n in larger)]
+        rows = []
+        if not args.no_trl:  # TRL and the plain classes alternate, step by step, all resident together
+            ours = [make() for make in plain]
+            rows += [t.row(setup, args.warmup) for t in alternate(setup, ours, total)]
+            for size in sizes[1:]:
+                rows += [time_alone(engine, size, total, args.warmup) for engine in ours]
             for engine in ours:
-                t = Timings(engine.name)
-                for _ in range(total):
-                    reset_peak(device)
-                    seconds, phases = engine.step(n)
-                    t.add(seconds, peak_gib(device), phases)
-                rows.append(t.row(big, args.warmup))
-        for engine in ours:
+                engine.close()
+            plain = []
+        # the rest one engine at a time: the plain classes and a job's actors do not fit one 80 GB card together
+        for make in plain + jobs:
+            engine = make()
+            rows += [time_alone(engine, size, total, args.warmup) for size in sizes]
             engine.close()
+        rows.sort(key=lambda r: (r["completions"], not r["engine"].startswith("TRL"), r["engine"].startswith("job")))
     print(f"\n{args.model} ({dtype}), {args.prompts} prompts x {args.group}, {args.new_tokens} new tokens, "
           f"median of {args.steps} steps after {args.warmup} warm-up, on {name}\n")  # fmt: skip
     print(table(rows))

@@ -282,8 +282,14 @@ class SpecialistController:
         eta = (time.perf_counter() - started) / (step - first) * (self.cfg.steps - step)
         evals = f" eval/pass@1 {metrics['eval/pass@1']:.3f}" if "eval/pass@1" in metrics else ""
         print(
-            f"step {step}/{self.cfg.steps} reward {metrics['reward/mean']:.3f} "
-            f"loss {metrics.get('train/loss', float('nan')):.4f} {metrics['perf/step_s']:.1f}s/step "
-            f"eta {eta:.0f}s{evals}",
+            f"step {step}/{self.cfg.steps} reward {metrics['reward/mean']:.3f} {loss_text(metrics)} "
+            f"{metrics['perf/step_s']:.1f}s/step eta {eta:.0f}s{evals}",
             flush=True,
         )
+
+
+def loss_text(metrics: dict[str, float]) -> str:
+    """The step's loss, or why there was none: every group scored the same, so no advantage to learn from."""
+    if "train/loss" in metrics:
+        return f"loss {metrics['train/loss']:.4f}"
+    return "no update (every group scored alike)" if metrics.get("train/skipped_empty") else "loss -"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rl.batching import TaskStream
 from rl.config import ClusterConfig, LoggerConfig, RolloutConfig, SpecialistRunConfig
-from rl.controller import SpecialistController
+from rl.controller import SpecialistController, loss_text
 from rl.models import load_tokenizer
 from rl.rollout.group import RolloutGroup
 from rl.tracking import Tracker
@@ -54,3 +54,9 @@ def test_dynamic_sampling_drops_uniform_groups_and_refills(
     assert metrics["rollout/sampling_rounds"] >= 2 and metrics["rollout/kept_groups_frac"] < 1
     assert stream.position()["index"] > 3  # refills drew new prompts
     assert all(len(g.rollouts) == 6 for g in groups)
+
+
+def test_a_step_with_no_update_says_why_instead_of_a_nan_loss() -> None:
+    assert loss_text({"train/loss": 0.25}) == "loss 0.2500"
+    assert loss_text({"train/skipped_empty": 1.0}) == "no update (every group scored alike)"
+    assert loss_text({}) == "loss -"

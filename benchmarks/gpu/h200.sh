@@ -33,9 +33,11 @@ smi=$!
   note "pipeline rc=$?"
 ) &
 pipe=$!
-python -m pytest -m gpu -q -p no:cacheprovider --durations=0 tests/test_weight_sync_gpu.py \
-  tests/test_static_decode_gpu.py tests/test_jobs_gpu.py > "$out/gpu_tests.log" 2>&1
-note "gpu tests rc=$?"
+# one pytest per file: each file's failures are in its log as soon as it ends (a batch cut short keeps them)
+for t in tests/test_weight_sync_gpu.py tests/test_static_decode_gpu.py tests/test_jobs_gpu.py; do
+  python -m pytest -m gpu -q -p no:cacheprovider --durations=0 --tb=short "$t" > "$out/gpu_$(basename "$t" .py).log" 2>&1
+  note "$t rc=$?"
+done
 wait "$pipe"
 kill "$smi"
 note "all"
