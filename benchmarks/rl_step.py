@@ -439,7 +439,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             engine = make()
             rows += [time_alone(engine, size, total, args.warmup) for size in sizes]
             engine.close()
-        rows.sort(key=lambda r: (r["completions"], not r["engine"].startswith("TRL"), r["engine"].startswith("job")))
+        rows.sort(
+            key=lambda r: (r["completions"], not r["engine"].startswith("TRL"), r["engine"].startswith("job"))
+        )
     print(f"\n{args.model} ({dtype}), {args.prompts} prompts x {args.group}, {args.new_tokens} new tokens, "
           f"median of {args.steps} steps after {args.warmup} warm-up, on {name}\n")  # fmt: skip
     print(table(rows))
