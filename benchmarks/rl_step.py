@@ -128,7 +128,8 @@ def time_alone(engine: Ours, size: Setup, total: int, warmup: int) -> dict[str, 
 
 
 def peak_gib(device: torch.device) -> float:
-    """The CUDA allocator's peak since the last reset (both engines' weights are resident throughout)."""
+    """The CUDA allocator's peak since the last reset (in the TRL duel both engines' weights are resident; after
+    it, only the engine being timed)."""
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
 
 
@@ -433,9 +434,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 rows += [time_alone(engine, size, total, args.warmup) for engine in ours]
             for engine in ours:
                 engine.close()
-            plain = []
         # the rest one engine at a time: the plain classes and a job's actors do not fit one 80 GB card together
-        for make in plain + jobs:
+        for make in jobs if not args.no_trl else plain + jobs:
             engine = make()
             rows += [time_alone(engine, size, total, args.warmup) for size in sizes]
             engine.close()
