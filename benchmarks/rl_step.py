@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from rl.algorithms.advantages import grpo
+from rl.algorithms.objective import PolicyObjective
 from rl.batching import build_train_batch
 from rl.config import AlgorithmConfig, RolloutConfig, TrainerConfig
 from rl.models import load_tokenizer, smollm2_path, tiny_qwen3_config, token_id
@@ -143,7 +144,7 @@ class Ours:
         path = str(setup.model_dir)
         rollout = RolloutConfig(max_batch_size=len(questions) * setup.group, decode=decode)  # one batch
         self.engine = HFEngine.from_path(path, rollout, setup.dtype, fp4)
-        self.trainer = TorchTrainer(path, TrainerConfig(lr=1e-6, micro_batch_size=micro_batch), AlgorithmConfig(),
+        self.trainer = TorchTrainer(path, TrainerConfig(lr=1e-6, micro_batch_size=micro_batch), PolicyObjective(AlgorithmConfig()),
                                     total_steps=steps, dtype=setup.dtype, fp4=fp4)  # fmt: skip
         self.name = f"ours (FP4 {fp4}, decode={self.engine.decode})"
         self._prepare(self.engine.tokenizer, questions)
@@ -219,7 +220,7 @@ class Job(Ours):
         cluster = ClusterConfig(actor_cpus=1, actor_gpus=gpus, weight_sync=weight_sync, torch_threads=1)
         rollout = RolloutConfig(max_batch_size=len(questions) * setup.group, decode=decode)
         self.rollout = RolloutGroup(path, rollout, cluster, env, fp4)
-        self.trainer = TrainerGroup(path, TrainerConfig(lr=1e-6, micro_batch_size=micro_batch), AlgorithmConfig(),
+        self.trainer = TrainerGroup(path, TrainerConfig(lr=1e-6, micro_batch_size=micro_batch), PolicyObjective(AlgorithmConfig()),
                                     cluster, steps, setup.dtype, 0, env, 1.0, fp4)  # fmt: skip
         path_taken = self.trainer.connect_weights(weight_sync, self.rollout.device_uuids())
         self.name = f"job (FP4 {fp4}, Ray actors, weights by {path_taken})"

@@ -312,23 +312,3 @@ def get_opd_loss(name: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     if name not in OPD_LOSSES:
         raise ValueError(f"unknown distill.loss {name!r}; valid: {', '.join(OPD_LOSSES)}")
     return OPD_LOSSES[name]
-
-
-@dataclass(frozen=True)
-class OPDObjective:
-    """What the trainer applies to each micro-batch in an OPD step: ``distill.loss`` by name with its options.
-
-    The trainer (``rl/``) calls it without importing ``distill/``: the object travels to its actor pickled.
-    Returns (the weighted loss, the per-position KL it reports)."""
-
-    loss: str
-    options: LossOptions = LossOptions()
-
-    def __post_init__(self) -> None:
-        get_opd_loss(self.loss)  # an unknown name fails where the objective is made, naming the valid ones
-
-    def __call__(self, h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor,
-                 weight: torch.Tensor, token_N: torch.Tensor, rollout_logprob_N: torch.Tensor,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        sampled = SampledTokens(token_N, rollout_logprob_N)
-        return get_opd_loss(self.loss)(h_s, w_s, h_t, w_t, weight, sampled, self.options)

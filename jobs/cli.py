@@ -270,7 +270,7 @@ def _loaded(names: tuple[str, ...]) -> tuple[type[BaseException], ...]:
 
 BAD_INPUT = (
     "rl.placement:ResourceError",
-    "rl.controller:NonFiniteLossError",
+    "rl.loop:NonFiniteLossError",
     "rewards.guard:RewardErrorRateError",
 )
 RETRYABLE = (

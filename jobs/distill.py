@@ -35,11 +35,11 @@ from jobs.common import (
 )
 from jobs.make_base import resolve_model_path
 from jobs.train_specialist import check_backends, check_memory
-from rl.config import AlgorithmConfig, DistillRunConfig
+from rl.config import DistillRunConfig
 
 if TYPE_CHECKING:
-    from distill.controller import DomainData
     from distill.routing import Route
+    from distill.step import DomainData
     from distill.teacher import TeacherGroup
     from rl.rollout.group import RolloutGroup
     from rl.tracking import Tracker
@@ -76,7 +76,7 @@ def check_inputs(cfg: DistillRunConfig) -> None:
 
 
 def domain_data(cfg: DistillRunConfig, routes: list[Route]) -> dict[str, DomainData]:
-    from distill.controller import DomainData
+    from distill.step import DomainData
     from rl.batching import TaskStream
 
     return {r.domain: DomainData(TaskStream(r.specialist.train_tasks(r.tasks_cfg), seed=cfg.seed),
@@ -114,34 +114,31 @@ def resource_needs(cfg: DistillRunConfig, routes: list[Route]) -> dict[str, dict
 
 def start_workers(cfg: DistillRunConfig, student: str, routes: list[Route], env: dict[str, str]
                   ) -> tuple[TrainerGroup, RolloutGroup, TeacherGroup]:  # fmt: skip
-    from distill.losses import LossOptions, OPDObjective
+    from distill.objective import OPDObjective
     from distill.teacher import TeacherGroup
     from rl.rollout.group import RolloutGroup
     from rl.trainer.group import TrainerGroup
 
-    trainer_cfg = dataclasses.replace(cfg.trainer, lr=cfg.distill.lr)
-    trainer = TrainerGroup(student, trainer_cfg, AlgorithmConfig(), cfg.cluster, cfg.steps, cfg.model.dtype,
-                           cfg.seed, env, cfg.rollout.temperature, cfg.fp4)  # fmt: skip
-    rollout = RolloutGroup(student, cfg.rollout, cfg.cluster, env, cfg.fp4)
-    trainer.connect_weights(cfg.cluster.weight_sync, rollout.device_uuids())
     teachers = TeacherGroup({r.teacher.name: (r.teacher.checkpoint, r.teacher.fp4) for r in routes},
                             cfg.model.dtype, cfg.cluster, cfg.distill.teacher_cpus, env)  # fmt: skip
-    d = cfg.distill
-    trainer.set_teacher_heads(
-        teachers.heads(), OPDObjective(d.loss, LossOptions(d.beta, d.top_k, d.is_cap, d.vocab_chunk))
-    )
+    objective = OPDObjective.of(cfg.distill, teachers.heads())
+    trainer_cfg = dataclasses.replace(cfg.trainer, lr=cfg.distill.lr)
+    trainer = TrainerGroup(student, trainer_cfg, objective, cfg.cluster, cfg.steps, cfg.model.dtype, cfg.seed, env,
+                           cfg.rollout.temperature, cfg.fp4)  # fmt: skip
+    rollout = RolloutGroup(student, cfg.rollout, cfg.cluster, env, cfg.fp4)
+    trainer.connect_weights(cfg.cluster.weight_sync, rollout.device_uuids())
     return trainer, rollout, teachers
 
 
 def run(cfg: DistillRunConfig) -> dict[str, Any]:
     """The whole job; returns the summary (also written to ``summary.json``)."""
-    from distill.controller import DistillController, Prompts, recovery_table, teacher_evals
     from distill.routing import build_routes, check_compatible, check_context
-    from rl.checkpoint import load_state
-    from rl.controller import sampling_params
+    from distill.step import OPDStep, recovery_table, teacher_evals
+    from rl.episodes import Prompts, sampling_params
+    from rl.loop import Loop, LoopSettings, RunState
     from rl.models import load_tokenizer
     from rl.placement import check_resources, share_gpus
-    from rl.tracking import Tracker, truncate_metrics
+    from rl.tracking import Tracker
     from specialists.registry import registry_path
 
     check_options(cfg)
@@ -162,37 +159,31 @@ def run(cfg: DistillRunConfig) -> dict[str, Any]:
     teachers = {r.teacher.name: (r.teacher.checkpoint, r.teacher.fp4) for r in routes}
     check_memory(cfg, student, cfg.prompts_per_step, cfg.rollout.max_new_tokens, teachers)
     env = forwarded_env()
-    state = load_state(checkpoint) if checkpoint else {}
-    history = state.get("history", {})
+    state = RunState.load(checkpoint) if checkpoint else RunState()
     prompts = Prompts(tokenizer)
-    if "teachers" not in history:
+    if not state.teachers:
         print(f"evaluating {len(routes)} teacher(s) on {len(routes)} domain(s)", flush=True)
-        history["teachers"] = teacher_evals(routes, data, served_teacher(cfg, env), prompts,
-                                            sampling_params(cfg.rollout, seed=0, temperature=0.0))  # fmt: skip
+        state.teachers = teacher_evals(routes, data, served_teacher(cfg, env), prompts,
+                                       sampling_params(cfg.rollout, seed=0, temperature=0.0))  # fmt: skip
     trainer, rollout, teachers = start_workers(cfg, student, routes, env)
     tracker = Tracker(run_dir, cfg.logger, dataclasses.asdict(cfg), cfg.run_name, job_type="distill",
-                      run_id=state.get("wandb_run_id"))  # fmt: skip
-    controller = DistillController(cfg, run_dir, routes, data, tokenizer, rollout, trainer, teachers, tracker)
-    controller.history = history
+                      run_id=state.wandb_run_id)  # fmt: skip
+    step = OPDStep(cfg, routes, data, tokenizer, rollout, trainer, teachers, tracker)
+    loop = Loop(LoopSettings.of(cfg), run_dir, step, trainer, rollout, tracker, tokenizer, state,
+                roles={"teacher": teachers})  # fmt: skip
     if checkpoint:
-        trainer.load(str(checkpoint))
-        rollout.push_weights(trainer.export_weights())
-        for domain, position in state["data"].items():
-            data[domain].stream.seek(**position)
-        truncate_metrics(run_dir / "metrics.jsonl", state["step"])
-        controller.last_checkpoint = str(checkpoint)
-        print(f"resuming {run_dir} from {checkpoint.name} (step {state['step']})", flush=True)
+        loop.resume(checkpoint)
     try:
-        summary = controller.run(state.get("step", 0))
+        summary = loop.run()
     finally:
         trainer.shutdown()
         rollout.shutdown()
         teachers.shutdown()
     base = {k.removesuffix("_start"): v for k, v in summary.items() if k.endswith("_start")}
-    table, recovered = recovery_table(base, history["teachers"], summary, routes)
+    table, recovered = recovery_table(base, state.teachers, summary, routes)
     summary["eval_table"] = table
     summary |= {f"eval/{r.teacher.name}/{k.removeprefix('eval/')}": v
-                for r in routes for k, v in history["teachers"][r.teacher.name].items()}  # fmt: skip
+                for r in routes for k, v in state.teachers[r.teacher.name].items()}  # fmt: skip
     summary |= {f"opd/recovered/{domain}": value for domain, value in recovered.items()}
     summary["wandb_artifact"] = record_lineage(cfg, tracker, routes, summary)
     tracker.finish(summary)

@@ -35,7 +35,6 @@ from jobs.make_base import resolve_model_path
 from rl.config import DistillRunConfig, SpecialistRunConfig
 
 if TYPE_CHECKING:
-    from rl.batching import TaskStream
     from rl.rollout.group import RolloutGroup
     from rl.tracking import Tracker
     from rl.trainer.group import TrainerGroup
@@ -105,6 +104,7 @@ def check_memory(cfg: SpecialistRunConfig | DistillRunConfig, model_path: str, s
 
 def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGroup, RolloutGroup]:
     """Check the cluster can hold every role, then start the trainer ranks and rollout workers."""
+    from rl.algorithms.objective import PolicyObjective
     from rl.placement import check_resources, role_needs
     from rl.rollout.group import RolloutGroup
     from rl.trainer.group import TrainerGroup
@@ -117,7 +117,7 @@ def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGro
     )
     env = forwarded_env()
     trainer = TrainerGroup(
-        model_path, cfg.trainer, cfg.algorithm, cfg.cluster, cfg.steps, cfg.model.dtype, cfg.seed, env,
+        model_path, cfg.trainer, PolicyObjective(cfg.algorithm), cfg.cluster, cfg.steps, cfg.model.dtype, cfg.seed, env,
         cfg.rollout.temperature, cfg.fp4,
     )  # fmt: skip
     rollout = RolloutGroup(model_path, cfg.rollout, cfg.cluster, env, cfg.fp4)
@@ -125,26 +125,11 @@ def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGro
     return trainer, rollout
 
 
-def restore(
-    checkpoint: Path, run_dir: Path, trainer: TrainerGroup, rollout: RolloutGroup, stream: TaskStream
-) -> dict[str, Any]:
-    """Load a checkpoint into the workers and the data stream; cut metrics back to its step."""
-    from rl.checkpoint import load_state
-    from rl.tracking import truncate_metrics
-
-    state = load_state(checkpoint)
-    trainer.load(str(checkpoint))
-    rollout.push_weights(trainer.export_weights())
-    stream.seek(**state["data"])
-    truncate_metrics(run_dir / "metrics.jsonl", state["step"])
-    print(f"resuming {run_dir} from {checkpoint.name} (step {state['step']})", flush=True)
-    return state
-
-
 def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     """The whole job; returns the summary (also written to ``summary.json``)."""
     from rl.batching import TaskStream
-    from rl.controller import SpecialistController, response_budget
+    from rl.grpo_step import GRPOStep, response_budget
+    from rl.loop import Loop, LoopSettings, RunState
     from rl.models import load_tokenizer, model_context
     from rl.placement import share_gpus
     from rl.tracking import Tracker
@@ -168,17 +153,16 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     check_memory(cfg, model_path, cfg.prompts_per_step * cfg.algorithm.group_size, budget)
     trainer, rollout = start_workers(cfg, model_path)
     stream = TaskStream(train_tasks, seed=cfg.specialist.data_seed)
-    state = restore(checkpoint, run_dir, trainer, rollout, stream) if checkpoint else {}
+    state = RunState.load(checkpoint) if checkpoint else RunState()
     tracker = Tracker(run_dir, cfg.logger, dataclasses.asdict(cfg), cfg.run_name, job_type="specialist",
-                      run_id=state.get("wandb_run_id"))  # fmt: skip
-    controller = SpecialistController(
-        cfg, run_dir, specialist, tokenizer, rollout, trainer, tracker, stream, eval_tasks
-    )
-    controller.history = state.get("history", {})
-    controller.last_checkpoint = str(checkpoint) if checkpoint else None
+                      run_id=state.wandb_run_id)  # fmt: skip
+    step = GRPOStep(cfg, specialist, tokenizer, rollout, trainer, tracker, stream, eval_tasks)
+    loop = Loop(LoopSettings.of(cfg), run_dir, step, trainer, rollout, tracker, tokenizer, state)
+    if checkpoint:
+        loop.resume(checkpoint)
     print(f"run {run_dir}: {len(train_tasks)} train / {len(eval_tasks)} eval tasks", flush=True)
     try:
-        summary = controller.run(state.get("step", 0))
+        summary = loop.run()
     finally:
         trainer.shutdown()
         rollout.shutdown()

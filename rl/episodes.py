@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from rewards.guard import guarded_scores
-from rl.config import SpecialistConfig
+from rl.config import RolloutConfig, SpecialistConfig
 from rl.rollout.multiturn import EnvLike, Generate, multi_turn_rollouts
+from rl.sft import chat_prompt_ids
 from rl.types import Reward, Rollout, SamplingParams, Task
 
 
@@ -42,6 +43,30 @@ class Specialist(Protocol):
     def tool_stop(self) -> str:
         """Where a model turn ends to call a tool (multi-turn only)."""
         ...
+
+
+class Prompts:
+    """Chat-formatted prompt ids, encoded once per task."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer, self._cache = tokenizer, {}
+
+    def __call__(self, task: Task) -> list[int]:
+        if task.uid not in self._cache:
+            self._cache[task.uid] = chat_prompt_ids(self.tokenizer, task.prompt)
+        return self._cache[task.uid]
+
+
+def sampling_params(r: RolloutConfig, seed: int, temperature: float | None = None) -> SamplingParams:
+    """The rollout config's sampling at ``seed``; ``temperature=0.0`` for greedy eval."""
+    temp = r.temperature if temperature is None else temperature
+    return SamplingParams(r.max_new_tokens, temp, r.top_p, r.top_k, tuple(r.stop), seed)
+
+
+def rollout_seed(seed: int, step: int, part: int) -> int:
+    """The sampling seed of a step's ``part`` (a refill round, or a domain): a function of the run's seed and
+    the step only, so a resumed run samples what an uninterrupted one would have."""
+    return seed * 100_003 + step * 101 + part
 
 
 def specialist_rollouts(

@@ -9,7 +9,7 @@ import pytest
 
 from rl.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from rl.config import LoggerConfig
-from rl.controller import NonFiniteGuard, NonFiniteLossError
+from rl.loop import CheckpointStateError, NonFiniteGuard, NonFiniteLossError, RunState
 from rl.tracking import Tracker, truncate_metrics
 from tests.conftest import wandb_records
 
@@ -65,6 +65,21 @@ def test_nonfinite_guard_stops_after_the_limit() -> None:
         NonFiniteLossError, match=r"3 non-finite losses in a row .* Last good checkpoint: ckpt"
     ):
         guard.update(True, 6, "ckpt")
+
+
+def test_run_state_round_trips_and_reads_the_layout_before_it(tmp_path: Path) -> None:
+    state = RunState(step=0, data={"math": {"epoch": 1, "index": 4}}, wandb_run_id="abc",
+                     eval_start={"eval/pass@1": 0.25}, teachers={"math": {"eval/math/pass@1": 0.5}})  # fmt: skip
+    saved = {k: v for k, v in state.to_json().items() if k != "step"}
+    path = save_checkpoint(tmp_path, 7, _writer("w"), saved, keep=1)
+    assert RunState.load(path) == RunState(**(state.to_json() | {"step": 7}))
+    old = {"data": {"epoch": 0, "index": 3}, "wandb_run_id": None, "step": 3,  # eval history nested, as before
+           "history": {"eval_start": {"eval/pass@1": 0.1}, "last_step": {"train/loss": 0.5}}}  # fmt: skip
+    assert RunState.from_json(old) == RunState(3, {"epoch": 0, "index": 3}, None, {"eval/pass@1": 0.1}, {},
+                                               {"train/loss": 0.5})  # fmt: skip
+    for bad in ({}, {"step": "3"}, {"step": 3, "optimizer_shards": 2}):
+        with pytest.raises(CheckpointStateError, match="not a run state this version can resume"):
+            RunState.from_json(bad)
 
 
 def wandb_history(run_dir: Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The controller's DAPO dynamic sampling through real rollout workers on Ray."""
+"""The GRPO step's DAPO dynamic sampling through real rollout workers on Ray."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rl.batching import TaskStream
 from rl.config import ClusterConfig, LoggerConfig, RolloutConfig, SpecialistRunConfig
-from rl.controller import SpecialistController, loss_text
+from rl.grpo_step import GRPOStep, loss_text
 from rl.models import load_tokenizer
 from rl.rollout.group import RolloutGroup
 from rl.tracking import Tracker
@@ -40,13 +40,13 @@ def test_dynamic_sampling_drops_uniform_groups_and_refills(
     rollout = RolloutGroup(str(tiny_base), cfg.rollout, ClusterConfig(actor_cpus=0.5, torch_threads=1), {})
     tracker = Tracker(tmp_path, LoggerConfig(mode="disabled"), {}, "t", job_type="specialist")
     stream = TaskStream(tasks, seed=0)
-    controller = SpecialistController(
-        cfg, tmp_path, ParitySpecialist, load_tokenizer(str(tiny_base)), rollout,
+    grpo = GRPOStep(
+        cfg, ParitySpecialist, load_tokenizer(str(tiny_base)), rollout,
         None, tracker, stream, [],  # type: ignore[arg-type]  # sampling needs no trainer
     )  # fmt: skip
-    groups, metrics = controller.sample_groups(step=1)
+    groups, metrics = grpo.sample(step=1)
     cfg.algorithm.max_refill_rounds = 0  # no refills: the uniform groups are dropped, not replaced
-    short, short_metrics = controller.sample_groups(step=2)
+    short, short_metrics = grpo.sample(step=2)
     rollout.shutdown()
     assert short_metrics["rollout/sampling_rounds"] == 1 and len(short) < 3
     assert len(groups) == 3 and all(g.task.uid.startswith("hard") for g in groups)

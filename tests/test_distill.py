@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.losses import LossOptions, OPDObjective
+from distill.losses import LossOptions
+from distill.objective import OPDObjective
 from distill.routing import CompatibilityError, build_routes, check_compatible, check_context
 from distill.teacher import Teacher
 from rl.batching import build_train_batch
-from rl.config import AlgorithmConfig, DistillConfig, TrainerConfig
+from rl.config import DistillConfig, TrainerConfig
 from rl.fp4.qat import fake_quant_weights, qat_linear_names
 from rl.models import load_model, load_tokenizer
 from rl.rollout.hf import HFEngine
@@ -153,12 +154,9 @@ def test_teacher_returns_hidden_states_of_predicting_positions_and_serves_fp4(
 
 
 def opd_trainer(base: Path, micro: int = 8, lr: float = 1e-3, loss: str = "reverse_kl") -> TorchTrainer:
-    trainer = TorchTrainer(
-        str(base), TrainerConfig(lr=lr, micro_batch_size=micro), AlgorithmConfig(), total_steps=20
-    )
     teacher_head = load_model(str(base)).get_output_embeddings().weight.detach()
-    trainer.set_teacher_heads({"t": teacher_head}, OPDObjective(loss, LossOptions(vocab_chunk=200)))
-    return trainer
+    objective = OPDObjective(loss, LossOptions(vocab_chunk=200), {"t": teacher_head})
+    return TorchTrainer(str(base), TrainerConfig(lr=lr, micro_batch_size=micro), objective, total_steps=20)
 
 
 def naive_kl(student: torch.nn.Module, teacher: torch.nn.Module, batch: TrainBatch) -> float:
@@ -177,14 +175,14 @@ def test_opd_step_loss_is_the_naive_kl_and_training_lowers_it(
     teacher = Teacher(str(teacher_dir))
     hidden, _ = teacher.hidden_states(batch)
     trainer = opd_trainer(tiny_base)
-    trainer.teacher_heads = {"t": teacher.head()}
+    trainer.objective.heads = {"t": teacher.head()}
     before = naive_kl(trainer.model, teacher.model, batch)
-    metrics = trainer.distill_step([DistillPart("t", batch, 1.0)], batch.num_tokens, hidden)
+    metrics = trainer.train_step([DistillPart("t", batch, 1.0)], batch.num_tokens, hidden)
     assert metrics["train/loss"] == pytest.approx(before, rel=1e-4)
     assert metrics["opd/kl/t_sum"] / metrics["opd/tokens/t"] == pytest.approx(before, rel=1e-4)
     assert metrics["opd/tokens/t"] == batch.num_tokens and metrics["train/nonfinite"] == 0
     for _ in range(5):
-        trainer.distill_step([DistillPart("t", batch, 1.0)], batch.num_tokens, hidden)
+        trainer.train_step([DistillPart("t", batch, 1.0)], batch.num_tokens, hidden)
     assert naive_kl(trainer.model, teacher.model, batch) < 0.7 * before
 
 
@@ -194,14 +192,14 @@ def test_opd_step_is_invariant_to_micro_batches_and_parts(tiny_base: Path, teach
     grad_norms = []
     for micro, split in ((8, False), (2, False), (8, True)):
         trainer = opd_trainer(tiny_base, micro=micro)
-        trainer.teacher_heads = {"t": teacher.head(), "u": teacher.head()}
+        trainer.objective.heads = {"t": teacher.head(), "u": teacher.head()}
         if split:  # the same rows as two parts of two teachers with the same head
             a, b = batch.select(slice(0, 3)), batch.select(slice(3, 6))
             n_a = int(predicting_mask(a.loss_mask_BT).sum())
-            metrics = trainer.distill_step([DistillPart("t", a, 1.0), DistillPart("u", b, 1.0)], batch.num_tokens,
+            metrics = trainer.train_step([DistillPart("t", a, 1.0), DistillPart("u", b, 1.0)], batch.num_tokens,
                                            hidden[:n_a], hidden[n_a:])  # fmt: skip
         else:
-            metrics = trainer.distill_step([DistillPart("t", batch, 1.0)], batch.num_tokens, hidden)
+            metrics = trainer.train_step([DistillPart("t", batch, 1.0)], batch.num_tokens, hidden)
         grad_norms.append(metrics["train/grad_norm"])
     assert grad_norms[1] == pytest.approx(grad_norms[0], rel=1e-4)
     assert grad_norms[2] == pytest.approx(grad_norms[0], rel=1e-4)
@@ -210,7 +208,7 @@ def test_opd_step_is_invariant_to_micro_batches_and_parts(tiny_base: Path, teach
 def test_self_distillation_has_zero_loss(tiny_base: Path, batch) -> None:
     teacher = Teacher(str(tiny_base))
     trainer = opd_trainer(tiny_base)
-    metrics = trainer.distill_step(
+    metrics = trainer.train_step(
         [DistillPart("t", batch, 1.0)], batch.num_tokens, teacher.hidden_states(batch)[0]
     )
     assert abs(metrics["train/loss"]) < 1e-5 and metrics["train/grad_norm"] < 1e-4
@@ -222,14 +220,14 @@ def test_alternative_objectives_train_through_the_same_step(
 ) -> None:
     teacher = Teacher(str(teacher_dir))
     trainer = opd_trainer(tiny_base, loss=loss)
-    trainer.teacher_heads = {"t": teacher.head()}
+    trainer.objective.heads = {"t": teacher.head()}
     hidden = teacher.hidden_states(batch)[0]
-    metrics = trainer.distill_step([DistillPart("t", batch, 1.0)], batch.num_tokens, hidden)
+    metrics = trainer.train_step([DistillPart("t", batch, 1.0)], batch.num_tokens, hidden)
     assert metrics["train/grad_norm"] > 0 and metrics["opd/kl/t_sum"] > 0
 
 
 def test_recovery_table_by_hand(tmp_path: Path, tiny_base: Path) -> None:
-    from distill.controller import recovery_table
+    from distill.step import recovery_table
 
     path = tmp_path / "registry.json"
     for name, domain in (("m", "math"), ("c", "code")):

@@ -8,6 +8,7 @@ import pytest
 import ray
 import torch
 
+from rl.algorithms.objective import PolicyObjective
 from rl.config import AlgorithmConfig, ClusterConfig, RolloutConfig, TrainerConfig
 from rl.fp4.formats import dequantize, fake_quant, quantize
 from rl.fp4.packed import PackedFP4Linear
@@ -54,7 +55,7 @@ def test_rollout_weights_bitwise_equal_trainer_fake_quant_after_a_step(
     fmt: str,
 ) -> None:
     cluster = ClusterConfig(actor_cpus=0.5, torch_threads=1)
-    trainer = TrainerGroup(str(tiny_base), TrainerConfig(lr=1e-3), AlgorithmConfig(), cluster, 10, "float32", 0, {},
+    trainer = TrainerGroup(str(tiny_base), TrainerConfig(lr=1e-3), PolicyObjective(AlgorithmConfig()), cluster, 10, "float32", 0, {},
                            fp4=fmt)  # fmt: skip
     rollout = RolloutGroup(str(tiny_base), RolloutConfig(), cluster, {}, fp4=fmt)
     try:

@@ -10,6 +10,7 @@ import pytest
 import ray
 import torch
 
+from rl.algorithms.objective import PolicyObjective
 from rl.config import AlgorithmConfig, ClusterConfig, RolloutConfig, TrainerConfig
 from rl.models import load_model, load_tokenizer
 from rl.rollout.group import RolloutGroup
@@ -140,7 +141,7 @@ def test_fp4_is_simulated_on_cpu_and_bitwise_the_trainers_fake_quant(
     prompts: list[list[int]],
     ray_local,
 ) -> None:
-    trainer = TrainerGroup(str(tiny_base), TrainerConfig(lr=1e-3), AlgorithmConfig(), CLUSTER, 10, "float32", 0, {},
+    trainer = TrainerGroup(str(tiny_base), TrainerConfig(lr=1e-3), PolicyObjective(AlgorithmConfig()), CLUSTER, 10, "float32", 0, {},
                            fp4="mxfp4")  # fmt: skip
     rollout = RolloutGroup(str(tiny_base), VLLM, CLUSTER, {}, fp4="mxfp4")
     try:

@@ -9,6 +9,7 @@ import pytest
 import ray
 import torch
 
+from rl.algorithms.objective import PolicyObjective
 from rl.config import AlgorithmConfig, ClusterConfig, TrainerConfig
 from rl.fp4.formats import FP4Tensor, dequantize
 from rl.trainer.deepspeed_backend import deep_merge, deepspeed_config
@@ -27,11 +28,13 @@ def deepspeed_group(
 ) -> TrainerGroup:
     cfg = TrainerConfig(lr=1e-3, micro_batch_size=3, num_ranks=ranks, backend="deepspeed", zero_stage=stage,
                         deepspeed=ALL_PARTITIONED)  # fmt: skip
-    return TrainerGroup(str(base), cfg, AlgorithmConfig(), CLUSTER, 10, "float32", 0, env or {}, fp4=fp4)
+    return TrainerGroup(
+        str(base), cfg, PolicyObjective(AlgorithmConfig()), CLUSTER, 10, "float32", 0, env or {}, fp4=fp4
+    )
 
 
 def reference_step(base: Path, batch: TrainBatch, fp4: str) -> tuple[dict[str, float], TorchTrainer]:  # noqa: F811
-    trainer = TorchTrainer(str(base), TrainerConfig(lr=1e-3, micro_batch_size=8), AlgorithmConfig(),
+    trainer = TorchTrainer(str(base), TrainerConfig(lr=1e-3, micro_batch_size=8), PolicyObjective(AlgorithmConfig()),
                            total_steps=10, seed=0, fp4=fp4)  # fmt: skip
     return trainer.train_step(batch, LossNormalizer(batch.num_tokens, batch.num_sequences, 12)), trainer
 

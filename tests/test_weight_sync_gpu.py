@@ -13,6 +13,7 @@ import pytest
 import ray
 import torch
 
+from rl.algorithms.objective import PolicyObjective
 from rl.config import AlgorithmConfig, ClusterConfig, RolloutConfig, TrainerConfig
 from rl.models import load_tokenizer
 from rl.rollout.group import RolloutGroup
@@ -35,7 +36,7 @@ def ray_gpu():
 
 
 def test_weights_cross_by_cuda_ipc_bitwise_and_faster(tiny_base: Path, batch, ray_gpu) -> None:  # noqa: F811
-    trainer = TrainerGroup(str(tiny_base), TrainerConfig(lr=1e-3), AlgorithmConfig(), HALF, 10, "bfloat16", 0, {},
+    trainer = TrainerGroup(str(tiny_base), TrainerConfig(lr=1e-3), PolicyObjective(AlgorithmConfig()), HALF, 10, "bfloat16", 0, {},
                            fp4="mxfp4")  # fmt: skip
     rollout = RolloutGroup(str(tiny_base), RolloutConfig(), HALF, {}, fp4="mxfp4")
     tokenizer = load_tokenizer(str(tiny_base))

@@ -10,12 +10,14 @@ import torch
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import remove_placement_group
 
-from rl.config import AlgorithmConfig, ClusterConfig, TrainerConfig
+from rl.algorithms.objective import merge_policy_metrics
+from rl.config import ClusterConfig, TrainerConfig
 from rl.placement import actor_bundle, in_group, role_placement_group, unresponsive
 from rl.trainer.backends import BACKENDS
+from rl.trainer.objective import Objective
 from rl.trainer.torch_backend import DistInfo, free_port
 from rl.trainer.worker import ACTORS
-from rl.types import DistillPart, LossNormalizer, TrainBatch
+from rl.types import LossNormalizer, TrainBatch
 from rl.weight_sync import choose
 
 
@@ -30,7 +32,7 @@ class TrainerGroup:
         self,
         model_path: str,
         cfg: TrainerConfig,
-        algo: AlgorithmConfig,
+        objective: Objective,
         cluster: ClusterConfig,
         total_steps: int,
         dtype: str,
@@ -47,6 +49,9 @@ class TrainerGroup:
         )
         self.group = role_placement_group("trainer", [actor_bundle(cluster) for _ in range(cfg.num_ranks)])
         port = free_port()
+        objective_ref = ray.put(
+            objective
+        )  # once, however many ranks (an OPD objective carries teacher heads)
         self.ranks = [
             ACTORS[cfg.backend]
             .options(  # type: ignore[attr-defined]
@@ -58,7 +63,7 @@ class TrainerGroup:
             .remote(
                 model_path,
                 cfg,
-                algo,
+                objective_ref,
                 total_steps,
                 dtype,
                 DistInfo(rank=rank, world_size=cfg.num_ranks, master_port=port),
@@ -95,46 +100,18 @@ class TrainerGroup:
         return torch.cat(parts)
 
     def train_step(self, batch: TrainBatch, max_response_tokens: int) -> dict[str, float]:
-        """One optimizer step over ``batch`` split across ranks; metrics token-weighted across ranks."""
+        """One policy-gradient optimizer step over ``batch`` split across ranks; metrics token-weighted across
+        ranks."""
         norm = LossNormalizer(batch.num_tokens, batch.num_sequences, max_response_tokens)
-        results = self._get(
-            [r.train_step.remote(s, norm) for r, s in zip(self.ranks, self.shards(batch), strict=True)]
+        results = self.step([(shard, norm) for shard in self.shards(batch)])
+        return merge_policy_metrics(results, batch.num_sequences)
+
+    def step(self, work_by_rank: list[tuple[Any, ...]]) -> list[dict[str, float]]:
+        """One optimizer step of the ranks' objective: rank ``r`` trains on ``work_by_rank[r]`` (object references
+        in it are resolved in the rank's process); each rank's metrics."""
+        return self._get(
+            [r.train_step.remote(*work) for r, work in zip(self.ranks, work_by_rank, strict=True)]
         )
-        tokens = sum(m["train/tokens"] for m in results)
-        merged = {k: sum(m[k] * m["train/tokens"] for m in results) / tokens for k in results[0]}
-        merged.update({k: results[0][k] for k in ("train/grad_norm", "train/lr", "train/nonfinite")})
-        merged["train/loss"] = sum(m["train/loss"] for m in results)
-        merged["train/tokens"] = tokens
-        merged["train/sequences"] = float(batch.num_sequences)
-        return merged
-
-    def set_teacher_heads(self, heads: dict[str, torch.Tensor], objective: Any) -> None:
-        """Every rank gets the teachers' LM heads and the OPD objective (``distill.losses.OPDObjective``)."""
-        heads_ref = ray.put(heads)
-        self._get([r.set_teacher_heads.remote(heads_ref, objective) for r in self.ranks])
-
-    def distill_step(
-        self,
-        parts_by_rank: list[list[DistillPart]],
-        hidden_by_rank: list[list[ray.ObjectRef]],
-        total_tokens: int,
-    ) -> dict[str, float]:
-        """One OPD optimizer step: rank ``r`` trains on ``parts_by_rank[r]`` with the teacher hidden states
-        behind ``hidden_by_rank[r]`` (Ray resolves them in the rank's process). Per-teacher KL is token-weighted
-        over ranks: ``opd/kl/<teacher>``, ``opd/tokens/<teacher>``."""
-        results = self._get([r.distill_step.remote(parts, total_tokens, *hidden)
-                           for r, parts, hidden in zip(self.ranks, parts_by_rank, hidden_by_rank, strict=True)])  # fmt: skip
-        merged = {k: results[0][k] for k in ("train/grad_norm", "train/lr", "train/nonfinite")}
-        merged["train/loss"] = sum(m["train/loss"] for m in results)
-        for key in {k for m in results for k in m if k.startswith("opd/tokens/")}:
-            teacher = key.removeprefix("opd/tokens/")
-            tokens = sum(m.get(key, 0.0) for m in results)
-            merged[key] = tokens
-            merged[f"opd/kl/{teacher}"] = sum(m.get(f"opd/kl/{teacher}_sum", 0.0) for m in results) / max(
-                tokens, 1
-            )
-        merged["train/tokens"] = float(total_tokens)
-        return merged
 
     def export_weights(self) -> ray.ObjectRef:
         """A reference to rank 0's weights in the object store (no copy through the controller), or, with

@@ -1,9 +1,9 @@
-"""The ``torch`` trainer backend: master weights, AdamW, and the policy-gradient step of one rank.
+"""The ``torch`` trainer engine of one rank: master weights, AdamW, the LR schedule, accumulation over
+micro-batches, clipping and the optimizer step, export / save / load. What it optimizes is an objective
+(``rl/trainer/objective.py``): the policy-gradient loss of RL or the on-policy distillation loss.
 
 With ``world_size > 1`` each rank is one process (one TrainerWorker actor) and gradients are averaged
-by DDP over gloo (CPU) or NCCL (GPU). The loss of every micro-batch is normalised by *global* counts
-(``LossNormalizer``) and multiplied by ``world_size`` to undo DDP's mean, so the gradient equals that of
-the whole batch's aggregate loss regardless of how it is split into ranks and micro-batches.
+by DDP over gloo (CPU) or NCCL (GPU); objectives scale their losses so the gradient is the whole batch's.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import math
 import os
 import random
 import socket
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +21,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from rl.algorithms.aggregation import aggregate
-from rl.algorithms.kl import get_kl_fn
-from rl.algorithms.mismatch import CorrectionConfig, apply_correction, mismatch_metrics
-from rl.algorithms.policy_loss import get_policy_loss_fn
-from rl.config import AlgorithmConfig, TrainerConfig
+from rl.algorithms.objective import token_logprobs
+from rl.config import TrainerConfig
 from rl.faults import maybe_kill
 from rl.fp4.qat import HostStaging, apply_qat, export_weights, fake_quant_weights, to_cpu
 from rl.memory import peak_gpu_gib
-from rl.models import lm_head_weight, load_model
-from rl.types import DistillPart, LossNormalizer, TrainBatch, predicting_mask
+from rl.models import load_model
+from rl.trainer.objective import Objective
+from rl.types import TrainBatch
 from rl.weight_sync import SharedExport, SharedWeights, device_uuid
 
 
@@ -52,27 +49,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def token_logprobs(
-    model: torch.nn.Module,
-    input_ids_BT: torch.Tensor,
-    attention_mask_BT: torch.Tensor,
-    temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs [B, T] of ``input_ids`` under ``softmax(logits / temperature)``, and its entropy [B, T].
-
-    Index ``t`` holds ``log p(x_t | x_<t)`` and the entropy of that distribution; index 0 is 0. The
-    temperature is the rollout's, so the PPO ratio compares the distribution that was actually sampled.
-    """
-    logits = (
-        model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).logits[:, :-1].float() / temperature
-    )
-    logp_all = logits.log_softmax(-1)
-    logprobs = logp_all.gather(-1, input_ids_BT[:, 1:, None])[..., 0]
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    zero = logprobs.new_zeros((logprobs.shape[0], 1))
-    return torch.cat([zero, logprobs], 1), torch.cat([zero, entropy], 1)
-
-
 def lr_lambda(cfg: TrainerConfig, total_steps: int):
     """LR multiplier per optimizer step: linear warmup, then constant / linear / cosine decay to the floor."""
     schedules = ("constant", "linear", "cosine")
@@ -91,14 +67,6 @@ def lr_lambda(cfg: TrainerConfig, total_steps: int):
     return factor
 
 
-# (student hidden, student head, teacher hidden, teacher head, per-position weight, sampled tokens, their rollout
-# log-probs) -> (loss, per-position KL): the OPD objective's call (distill.losses.OPDObjective)
-OPDLoss = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    tuple[torch.Tensor, torch.Tensor],
-]
-
-
 class TorchTrainer:
     """One data-parallel rank: loads the model, owns the optimizer, runs train steps, exports weights."""
 
@@ -106,7 +74,7 @@ class TorchTrainer:
         self,
         model_path: str,
         cfg: TrainerConfig,
-        algo: AlgorithmConfig,
+        objective: Objective,
         total_steps: int,
         dtype: str = "float32",
         dist_info: DistInfo | None = None,
@@ -121,8 +89,8 @@ class TorchTrainer:
             raise ValueError(
                 f"training needs a sampling temperature > 0 (got {temperature}); greedy is for eval"
             )
-        self.cfg, self.algo, self.dist = cfg, algo, dist_info or DistInfo()
-        self.temperature = temperature
+        self.cfg, self.dist = cfg, dist_info or DistInfo()
+        self.model_path, self.dtype, self.temperature = model_path, dtype, temperature
         torch.manual_seed(seed)
         self.device = self._pick_device()
         if self.dist.world_size > 1 or self.always_distributed:
@@ -130,16 +98,8 @@ class TorchTrainer:
         self.model = load_model(model_path, dtype).to(self.device).train()
         self.fp4 = fp4
         self.qat_names = apply_qat(self.model, fp4) if fp4 != "none" else []
-        self.ref_model = (
-            load_model(model_path, dtype).to(self.device).eval().requires_grad_(False)
-            if algo.kl_coef > 0
-            else None
-        )
-        self.policy_loss_fn = get_policy_loss_fn(algo.policy_loss)
-        self.kl_fn = get_kl_fn(algo.kl_estimator)
-        self.correction = CorrectionConfig(
-            algo.correction, algo.tis_cap, algo.geo_low, algo.geo_high, algo.opsm_delta
-        )
+        self.objective = objective
+        objective.attach(self)
         self._setup_optimizer(total_steps * cfg.num_minibatches)
         # Fault injection for tests (DISTILLERY_FAULT_NAN_AFTER=N): every train step after the N-th gets a
         # NaN loss, exercising the real skip-and-stop path end to end.
@@ -226,24 +186,23 @@ class TorchTrainer:
             )
         return torch.cat(out).cpu()
 
-    def train_step(self, batch: TrainBatch, norm: LossNormalizer) -> dict[str, float]:
-        """One optimizer step on this rank's shard; ``norm`` counts the whole (all-rank) batch.
+    def train_step(self, *work: Any) -> dict[str, float]:
+        """One optimizer step of the objective over ``work`` (what the objective takes: a batch shard and the
+        whole batch's ``LossNormalizer``, or distillation parts with their teachers' hidden states): its loss
+        per micro-batch, gradients accumulated (all-reduced on the last), clipped, then stepped.
 
         A non-finite loss or gradient norm skips the update (weights and optimizer state untouched) and
-        reports ``train/nonfinite = 1``; the controller decides when too many in a row stop the run.
+        reports ``train/nonfinite = 1``; the loop decides when too many in a row stop the run.
         """
         maybe_kill("trainer")
         self._zero_grad()
-        batch = batch.to(self.device)
         self._train_calls += 1
         poison = self._nan_after is not None and self._train_calls > self._nan_after
-        sums: dict[str, float] = {}
-        micro_batches = range(0, batch.num_sequences, self.cfg.micro_batch_size)
-        for i, start in enumerate(micro_batches):
-            micro = batch.select(slice(start, start + self.cfg.micro_batch_size))
-            last = i == len(micro_batches) - 1
-            with self._accumulate(last):
-                loss, metrics = self._micro_loss(micro, norm)
+        micros = list(self.objective.micro_batches(self, *work))
+        sums: dict[str, float] = {"train/loss": 0.0}
+        for i, micro in enumerate(micros):
+            with self._accumulate(i == len(micros) - 1):
+                loss, metrics = self.objective.loss(self, micro)
                 if poison:
                     loss = loss * float("nan")
                     metrics["train/loss"] = float("nan")
@@ -251,124 +210,8 @@ class TorchTrainer:
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
         grad_norm, nonfinite = self._optimizer_step(sums["train/loss"])
-        return self._step_metrics(sums, batch, grad_norm, nonfinite)
-
-    def _micro_loss(self, micro: TrainBatch, norm: LossNormalizer) -> tuple[torch.Tensor, dict[str, float]]:
-        logprobs, entropy = token_logprobs(
-            self.forward_module, micro.input_ids_BT, micro.attention_mask_BT, self.temperature
-        )
-        old = micro.old_logprobs_BT if micro.old_logprobs_BT is not None else logprobs.detach()
-        mask = micro.loss_mask_BT
-        loss_BT, pg_metrics = self.policy_loss_fn(
-            logprobs,
-            old,
-            micro.advantages_BT,
-            mask,
-            clip_low=self.algo.clip_low,
-            clip_high=self.algo.clip_high,
-        )
-        # rollout (mu) vs trainer (pi_old) on the sampled tokens: measured always, corrected if configured.
-        # Masked tokens still count in the global normaliser; metrics are token-weighted over micro-batches
-        # (so mismatch/max_abs_prob_diff is a mean of per-micro-batch maxima).
-        weights_BT, correction_metrics = apply_correction(
-            self.correction, old, micro.rollout_logprobs_BT, micro.advantages_BT, mask
-        )
-        loss_BT = loss_BT * weights_BT
-        tokens = float(mask.sum())
-        if tokens:
-            pg_metrics |= correction_metrics | mismatch_metrics(old, micro.rollout_logprobs_BT, mask)
-        metrics = {f"{k}_sum": v * tokens for k, v in pg_metrics.items()}
-        if self.ref_model is not None:
-            with torch.no_grad():
-                ref, _ = token_logprobs(
-                    self.ref_model, micro.input_ids_BT, micro.attention_mask_BT, self.temperature
-                )
-            kl_BT = self.kl_fn(logprobs, ref, old) * mask
-            loss_BT = loss_BT + self.algo.kl_coef * kl_BT
-            metrics["train/kl_ref_sum"] = float(kl_BT.sum())
-        loss = aggregate(loss_BT, mask, self.algo.aggregation, norm)
-        metrics["train/loss"] = loss.item()
-        metrics["train/entropy_sum"] = float((entropy.detach() * mask).sum())
-        metrics["train/tokens"] = tokens
-        return loss * self.dist.world_size, metrics
-
-    # ------------------------------------------------------------------------- on-policy distillation
-
-    def set_teacher_heads(self, heads: dict[str, torch.Tensor], objective: OPDLoss) -> None:
-        """Teachers' LM heads (kept on CPU; one at a time goes to the device) and the OPD objective
-        (``distill.losses.OPDObjective``: called per micro-batch, see ``OPDLoss``)."""
-        self.teacher_heads, self.opd_objective = heads, objective
-        self._head: tuple[str | None, Any] = (None, None)  # (teacher, its head on the device)
-
-    def distill_step(
-        self, parts: list[DistillPart], total_tokens: int, *hidden: torch.Tensor
-    ) -> dict[str, float]:
-        """One optimizer step of on-policy distillation over ``parts`` (grouped by teacher); ``hidden[i]`` is
-        the teacher's hidden states for ``parts[i]``. ``total_tokens`` counts the trained tokens of the whole
-        batch (all ranks, all parts), so the loss is the weighted token-mean of reference §8.2."""
-        maybe_kill("trainer")
-        self._zero_grad()
-        sums: dict[str, float] = {"train/loss": 0.0}
-        calls = [
-            (part, micro, h)
-            for part, h in zip(parts, hidden, strict=True)
-            for micro, h in self._opd_micro(part, h)
-        ]
-        for i, (part, micro, h_t) in enumerate(calls):
-            with self._accumulate(i == len(calls) - 1):
-                loss, kl_sum, tokens = self._opd_micro_loss(part, micro, h_t, total_tokens)
-                self._backward(loss)
-            sums["train/loss"] += loss.item() / self.dist.world_size
-            sums[f"opd/kl/{part.teacher}_sum"] = sums.get(f"opd/kl/{part.teacher}_sum", 0.0) + kl_sum
-            sums[f"opd/tokens/{part.teacher}"] = sums.get(f"opd/tokens/{part.teacher}", 0.0) + tokens
-        grad_norm, nonfinite = self._optimizer_step(sums["train/loss"])
-        return sums | {"train/grad_norm": grad_norm, "train/lr": float(self.scheduler.get_last_lr()[0]),
-                       "train/nonfinite": float(nonfinite)}  # fmt: skip
-
-    def _resident_head(self, teacher: str, dtype: torch.dtype) -> torch.Tensor:
-        """``teacher``'s head on the device; parts come grouped by teacher, so each head moves there once a step
-        and at most one is resident (the previous one is dropped first)."""
-        if self._head[0] != teacher:
-            self._head = (None, None)
-            self._head = (teacher, self.teacher_heads[teacher].to(self.device, dtype))
-        return self._head[1]
-
-    def _opd_micro(self, part: DistillPart, hidden_ND: torch.Tensor):
-        """Micro-batches of ``part`` with their slice of the teacher's hidden states."""
-        counts = predicting_mask(part.batch.loss_mask_BT).sum(1).tolist()
-        for start in range(0, part.batch.num_sequences, self.cfg.micro_batch_size):
-            rows = slice(start, start + self.cfg.micro_batch_size)
-            first, n = sum(counts[:start]), sum(counts[rows])
-            yield part.batch.select(rows), hidden_ND[first : first + n]
-
-    def _opd_micro_loss(
-        self, part: DistillPart, micro: TrainBatch, h_t_ND: torch.Tensor, total_tokens: int
-    ) -> tuple[torch.Tensor, float, float]:
-        micro = micro.to(self.device)
-        out = self.forward_module(input_ids=micro.input_ids_BT, attention_mask=micro.attention_mask_BT,
-                                  output_hidden_states=True, logits_to_keep=1)  # fmt: skip
-        mask = predicting_mask(micro.loss_mask_BT)
-        h_s = out.hidden_states[-1][:, :-1][mask]
-        w_s = lm_head_weight(self.model)
-        w_t = self._resident_head(part.teacher, w_s.dtype)
-        weight = torch.full((h_s.shape[0],), part.weight * self.dist.world_size / max(total_tokens, 1),
-                            device=self.device)  # fmt: skip
-        loss, kl_N = self.opd_objective(h_s, w_s, h_t_ND.to(self.device, h_s.dtype), w_t, weight,
-                                        micro.input_ids_BT[:, 1:][mask], micro.rollout_logprobs_BT[:, 1:][mask])  # fmt: skip
-        return loss, float(kl_N.sum()), float(h_s.shape[0])
-
-    def _step_metrics(
-        self, sums: dict[str, float], batch: TrainBatch, grad_norm: float, nonfinite: bool
-    ) -> dict[str, float]:
-        tokens = max(sums.pop("train/tokens"), 1.0)
-        metrics = {k.removesuffix("_sum"): v / tokens for k, v in sums.items() if k.endswith("_sum")}
-        metrics["train/loss"] = sums["train/loss"]
-        metrics["train/tokens"] = tokens
-        metrics["train/grad_norm"] = grad_norm
-        metrics["train/lr"] = float(self.scheduler.get_last_lr()[0])
-        metrics["train/nonfinite"] = float(nonfinite)
-        metrics["train/sequences"] = float(batch.num_sequences)
-        return metrics
+        return self.objective.finish(sums) | {"train/grad_norm": grad_norm, "train/nonfinite": float(nonfinite),
+                                              "train/lr": float(self.scheduler.get_last_lr()[0])}  # fmt: skip
 
     def export_weights(self) -> dict[str, Any]:
         """The current weights by name (what rollout workers load); QAT linears go packed as FP4 tensors.

@@ -1,6 +1,7 @@
-"""The on-policy distillation loop: student samples -> teachers prefill -> fused reverse KL -> push weights.
+"""The on-policy distillation step, driven by ``rl.loop.Loop``: student samples -> teachers prefill -> fused
+reverse KL (the loop then pushes the weights); and the eval of every domain.
 
-Runs in the job's driver. Each step: the student's FP4 rollout workers sample completions of a mix of every
+Each step: the student's FP4 rollout workers sample completions of a mix of every
 domain's prompts (multi-turn episodes where the domain has an environment); each domain's rollouts go, as one
 part per trainer rank, to that domain's teacher, which returns last-layer hidden states straight to the rank
 (Ray hands the object over; the controller never holds them); the ranks take one optimizer step over all
@@ -12,25 +13,28 @@ workers before the next step samples. The student's rewards on its own samples a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
 
+from distill.objective import merge_opd_metrics
 from distill.routing import Route
 from distill.teacher import TeacherGroup
 from rewards.guard import check_error_rate
 from rl.batching import TaskStream, build_train_batch
-from rl.checkpoint import save_checkpoint
 from rl.config import DistillRunConfig
-from rl.controller import NonFiniteGuard, sampling_params
-from rl.episodes import specialist_rollouts, specialist_scores, turn_metrics
-from rl.failures import named_actor_failures
-from rl.memory import gpu_memory
+from rl.episodes import (
+    Prompts,
+    rollout_seed,
+    sampling_params,
+    specialist_rollouts,
+    specialist_scores,
+    turn_metrics,
+)
 from rl.models import token_id
 from rl.rollout.multiturn import Generate
-from rl.sft import chat_prompt_ids
 from rl.tracking import Tracker
 from rl.trainer.group import TrainerGroup
 from rl.types import DistillPart, Rollout, SamplingParams, Task, TrainBatch
@@ -42,18 +46,6 @@ class DomainData:
 
     stream: TaskStream
     eval_tasks: list[Task]
-
-
-class Prompts:
-    """Chat-formatted prompt ids, encoded once per task."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer, self._cache = tokenizer, {}
-
-    def __call__(self, task: Task) -> list[int]:
-        if task.uid not in self._cache:
-            self._cache[task.uid] = chat_prompt_ids(self.tokenizer, task.prompt)
-        return self._cache[task.uid]
 
 
 def rollouts_for(route: Route, generate: Generate, prompts: Prompts, tasks: list[Task], params: SamplingParams
@@ -88,44 +80,31 @@ def evaluate_domains(
     return metrics, rows
 
 
-class DistillController:
-    """Owns the loop state (data positions, eval history); the workers own the models."""
+class OPDStep:
+    """One on-policy distillation step over every route: what ``rl.loop.Loop`` samples, trains and evaluates."""
 
-    def __init__(self, cfg: DistillRunConfig, run_dir: Path, routes: list[Route], data: dict[str, DomainData],
-                 tokenizer: Any, rollout: Any, trainer: TrainerGroup, teachers: TeacherGroup, tracker: Tracker):  # fmt: skip
-        self.cfg, self.run_dir, self.routes, self.data = cfg, run_dir, routes, data
+    summary_prefixes: tuple[str, ...] = ("opd/", "train/")
+
+    def __init__(self, cfg: DistillRunConfig, routes: list[Route], data: dict[str, DomainData], tokenizer: Any,
+                 rollout: Any, trainer: TrainerGroup, teachers: TeacherGroup, tracker: Tracker):  # fmt: skip
+        self.cfg, self.routes, self.data = cfg, routes, data
         self.prompts, self.pad_id = Prompts(tokenizer), token_id(tokenizer, "pad")
         self.rollout, self.trainer, self.teachers, self.tracker = rollout, trainer, teachers, tracker
-        self.guard = NonFiniteGuard(cfg.trainer.max_nonfinite_steps)
-        self.history: dict[str, Any] = {}
-        self.last_checkpoint: str | None = None
-        self.step = 0  # the step running (0: the start eval)
-        self._clock: tuple[float, int] | None = None
 
-    def run(self, start_step: int = 0) -> dict[str, Any]:
-        """Steps ``start_step + 1 .. cfg.steps``; returns the summary."""
-        with named_actor_failures(lambda: self.step, lambda: self.last_checkpoint):
-            if start_step == 0:
-                self.history["eval_start"] = self.evaluate(0)
-                self.tracker.log(self.history["eval_start"], 0)
-            for step in range(start_step + 1, self.cfg.steps + 1):
-                self.step = step
-                started = time.perf_counter()
-                batches, metrics = self.sample(step)
-                metrics |= self.train(batches, step)
-                metrics |= self.rollout.push_weights(self.trainer.export_weights())
-                metrics["perf/step_s"] = time.perf_counter() - started
-                if step == self.cfg.steps or (self.cfg.eval_every and step % self.cfg.eval_every == 0):
-                    metrics |= self.evaluate(step)
-                    self.history["eval_last"] = {k: v for k, v in metrics.items() if k.startswith("eval/")}
-                self.tracker.log(metrics, step)
-                self.history["last_step"] = {
-                    k: v for k, v in metrics.items() if k.startswith(("opd/", "train/"))
-                }
-                self._progress(step, metrics)
-                if step == self.cfg.steps or step % self.cfg.checkpoint_every == 0:
-                    self.checkpoint(step)
-        return self.summary()
+    def data_position(self) -> dict[str, Any]:
+        return {d: v.stream.position() for d, v in self.data.items()}
+
+    def seek(self, position: dict[str, Any]) -> None:
+        for domain, at in position.items():
+            self.data[domain].stream.seek(**at)
+
+    def describe(self, metrics: dict[str, float]) -> tuple[str, str]:
+        kls = " ".join(
+            f"kl/{r.domain} {metrics.get(f'opd/kl/{r.teacher.name}', float('nan')):.3f}" for r in self.routes
+        )
+        evals = " ".join(f"{r.domain} {metrics[f'eval/{r.domain}/pass@1']:.2f}" for r in self.routes
+                         if f"eval/{r.domain}/pass@1" in metrics)  # fmt: skip
+        return kls, f"eval/pass@1 {evals}" if evals else ""
 
     def sampling(self, seed: int, temperature: float | None = None) -> SamplingParams:
         return sampling_params(self.cfg.rollout, seed, temperature)
@@ -141,7 +120,7 @@ class DistillController:
                 for _ in range(self.cfg.distill.samples_per_prompt)
             ]
             rollouts = rollouts_for(route, self.rollout.generate, self.prompts, tasks,
-                                    self.sampling(self.cfg.seed * 100_003 + step * 101 + i))  # fmt: skip
+                                    self.sampling(rollout_seed(self.cfg.seed, step, i)))  # fmt: skip
             rewards = specialist_scores(route.specialist, tasks, rollouts, route.tasks_cfg.reward_timeout_s)
             check_error_rate(rewards, route.tasks_cfg.max_reward_error_rate, f"step {step}, {route.domain}")
             metrics[f"reward/{route.domain}"] = sum(r.score for r in rewards) / len(rewards)
@@ -157,7 +136,9 @@ class DistillController:
         metrics["perf/rollout_s"] = time.perf_counter() - started
         return batches, metrics
 
-    def train(self, batches: dict[str, TrainBatch], step: int) -> dict[str, float]:
+    def train(
+        self, batches: dict[str, TrainBatch], updated: Callable[[dict[str, float]], None]
+    ) -> dict[str, float]:
         """Teacher prefill per rank shard, then one optimizer step over every teacher's parts."""
         started = time.perf_counter()
         ranks = len(self.trainer.ranks)
@@ -171,8 +152,9 @@ class DistillController:
                 parts[rank].append(DistillPart(name, shard, route.weight))
                 hidden[rank].append(ref)
         total = sum(b.num_tokens for b in batches.values())
-        metrics = self.trainer.distill_step(parts, hidden, total)
-        self.guard.update(bool(metrics["train/nonfinite"]), step, self.last_checkpoint)
+        work = [(rank_parts, total, *refs) for rank_parts, refs in zip(parts, hidden, strict=True)]
+        metrics = merge_opd_metrics(self.trainer.step(work), total)
+        updated(metrics)
         metrics |= {f"opd/teacher_s/{name}": s for name, s in seconds.items()}
         metrics["opd/teacher_restarts"] = float(self.teachers.restarts)
         metrics["perf/train_s"] = time.perf_counter() - started
@@ -185,39 +167,6 @@ class DistillController:
         self.tracker.log_samples(rows[: self.cfg.logger.sample_rows], step)
         metrics["perf/eval_s"] = time.perf_counter() - started
         return metrics
-
-    def checkpoint(self, step: int) -> None:
-        state = {"data": {d: v.stream.position() for d, v in self.data.items()},
-                 "wandb_run_id": self.tracker.run_id, "history": self.history}  # fmt: skip
-        path = save_checkpoint(self.run_dir, step, self._write_model, state, self.cfg.keep_checkpoints)
-        self.last_checkpoint = str(path)
-
-    def _write_model(self, path: Path) -> None:
-        self.trainer.save(str(path))
-        self.prompts.tokenizer.save_pretrained(path)
-
-    def summary(self) -> dict[str, Any]:
-        start, last = self.history.get("eval_start", {}), self.history.get("eval_last", {})
-        summary: dict[str, Any] = {"steps": self.cfg.steps, "checkpoint": self.last_checkpoint,
-                                   "rollout/fp4_mode": self.rollout.fp4_mode,
-                                   "rollout/weight_sync": self.trainer.weight_sync}  # fmt: skip
-        summary |= {f"{k}_start": v for k, v in start.items()} | last | self.history.get("last_step", {})
-        return summary | gpu_memory(
-            {"trainer": self.trainer, "rollout": self.rollout, "teacher": self.teachers}
-        )
-
-    def _progress(self, step: int, metrics: dict[str, float]) -> None:
-        if self._clock is None:
-            self._clock = (time.perf_counter() - metrics["perf/step_s"], step - 1)
-        started, first = self._clock
-        eta = (time.perf_counter() - started) / (step - first) * (self.cfg.steps - step)
-        kls = " ".join(
-            f"kl/{r.domain} {metrics.get(f'opd/kl/{r.teacher.name}', float('nan')):.3f}" for r in self.routes
-        )
-        evals = " ".join(f"{r.domain} {metrics[f'eval/{r.domain}/pass@1']:.2f}" for r in self.routes
-                         if f"eval/{r.domain}/pass@1" in metrics)  # fmt: skip
-        print(f"step {step}/{self.cfg.steps} {kls} {metrics['perf/step_s']:.1f}s/step eta {eta:.0f}s"
-              + (f" eval/pass@1 {evals}" if evals else ""), flush=True)  # fmt: skip
 
 
 def recovery_table(base: dict[str, float], teachers: dict[str, dict[str, float]], student: dict[str, float],

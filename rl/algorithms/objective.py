@@ -1,0 +1,124 @@
+"""The RL objective of a trainer rank: the policy-gradient loss (clipped surrogate by name), the rollout /
+trainer mismatch measured and optionally corrected, an optional KL to a frozen reference, aggregated by the
+configured normaliser (``LossNormalizer`` counts the whole, all-rank batch).
+
+The loss of every micro-batch is multiplied by ``world_size`` to undo DDP's mean, so the gradient equals that of
+the whole batch's aggregate loss however it is split into ranks and micro-batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from rl.algorithms.aggregation import aggregate
+from rl.algorithms.kl import get_kl_fn
+from rl.algorithms.mismatch import CorrectionConfig, apply_correction, mismatch_metrics
+from rl.algorithms.policy_loss import get_policy_loss_fn
+from rl.config import AlgorithmConfig
+from rl.models import load_model
+from rl.types import LossNormalizer, TrainBatch
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids_BT: torch.Tensor,
+    attention_mask_BT: torch.Tensor,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs [B, T] of ``input_ids`` under ``softmax(logits / temperature)``, and its entropy [B, T].
+
+    Index ``t`` holds ``log p(x_t | x_<t)`` and the entropy of that distribution; index 0 is 0. The
+    temperature is the rollout's, so the PPO ratio compares the distribution that was actually sampled.
+    """
+    logits = (
+        model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).logits[:, :-1].float() / temperature
+    )
+    logp_all = logits.log_softmax(-1)
+    logprobs = logp_all.gather(-1, input_ids_BT[:, 1:, None])[..., 0]
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    zero = logprobs.new_zeros((logprobs.shape[0], 1))
+    return torch.cat([zero, logprobs], 1), torch.cat([zero, entropy], 1)
+
+
+def correction_of(algo: AlgorithmConfig) -> CorrectionConfig:
+    return CorrectionConfig(algo.correction, algo.tis_cap, algo.geo_low, algo.geo_high, algo.opsm_delta)
+
+
+class PolicyObjective:
+    """``algorithm.*``'s loss on one rank's shard of a batch of scored rollouts (``train_step(shard, norm)``)."""
+
+    def __init__(self, algo: AlgorithmConfig):
+        self.algo = algo
+        self.policy_loss_fn = get_policy_loss_fn(algo.policy_loss)
+        self.kl_fn = get_kl_fn(algo.kl_estimator)
+        self.correction = correction_of(algo)
+        self.ref_model: torch.nn.Module | None = None
+
+    def attach(self, trainer: Any) -> None:
+        """A frozen copy of the starting policy, when the loss has a KL term (``algorithm.kl_coef > 0``)."""
+        if self.algo.kl_coef > 0:
+            ref = load_model(trainer.model_path, trainer.dtype).to(trainer.device)
+            self.ref_model = ref.eval().requires_grad_(False)
+
+    def micro_batches(self, trainer: Any, batch: TrainBatch, norm: LossNormalizer) -> Iterable[Any]:
+        batch, size = batch.to(trainer.device), trainer.cfg.micro_batch_size
+        return [
+            (batch.select(slice(start, start + size)), norm) for start in range(0, batch.num_sequences, size)
+        ]
+
+    def loss(
+        self, trainer: Any, micro: tuple[TrainBatch, LossNormalizer]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        batch, norm = micro
+        logprobs, entropy = token_logprobs(
+            trainer.forward_module, batch.input_ids_BT, batch.attention_mask_BT, trainer.temperature
+        )
+        old = batch.old_logprobs_BT if batch.old_logprobs_BT is not None else logprobs.detach()
+        mask = batch.loss_mask_BT
+        loss_BT, pg_metrics = self.policy_loss_fn(logprobs, old, batch.advantages_BT, mask,
+                                                  clip_low=self.algo.clip_low, clip_high=self.algo.clip_high)  # fmt: skip
+        # rollout (mu) vs trainer (pi_old) on the sampled tokens: measured always, corrected if configured.
+        # Masked tokens still count in the global normaliser; metrics are token-weighted over micro-batches
+        # (so mismatch/max_abs_prob_diff is a mean of per-micro-batch maxima).
+        weights_BT, correction_metrics = apply_correction(
+            self.correction, old, batch.rollout_logprobs_BT, batch.advantages_BT, mask
+        )
+        loss_BT = loss_BT * weights_BT
+        tokens = float(mask.sum())
+        if tokens:
+            pg_metrics |= correction_metrics | mismatch_metrics(old, batch.rollout_logprobs_BT, mask)
+        metrics = {f"{k}_sum": v * tokens for k, v in pg_metrics.items()}
+        if self.ref_model is not None:
+            with torch.no_grad():
+                ref, _ = token_logprobs(self.ref_model, batch.input_ids_BT, batch.attention_mask_BT,
+                                        trainer.temperature)  # fmt: skip
+            kl_BT = self.kl_fn(logprobs, ref, old) * mask
+            loss_BT = loss_BT + self.algo.kl_coef * kl_BT
+            metrics["train/kl_ref_sum"] = float(kl_BT.sum())
+        loss = aggregate(loss_BT, mask, self.algo.aggregation, norm)
+        metrics["train/loss"] = loss.item()
+        metrics["train/entropy_sum"] = float((entropy.detach() * mask).sum())
+        metrics["train/tokens"] = tokens
+        metrics["train/sequences"] = float(batch.num_sequences)
+        return loss * trainer.dist.world_size, metrics
+
+    def finish(self, sums: dict[str, float]) -> dict[str, float]:
+        """Token means of the ``*_sum`` figures; the loss summed over micro-batches."""
+        tokens = max(sums.get("train/tokens", 0.0), 1.0)
+        metrics = {k.removesuffix("_sum"): v / tokens for k, v in sums.items() if k.endswith("_sum")}
+        return metrics | {"train/loss": sums["train/loss"], "train/tokens": tokens,
+                          "train/sequences": sums.get("train/sequences", 0.0)}  # fmt: skip
+
+
+def merge_policy_metrics(results: list[dict[str, float]], sequences: int) -> dict[str, float]:
+    """Every rank's step metrics as one: token-weighted means, the loss summed, rank 0's optimizer figures."""
+    tokens = sum(m["train/tokens"] for m in results)
+    merged = {k: sum(m[k] * m["train/tokens"] for m in results) / tokens for k in results[0]}
+    merged.update({k: results[0][k] for k in ("train/grad_norm", "train/lr", "train/nonfinite")})
+    merged["train/loss"] = sum(m["train/loss"] for m in results)
+    merged["train/tokens"] = tokens
+    merged["train/sequences"] = float(sequences)
+    return merged
