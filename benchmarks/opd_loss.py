@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from distill.losses import LossOptions, naive_reverse_kl, reverse_kl
+from distill.config import LossOptions
+from distill.losses import naive_reverse_kl, reverse_kl
 
 Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 

@@ -34,16 +34,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from distill.config import LossOptions
 
-@dataclass(frozen=True)
-class LossOptions:
-    """Knobs of the non-default losses (``distill.*`` in the config)."""
-
-    beta: float = 0.5  # gkd_jsd: 0 = forward KL(q||p), 1 = reverse KL(p||q), in between the generalized JSD
-    top_k: int = 64  # topk_forward_kl: teacher tokens kept (the rest is one tail bucket)
-    is_cap: float = 2.0  # sampled_token: cap of the importance weight pi/mu
-    vocab_chunk: int = 0  # reverse_kl: vocabulary columns per chunk; 0 = pick from the token count
-    token_chunk: int = 1024  # the alternatives: positions per checkpointed chunk
+DEFAULTS = LossOptions()  # never mutated
 
 
 @dataclass(frozen=True)
@@ -155,7 +148,7 @@ def reverse_kl(
     w_t_VD: torch.Tensor,
     weight_N: torch.Tensor,
     batch: SampledTokens | None = None,
-    options: LossOptions = LossOptions(),
+    options: LossOptions = DEFAULTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-vocabulary reverse KL, fused with both heads and chunked over the vocabulary (see the module doc)."""
     _check_shapes(h_s_ND, w_s_VD, h_t_ND, w_t_VD, weight_N)
@@ -206,7 +199,7 @@ def sampled_token(
     w_t_VD: torch.Tensor,
     weight_N: torch.Tensor,
     batch: SampledTokens | None = None,
-    options: LossOptions = LossOptions(),
+    options: LossOptions = DEFAULTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sampled-token reverse KL as a per-token advantage (tinker / Thinking Machines, §3.3):
     ``A = sg(log q(y) - log mu(y))``, loss ``-min(pi(y)/mu(y), cap) * A * log pi(y)`` (weight detached). Its
@@ -245,7 +238,7 @@ def gkd_jsd(
     w_t_VD: torch.Tensor,
     weight_N: torch.Tensor,
     batch: SampledTokens | None = None,
-    options: LossOptions = LossOptions(),
+    options: LossOptions = DEFAULTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized JSD with ``options.beta`` at every position (GKD, Agarwal et al. 2023; §3.5)."""
     if not 0.0 <= options.beta <= 1.0:
@@ -274,7 +267,7 @@ def topk_forward_kl(
     w_t_VD: torch.Tensor,
     weight_N: torch.Tensor,
     batch: SampledTokens | None = None,
-    options: LossOptions = LossOptions(),
+    options: LossOptions = DEFAULTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward KL over the teacher's top ``options.top_k`` tokens with a tail bucket."""
     if options.top_k < 1:

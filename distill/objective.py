@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from distill.losses import LossOptions, SampledTokens, get_opd_loss
-from rl.config import DistillConfig
+from distill.config import DistillConfig, LossOptions
+from distill.losses import SampledTokens, get_opd_loss
 from rl.models import lm_head_weight
 from rl.types import DistillPart, TrainBatch, predicting_mask
 
@@ -38,8 +38,8 @@ class OPDObjective:
 
     @classmethod
     def of(cls, d: DistillConfig, heads: dict[str, torch.Tensor]) -> OPDObjective:
-        return cls(d.loss, LossOptions(beta=d.beta, top_k=d.top_k, is_cap=d.is_cap, vocab_chunk=d.vocab_chunk),
-                   heads)  # fmt: skip
+        """``distill.loss`` with the config's knobs (a ``DistillConfig`` is its ``LossOptions``)."""
+        return cls(d.loss, d, heads)
 
     def __call__(self, h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor,
                  weight: torch.Tensor, token_N: torch.Tensor, rollout_logprob_N: torch.Tensor,

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rl.config import DistillConfig, SpecialistConfig
+from distill.config import DistillConfig
+from rl.config import SpecialistConfig
 from rl.episodes import Specialist
 from rl.models import load_tokenizer, model_context
 from rl.sft import chat_prompt_ids

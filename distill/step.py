@@ -19,12 +19,12 @@ from typing import Any
 
 import ray
 
+from distill.config import DistillRunConfig
 from distill.objective import merge_opd_metrics
 from distill.routing import Route
 from distill.teacher import TeacherGroup
 from rewards.guard import check_error_rate
 from rl.batching import TaskStream, build_train_batch
-from rl.config import DistillRunConfig
 from rl.episodes import (
     Prompts,
     rollout_seed,

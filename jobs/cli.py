@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from jobs.common import SCAFFOLDING, ClusterUnreachableError, InputError
-from rl.config import CONFIGS, register_configs
+from jobs.config import register_configs
+from rl.config import CONFIGS
 
 if typing.TYPE_CHECKING:
     from omegaconf import DictConfig

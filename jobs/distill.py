@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill.config import DistillRunConfig
 from jobs.cli import job_main
 from jobs.common import (
     check_cluster,
@@ -35,7 +36,6 @@ from jobs.common import (
 )
 from jobs.make_base import resolve_model_path
 from jobs.train_specialist import check_backends, check_memory
-from rl.config import DistillRunConfig
 
 if TYPE_CHECKING:
     from distill.routing import Route

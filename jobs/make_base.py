@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from jobs.cli import job_main
 from jobs.common import check_model_path, check_writable
-from rl.config import BaseRecipe, MakeBaseConfig, ModelConfig
+from jobs.config import MakeBaseConfig
+from rl.config import BaseRecipe, ModelConfig
 
 if TYPE_CHECKING:
     import torch

@@ -32,6 +32,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from distill.config import DistillRunConfig
 from jobs import distill as distill_job
 from jobs import train_specialist
 from jobs.cli import config_error, job_main, override_value
@@ -45,16 +46,9 @@ from jobs.common import (
     check_writable,
     prepare_run_dir,
 )
+from jobs.config import PipelineRunConfig
 from jobs.make_base import resolve_model_path
-from rl.config import (
-    CONFIGS,
-    DistillRunConfig,
-    ModelConfig,
-    PipelineRunConfig,
-    SpecialistRunConfig,
-    to_typed,
-    to_yaml,
-)
+from rl.config import CONFIGS, ModelConfig, SpecialistRunConfig, to_typed, to_yaml
 
 CONFIG_DIR = CONFIGS
 

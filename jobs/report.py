@@ -20,7 +20,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-from rl.config import PipelineRunConfig, SpecialistRunConfig
+from jobs.config import PipelineRunConfig
+from rl.config import SpecialistRunConfig
 from rl.tracking import Tracker, write_json_atomic
 
 

@@ -19,6 +19,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill.config import DistillRunConfig
 from jobs.cli import job_main
 from jobs.common import (
     base_artifact_name,
@@ -32,7 +33,7 @@ from jobs.common import (
     prepare_run_dir,
 )
 from jobs.make_base import resolve_model_path
-from rl.config import DistillRunConfig, SpecialistRunConfig
+from rl.config import SpecialistRunConfig
 
 if TYPE_CHECKING:
     from rl.rollout.group import RolloutGroup

@@ -38,12 +38,6 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "specialist.domain": ("math", "code", "agent"),  # specialists/domains.py SPECIALISTS
     "specialist.levels": (1, 2, 3),  # specialists.synthetic.LEVELS
     "logger.mode": ("offline", "online", "disabled"),  # rl.tracking.WANDB_MODES
-    "distill.loss": (
-        "reverse_kl",
-        "sampled_token",
-        "gkd_jsd",
-        "topk_forward_kl",
-    ),  # distill.losses.OPD_LOSSES
     "fp4": ("mxfp4", "nvfp4"),  # rl.fp4.formats.FORMATS, besides "none"
 }
 # data sources per specialist domain (specialists/<domain>.py SOURCES); all but synthetic read a JSONL file
@@ -359,70 +353,6 @@ class SpecialistRunConfig:
 
 
 @dataclass
-class DistillConfig:
-    """On-policy distillation: which teachers, which objective, how the domains are mixed."""
-
-    teachers: dict[str, str] = field(default_factory=dict)  # domain -> registry name of its teacher
-    weights: dict[str, float] = field(default_factory=dict)  # domain -> loss weight w_e (missing = 1.0)
-    loss: str = (
-        "reverse_kl"  # reverse_kl (full vocabulary, fused) | sampled_token | gkd_jsd | topk_forward_kl
-    )
-    lr: float = 1e-4  # student AdamW peak LR (trainer.lr is not used by distillation)
-    samples_per_prompt: int = 2  # student completions per prompt
-    beta: float = 0.5  # gkd_jsd: 0 = forward KL, 1 = reverse KL
-    top_k: int = 64  # topk_forward_kl: teacher tokens kept besides the tail bucket
-    is_cap: float = 2.0  # sampled_token: cap of the importance weight pi / mu
-    vocab_chunk: int = 0  # reverse_kl: vocabulary columns per chunk; 0 = sized from the token count
-    num_eval_tasks: int = 100  # held-out tasks per domain for every model's eval
-    max_turns: int = 4  # agent-domain episodes: model turns
-    teacher_cpus: float = 0.25  # Ray CPUs per teacher actor (teachers run between the other roles' calls)
-
-    def __post_init__(self) -> None:
-        domains = CHOICES["specialist.domain"]
-        for key, mapping in (("distill.teachers", self.teachers), ("distill.weights", self.weights)):
-            if unknown := sorted(set(mapping) - set(domains)):
-                raise ConfigValueError(
-                    f"unknown domain(s) {', '.join(unknown)} in {key}; valid: {', '.join(domains)}"
-                )
-        check_fields("distill", self, {
-            "weights": lambda key, w: each(at_least(0))(key, list(w.values())), "loss": registered("distill.loss"),
-            "lr": above(0), "samples_per_prompt": at_least(1), "beta": within(0, 1), "top_k": at_least(1),
-            "is_cap": above(0), "vocab_chunk": at_least(0), "num_eval_tasks": at_least(0), "max_turns": at_least(1),
-            "teacher_cpus": at_least(0),
-        })  # fmt: skip
-
-
-@dataclass
-class DistillRunConfig:
-    """``python -m jobs.distill``: one student learns every teacher's domain from its own samples."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)  # the student (usually the teachers' base)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    fp4: str = "mxfp4"  # the student's FP4: QAT in the trainer + packed FP4 rollouts: mxfp4 | nvfp4 | none
-    run_name: str = "distill"  # run directory name under runs_root
-    runs_root: str = "runs"  # parent of run directories
-    registry: str = ""  # where teachers are looked up; "" = <runs_root>/registry.json
-    steps: int = 60  # distillation steps (one optimizer step each)
-    prompts_per_step: int = 24  # prompts per step, split evenly over the teachers' domains
-    eval_every: int = 20  # eval period in steps; 0 = only at start and end
-    checkpoint_every: int = 20  # checkpoint period in steps; the last step is always saved
-    keep_checkpoints: int = 2  # newest checkpoints kept on disk
-    seed: int = 0  # sampling and data-order seed
-    resume: bool = False  # continue from the run directory's latest checkpoint
-
-    def __post_init__(self) -> None:
-        check_fields("", self, {
-            "fp4": fp4_format(), "run_name": run_name(), "runs_root": non_empty(), "steps": at_least(1),
-            "prompts_per_step": at_least(1), "eval_every": at_least(0), "checkpoint_every": at_least(1),
-            "keep_checkpoints": at_least(1), "seed": at_least(0),
-        })  # fmt: skip
-
-
-@dataclass
 class BaseRecipe:
     """``python -m jobs.make_base``: the embedded tiny base. Any change here rebuilds the cached base."""
 
@@ -479,52 +409,12 @@ class BaseRecipe:
                                    f"({self.num_heads}), and that of recipe.num_kv_heads ({self.num_kv_heads})")  # fmt: skip
 
 
-@dataclass
-class MakeBaseConfig:
-    recipe: BaseRecipe = field(default_factory=BaseRecipe)
-    output: str = ""  # where to write the base; "" = the cache directory keyed by the recipe hash
-    force: bool = False  # rebuild even if a base for this recipe is cached
-
-
-@dataclass
-class PipelineRunConfig:
-    """``python -m jobs.pipeline``: base -> specialists (registered) -> one distilled student -> report.
-
-    Each stage is the stage's own job (``jobs.train_specialist``, ``jobs.distill``) composed from its config
-    with the overrides below, run in this process, in ``<runs_root>/<run_name>/<stage>/``.
-    """
-
-    # configs/model/ entry of every stage: the specialists' base and the student (not ``model``: Hydra reads
-    # ``model=...`` as a choice of the configs/model/ group, which this config does not select)
-    base_model: str = "tiny-all"
-    # stage name -> overrides of jobs.train_specialist's config, nested (rollout: {max_new_tokens: 64} is
-    # rollout.max_new_tokens=64); the stage name picks the specialist group unless ``specialist: <group>`` is set
-    specialists: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # overrides of jobs.distill's config; the teachers are the specialists above, each for its domain
-    distill: dict[str, Any] = field(default_factory=dict)
-    # overrides for every stage, nested the same way, e.g. +overrides.rollout=vllm +overrides.model.path=/my/base
-    overrides: dict[str, Any] = field(default_factory=dict)
-    # every stage's W&B runs; the group is run_name unless set
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # address / num_cpus go to every stage
-    fp4: str = "mxfp4"  # every stage's FP4 format: mxfp4 | nvfp4 | none
-    run_name: str = "pipeline"  # the pipeline's directory under runs_root (and its W&B group)
-    runs_root: str = "runs"
-    resume: bool = False  # skip finished stages, continue the interrupted one from its checkpoint
-
-    def __post_init__(self) -> None:
-        models = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
-        check_fields("", self, {"base_model": one_of(tuple(models)), "fp4": fp4_format(), "run_name": run_name(),
-                                "runs_root": non_empty()})  # fmt: skip
-
-
 _GROUPS: dict[str, type] = {
     "model": ModelConfig,
     "rollout": RolloutConfig,
     "trainer": TrainerConfig,
     "algorithm": AlgorithmConfig,
     "specialist": SpecialistConfig,
-    "distill": DistillConfig,
     "logger": LoggerConfig,
     "cluster": ClusterConfig,
 }
@@ -536,9 +426,6 @@ def register_configs() -> None:
     for group, schema in _GROUPS.items():
         store.store(group=group, name="_schema", node=schema)
     store.store(name="_specialist_run_schema", node=SpecialistRunConfig)
-    store.store(name="_make_base_schema", node=MakeBaseConfig)
-    store.store(name="_distill_run_schema", node=DistillRunConfig)
-    store.store(name="_pipeline_run_schema", node=PipelineRunConfig)
 
 
 def to_typed(cfg: DictConfig | Any, schema: type[T]) -> T:

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.losses import LossOptions
+from distill.config import DistillConfig, LossOptions
 from distill.objective import OPDObjective
 from distill.routing import CompatibilityError, build_routes, check_compatible, check_context
 from distill.teacher import Teacher
 from rl.batching import build_train_batch
-from rl.config import DistillConfig, TrainerConfig
+from rl.config import TrainerConfig
 from rl.fp4.qat import fake_quant_weights, qat_linear_names
 from rl.models import load_model, load_tokenizer
 from rl.rollout.hf import HFEngine

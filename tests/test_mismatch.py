@@ -14,13 +14,13 @@ from torch.testing import assert_close
 
 from rl.algorithms.mismatch import (
     CORRECTIONS,
-    CorrectionConfig,
     apply_correction,
     geo_mask,
     mismatch_metrics,
     opsm_mask,
     tis_weights,
 )
+from rl.config import AlgorithmConfig
 
 LN2 = math.log(2.0)
 
@@ -316,7 +316,7 @@ def test_outputs_are_detached_even_when_inputs_require_grad():
         geo_mask(old_BT, rollout_BT, mask_BT, low=0.5, high=2.0)[0],
         opsm_mask(old_BT, rollout_BT, advantages_B, mask_BT, delta=0.0)[0],
         *(
-            apply_correction(CorrectionConfig(name), old_BT, rollout_BT, advantages_B, mask_BT)[0]
+            apply_correction(AlgorithmConfig(correction=name), old_BT, rollout_BT, advantages_B, mask_BT)[0]
             for name in CORRECTIONS
         ),
     ]
@@ -329,7 +329,7 @@ def test_outputs_are_detached_even_when_inputs_require_grad():
 
 def test_apply_correction_dispatches_with_the_config_parameters():
     old_BT, rollout_BT, advantages_B, mask_BT = _opsm_case()
-    cfg = CorrectionConfig(tis_cap=1.2, geo_low=0.9, geo_high=1.1, opsm_delta=0.01)
+    cfg = AlgorithmConfig(tis_cap=1.2, geo_low=0.9, geo_high=1.1, opsm_delta=0.01)
     expected = {
         "none": (mask_BT, {}),
         "tis": tis_weights(old_BT, rollout_BT, mask_BT, cap=1.2),
@@ -339,15 +339,15 @@ def test_apply_correction_dispatches_with_the_config_parameters():
     assert set(CORRECTIONS) == set(expected) == {"none", "tis", "geo_mask", "opsm"}
     for name, (expected_BT, expected_metrics) in expected.items():
         weights_BT, metrics = apply_correction(
-            dataclasses.replace(cfg, name=name), old_BT, rollout_BT, advantages_B, mask_BT
+            dataclasses.replace(cfg, correction=name), old_BT, rollout_BT, advantages_B, mask_BT
         )
         assert torch.equal(weights_BT, expected_BT), name
         assert metrics == expected_metrics, name
     # the parameters reach the functions: row 0's seq_kl 0.2 > 0.01 with A < 0 is masked under "opsm"
     assert (
-        apply_correction(dataclasses.replace(cfg, name="opsm"), old_BT, rollout_BT, advantages_B, mask_BT)[0][
-            0
-        ].sum()
+        apply_correction(
+            dataclasses.replace(cfg, correction="opsm"), old_BT, rollout_BT, advantages_B, mask_BT
+        )[0][0].sum()
         == 0.0
     )
 
@@ -355,16 +355,23 @@ def test_apply_correction_dispatches_with_the_config_parameters():
 def test_none_correction_returns_a_copy_of_the_mask():
     mask_BT = torch.tensor([[1.0, 0.0]])
     weights_BT, metrics = apply_correction(
-        CorrectionConfig(), torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1), mask_BT
+        AlgorithmConfig(), torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1), mask_BT
     )
     assert torch.equal(weights_BT, mask_BT) and metrics == {}
     weights_BT[0, 0] = 5.0
     assert mask_BT[0, 0] == 1.0
 
 
-def test_correction_config_rejects_unknown_names():
+def test_the_correction_config_rejects_unknown_names():
     with pytest.raises(
-        ValueError, match=r"unknown mismatch correction 'mis'.*\['geo_mask', 'none', 'opsm', 'tis'\]"
+        ValueError, match=r"unknown algorithm.correction 'mis'; valid: none, tis, geo_mask, opsm"
     ):
-        CorrectionConfig(name="mis")
-    assert CorrectionConfig() == CorrectionConfig("none", 2.0, 0.5, 2.0, 1e-3)
+        AlgorithmConfig(correction="mis")
+    cfg = AlgorithmConfig()
+    assert (cfg.correction, cfg.tis_cap, cfg.geo_low, cfg.geo_high, cfg.opsm_delta) == (
+        "none",
+        2.0,
+        0.5,
+        2.0,
+        1e-3,
+    )

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from distill.config import LossOptions
 from distill.losses import (
-    LossOptions,
     SampledTokens,
     get_opd_loss,
     gkd_jsd,

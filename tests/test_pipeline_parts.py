@@ -8,10 +8,11 @@ import random
 import pytest
 import torch
 
+from jobs.config import PipelineRunConfig
 from jobs.pipeline import flatten, override_value, specialist_overrides, stage_configs
 from jobs.report import pass_at_1, table_md
 from jobs.submit import fixed_overrides, with_resume
-from rl.config import PipelineRunConfig, SpecialistConfig, SpecialistRunConfig
+from rl.config import SpecialistConfig, SpecialistRunConfig
 from rl.sft import batch_order, batches, sft_backward, sft_loss
 
 

@@ -55,8 +55,8 @@ def test_distillation_counts_each_teachers_gpu_share() -> None:
     placement group that could never be placed)."""
     from types import SimpleNamespace
 
+    from distill.config import DistillRunConfig
     from jobs.distill import resource_needs
-    from rl.config import DistillRunConfig
 
     cfg = DistillRunConfig(cluster=ClusterConfig(actor_cpus=1, actor_gpus=0.25))
     routes = [SimpleNamespace(teacher=SimpleNamespace(name=n)) for n in ("m", "c", "a", "a")]  # a serves two

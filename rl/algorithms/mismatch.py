@@ -13,9 +13,10 @@ sequence with no response token has sequence log-ratio 0 (ratio 1), so padding n
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
+
+from rl.config import AlgorithmConfig
 
 
 @torch.no_grad()
@@ -137,28 +138,15 @@ def opsm_mask(
     return new_mask_BT, _dropped_fracs("opsm", drop_BT, keep_BT)
 
 
-@dataclass(frozen=True)
-class CorrectionConfig:
-    name: str = "none"  # mismatch correction multiplying the policy loss: none | tis | geo_mask | opsm
-    tis_cap: float = 2.0  # TIS truncation C in min(pi_old / mu, C)
-    geo_low: float = 0.5  # geo_mask keeps a sequence iff geo_low <= geometric-mean pi_old / mu <= geo_high
-    geo_high: float = 2.0  # see geo_low
-    opsm_delta: float = 1e-3  # OPSM masks A < 0 sequences whose mean log(mu / pi_old) > opsm_delta
-
-    def __post_init__(self) -> None:
-        if self.name not in CORRECTIONS:
-            raise ValueError(f"unknown mismatch correction {self.name!r}; valid names: {sorted(CORRECTIONS)}")
-
-
 # (cfg, old_logprobs_BT, rollout_logprobs_BT, advantages_B_or_BT, mask_BT) -> (weights_BT, metrics)
 CorrectionFn = Callable[
-    [CorrectionConfig, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    [AlgorithmConfig, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     tuple[torch.Tensor, dict[str, float]],
 ]
 
 
 def _no_correction(
-    cfg: CorrectionConfig,
+    cfg: AlgorithmConfig,
     old_BT: torch.Tensor,
     rollout_BT: torch.Tensor,
     adv: torch.Tensor,
@@ -182,17 +170,20 @@ CORRECTIONS: dict[str, CorrectionFn] = {
 
 
 def apply_correction(
-    cfg: CorrectionConfig,
+    cfg: AlgorithmConfig,
     old_logprobs_BT: torch.Tensor,
     rollout_logprobs_BT: torch.Tensor,
     advantages_B_or_BT: torch.Tensor,
     mask_BT: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The correction named ``cfg.name``: detached ``weights_BT`` (0 on padding) to multiply the token loss by.
+    """The correction ``algorithm.correction`` names, with its parameters from the same config: detached
+    ``weights_BT`` (0 on padding) to multiply the token loss by.
     "none" returns a copy of ``mask_BT``."""
-    if cfg.name not in CORRECTIONS:
-        raise ValueError(f"unknown mismatch correction {cfg.name!r}; valid names: {sorted(CORRECTIONS)}")
-    return CORRECTIONS[cfg.name](cfg, old_logprobs_BT, rollout_logprobs_BT, advantages_B_or_BT, mask_BT)
+    if cfg.correction not in CORRECTIONS:
+        raise ValueError(
+            f"unknown mismatch correction {cfg.correction!r}; valid names: {sorted(CORRECTIONS)}"
+        )
+    return CORRECTIONS[cfg.correction](cfg, old_logprobs_BT, rollout_logprobs_BT, advantages_B_or_BT, mask_BT)
 
 
 def _check_same_shape(fn_name: str, *tensors_BT: torch.Tensor) -> None:

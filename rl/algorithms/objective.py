@@ -15,7 +15,7 @@ import torch
 
 from rl.algorithms.aggregation import aggregate
 from rl.algorithms.kl import get_kl_fn
-from rl.algorithms.mismatch import CorrectionConfig, apply_correction, mismatch_metrics
+from rl.algorithms.mismatch import apply_correction, mismatch_metrics
 from rl.algorithms.policy_loss import get_policy_loss_fn
 from rl.config import AlgorithmConfig
 from rl.models import load_model
@@ -43,10 +43,6 @@ def token_logprobs(
     return torch.cat([zero, logprobs], 1), torch.cat([zero, entropy], 1)
 
 
-def correction_of(algo: AlgorithmConfig) -> CorrectionConfig:
-    return CorrectionConfig(algo.correction, algo.tis_cap, algo.geo_low, algo.geo_high, algo.opsm_delta)
-
-
 class PolicyObjective:
     """``algorithm.*``'s loss on one rank's shard of a batch of scored rollouts (``train_step(shard, norm)``)."""
 
@@ -54,7 +50,6 @@ class PolicyObjective:
         self.algo = algo
         self.policy_loss_fn = get_policy_loss_fn(algo.policy_loss)
         self.kl_fn = get_kl_fn(algo.kl_estimator)
-        self.correction = correction_of(algo)
         self.ref_model: torch.nn.Module | None = None
 
     def attach(self, trainer: Any) -> None:
@@ -84,7 +79,7 @@ class PolicyObjective:
         # Masked tokens still count in the global normaliser; metrics are token-weighted over micro-batches
         # (so mismatch/max_abs_prob_diff is a mean of per-micro-batch maxima).
         weights_BT, correction_metrics = apply_correction(
-            self.correction, old, batch.rollout_logprobs_BT, batch.advantages_BT, mask
+            self.algo, old, batch.rollout_logprobs_BT, batch.advantages_BT, mask
         )
         loss_BT = loss_BT * weights_BT
         tokens = float(mask.sum())
