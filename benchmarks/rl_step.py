@@ -44,6 +44,7 @@ from rl.config import AlgorithmConfig, RolloutConfig, TrainerConfig
 from rl.models import load_tokenizer, smollm2_path, tiny_qwen3_config, token_id
 from rl.rollout.hf import HFEngine
 from rl.sft import chat_prompt_ids
+from rl.trainer.spec import TrainerSpec
 from rl.trainer.torch_backend import TorchTrainer
 from rl.types import LossNormalizer, Rollout, SamplingParams, TrainBatch
 from specialists.synthetic import math_tasks
@@ -144,8 +145,8 @@ class Ours:
         path = str(setup.model_dir)
         rollout = RolloutConfig(max_batch_size=len(questions) * setup.group, decode=decode)  # one batch
         self.engine = HFEngine.from_path(path, rollout, setup.dtype, fp4)
-        self.trainer = TorchTrainer(path, TrainerConfig(lr=1e-6, micro_batch_size=micro_batch), PolicyObjective(AlgorithmConfig()),
-                                    total_steps=steps, dtype=setup.dtype, fp4=fp4)  # fmt: skip
+        self.trainer = TorchTrainer(TrainerSpec(path, TrainerConfig(lr=1e-6, micro_batch_size=micro_batch), steps, setup.dtype,
+                                                fp4=fp4), PolicyObjective(AlgorithmConfig()))  # fmt: skip
         self.name = f"ours (FP4 {fp4}, decode={self.engine.decode})"
         self._prepare(self.engine.tokenizer, questions)
 
@@ -220,8 +221,8 @@ class Job(Ours):
         cluster = ClusterConfig(actor_cpus=1, actor_gpus=gpus, weight_sync=weight_sync, torch_threads=1)
         rollout = RolloutConfig(max_batch_size=len(questions) * setup.group, decode=decode)
         self.rollout = RolloutGroup(path, rollout, cluster, env, fp4)
-        self.trainer = TrainerGroup(path, TrainerConfig(lr=1e-6, micro_batch_size=micro_batch), PolicyObjective(AlgorithmConfig()),
-                                    cluster, steps, setup.dtype, 0, env, 1.0, fp4)  # fmt: skip
+        self.trainer = TrainerGroup(TrainerSpec(path, TrainerConfig(lr=1e-6, micro_batch_size=micro_batch), steps, setup.dtype,
+                                                fp4=fp4), PolicyObjective(AlgorithmConfig()), cluster, env)  # fmt: skip
         path_taken = self.trainer.connect_weights(weight_sync, self.rollout.device_uuids())
         self.name = f"job (FP4 {fp4}, Ray actors, weights by {path_taken})"
         self._prepare(load_tokenizer(path), questions)

@@ -32,6 +32,7 @@ from rl.algorithms.objective import PolicyObjective
 from rl.config import AlgorithmConfig, TrainerConfig
 from rl.fp4.qat import payload_nbytes
 from rl.models import tiny_qwen3_config
+from rl.trainer.spec import TrainerSpec
 from rl.trainer.torch_backend import free_port
 from rl.types import LossNormalizer, TrainBatch
 
@@ -94,8 +95,8 @@ def make_trainer(case: Case, args: argparse.Namespace, model_dir: Path, rank: in
     cfg = TrainerConfig(backend=case.backend, num_ranks=args.ranks, lr=1e-6, micro_batch_size=args.micro_batch,
                         zero_stage=max(case.zero_stage, 1))  # fmt: skip
     dist_info = DistInfo(rank=rank, world_size=args.ranks, master_port=port)
-    return BACKENDS[case.backend](str(model_dir), cfg, PolicyObjective(AlgorithmConfig()), total_steps=args.steps + 1,
-                                  dtype=args.dtype, dist_info=dist_info, seed=0, fp4=args.fp4)  # fmt: skip
+    spec = TrainerSpec(str(model_dir), cfg, total_steps=args.steps + 1, dtype=args.dtype, fp4=args.fp4)
+    return BACKENDS[case.backend](spec, PolicyObjective(AlgorithmConfig()), dist_info=dist_info)
 
 
 def rank_main(rank: int, case: Case, args: argparse.Namespace, model_dir: Path, port: int, out: str) -> None:

@@ -118,13 +118,16 @@ def start_workers(cfg: DistillRunConfig, student: str, routes: list[Route], env:
     from distill.teacher import TeacherGroup
     from rl.rollout.group import RolloutGroup
     from rl.trainer.group import TrainerGroup
+    from rl.trainer.spec import TrainerSpec
 
     teachers = TeacherGroup({r.teacher.name: (r.teacher.checkpoint, r.teacher.fp4) for r in routes},
                             cfg.model.dtype, cfg.cluster, cfg.distill.teacher_cpus, env)  # fmt: skip
     objective = OPDObjective.of(cfg.distill, teachers.heads())
     trainer_cfg = dataclasses.replace(cfg.trainer, lr=cfg.distill.lr)
-    trainer = TrainerGroup(student, trainer_cfg, objective, cfg.cluster, cfg.steps, cfg.model.dtype, cfg.seed, env,
-                           cfg.rollout.temperature, cfg.fp4)  # fmt: skip
+    spec = TrainerSpec(
+        student, trainer_cfg, cfg.steps, cfg.model.dtype, cfg.seed, cfg.rollout.temperature, cfg.fp4
+    )
+    trainer = TrainerGroup(spec, objective, cfg.cluster, env)
     rollout = RolloutGroup(student, cfg.rollout, cfg.cluster, env, cfg.fp4)
     trainer.connect_weights(cfg.cluster.weight_sync, rollout.device_uuids())
     return trainer, rollout, teachers

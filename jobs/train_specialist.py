@@ -109,6 +109,7 @@ def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGro
     from rl.placement import check_resources, role_needs
     from rl.rollout.group import RolloutGroup
     from rl.trainer.group import TrainerGroup
+    from rl.trainer.spec import TrainerSpec
 
     check_resources(
         {
@@ -117,10 +118,10 @@ def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGro
         }
     )
     env = forwarded_env()
-    trainer = TrainerGroup(
-        model_path, cfg.trainer, PolicyObjective(cfg.algorithm), cfg.cluster, cfg.steps, cfg.model.dtype, cfg.seed, env,
-        cfg.rollout.temperature, cfg.fp4,
-    )  # fmt: skip
+    spec = TrainerSpec(
+        model_path, cfg.trainer, cfg.steps, cfg.model.dtype, cfg.seed, cfg.rollout.temperature, cfg.fp4
+    )
+    trainer = TrainerGroup(spec, PolicyObjective(cfg.algorithm), cfg.cluster, env)
     rollout = RolloutGroup(model_path, cfg.rollout, cfg.cluster, env, cfg.fp4)
     trainer.connect_weights(cfg.cluster.weight_sync, rollout.device_uuids())
     return trainer, rollout

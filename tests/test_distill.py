@@ -18,6 +18,7 @@ from rl.fp4.qat import fake_quant_weights, qat_linear_names
 from rl.models import load_model, load_tokenizer
 from rl.rollout.hf import HFEngine
 from rl.sft import chat_prompt_ids
+from rl.trainer.spec import TrainerSpec
 from rl.trainer.torch_backend import TorchTrainer
 from rl.types import DistillPart, SamplingParams, TrainBatch, predicting_mask
 from specialists.registry import RegistryError, SpecialistEntry, load_registry, lookup, register
@@ -156,7 +157,9 @@ def test_teacher_returns_hidden_states_of_predicting_positions_and_serves_fp4(
 def opd_trainer(base: Path, micro: int = 8, lr: float = 1e-3, loss: str = "reverse_kl") -> TorchTrainer:
     teacher_head = load_model(str(base)).get_output_embeddings().weight.detach()
     objective = OPDObjective(loss, LossOptions(vocab_chunk=200), {"t": teacher_head})
-    return TorchTrainer(str(base), TrainerConfig(lr=lr, micro_batch_size=micro), objective, total_steps=20)
+    return TorchTrainer(
+        TrainerSpec(str(base), TrainerConfig(lr=lr, micro_batch_size=micro), total_steps=20), objective
+    )
 
 
 def naive_kl(student: torch.nn.Module, teacher: torch.nn.Module, batch: TrainBatch) -> float:

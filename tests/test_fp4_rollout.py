@@ -16,6 +16,7 @@ from rl.fp4.qat import apply_qat, ste_fake_quant
 from rl.models import load_model
 from rl.rollout.group import RolloutGroup
 from rl.trainer.group import TrainerGroup
+from rl.trainer.spec import TrainerSpec
 from rl.types import SamplingParams, TrainBatch
 from tests.test_trainer import batch  # noqa: F401  (module fixture: a real rollout batch)
 
@@ -55,8 +56,8 @@ def test_rollout_weights_bitwise_equal_trainer_fake_quant_after_a_step(
     fmt: str,
 ) -> None:
     cluster = ClusterConfig(actor_cpus=0.5, torch_threads=1)
-    trainer = TrainerGroup(str(tiny_base), TrainerConfig(lr=1e-3), PolicyObjective(AlgorithmConfig()), cluster, 10, "float32", 0, {},
-                           fp4=fmt)  # fmt: skip
+    trainer = TrainerGroup(TrainerSpec(str(tiny_base), TrainerConfig(lr=1e-3), 10, fp4=fmt),
+                           PolicyObjective(AlgorithmConfig()), cluster, {})  # fmt: skip
     rollout = RolloutGroup(str(tiny_base), RolloutConfig(), cluster, {}, fp4=fmt)
     try:
         trainer.train_step(batch, max_response_tokens=12)

@@ -18,6 +18,7 @@ from rl.rollout.hf import HFEngine
 from rl.rollout.vllm_engine import finish_reason, merged_sizes, request_seed, split_merged
 from rl.sft import chat_prompt_ids
 from rl.trainer.group import TrainerGroup
+from rl.trainer.spec import TrainerSpec
 from rl.trainer.torch_backend import token_logprobs
 from rl.types import Rollout, SamplingParams, TrainBatch
 from specialists.synthetic import math_tasks
@@ -141,8 +142,8 @@ def test_fp4_is_simulated_on_cpu_and_bitwise_the_trainers_fake_quant(
     prompts: list[list[int]],
     ray_local,
 ) -> None:
-    trainer = TrainerGroup(str(tiny_base), TrainerConfig(lr=1e-3), PolicyObjective(AlgorithmConfig()), CLUSTER, 10, "float32", 0, {},
-                           fp4="mxfp4")  # fmt: skip
+    trainer = TrainerGroup(TrainerSpec(str(tiny_base), TrainerConfig(lr=1e-3), 10, fp4="mxfp4"),
+                           PolicyObjective(AlgorithmConfig()), CLUSTER, {})  # fmt: skip
     rollout = RolloutGroup(str(tiny_base), VLLM, CLUSTER, {}, fp4="mxfp4")
     try:
         assert rollout.fp4_mode == "simulated"

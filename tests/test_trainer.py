@@ -15,6 +15,7 @@ from rl.models import load_model, load_tokenizer
 from rl.rollout.hf import HFEngine
 from rl.sft import chat_prompt_ids
 from rl.trainer.group import TrainerGroup
+from rl.trainer.spec import TrainerSpec
 from rl.trainer.torch_backend import TorchTrainer, lr_lambda
 from rl.types import LossNormalizer, SamplingParams, TrainBatch
 from specialists.synthetic import math_tasks
@@ -32,7 +33,9 @@ def batch(tiny_base: Path) -> TrainBatch:
 
 def make_trainer(base: Path, **overrides) -> TorchTrainer:
     cfg = TrainerConfig(**{"lr": 1e-3, "micro_batch_size": 8, **overrides})
-    return TorchTrainer(str(base), cfg, PolicyObjective(AlgorithmConfig()), total_steps=10, seed=0)
+    return TorchTrainer(
+        TrainerSpec(str(base), cfg, total_steps=10, seed=0), PolicyObjective(AlgorithmConfig())
+    )
 
 
 def norm_of(batch: TrainBatch) -> LossNormalizer:
@@ -116,8 +119,8 @@ def test_two_ddp_ranks_over_gloo_equal_one_rank(tiny_base: Path, batch: TrainBat
     cluster = ClusterConfig(actor_cpus=0.5, torch_threads=1)
     results, weights = [], []
     for ranks in (1, 2):
-        group = TrainerGroup(str(tiny_base), TrainerConfig(lr=1e-3, num_ranks=ranks, micro_batch_size=3),
-                             PolicyObjective(AlgorithmConfig()), cluster, 10, "float32", 0, {})  # fmt: skip
+        group = TrainerGroup(TrainerSpec(str(tiny_base), TrainerConfig(lr=1e-3, num_ranks=ranks, micro_batch_size=3), 10),
+                             PolicyObjective(AlgorithmConfig()), cluster, {})  # fmt: skip
         results.append(group.train_step(batch, max_response_tokens=12))
         weights.append(ray_local.get(group.export_weights()))
         group.shutdown()
@@ -136,7 +139,7 @@ def test_kl_to_the_frozen_reference_starts_at_zero_and_grows(
 ) -> None:
     algo = AlgorithmConfig(kl_coef=0.1, kl_estimator=estimator)
     trainer = TorchTrainer(
-        str(tiny_base), TrainerConfig(lr=1e-3), PolicyObjective(algo), total_steps=10, seed=0
+        TrainerSpec(str(tiny_base), TrainerConfig(lr=1e-3), total_steps=10, seed=0), PolicyObjective(algo)
     )
     first = trainer.train_step(batch, norm_of(batch))
     assert first["train/kl_ref"] == pytest.approx(0.0, abs=1e-6)  # the policy is the reference at step 1
@@ -156,7 +159,7 @@ def test_mismatch_is_measured_every_step_and_corrections_apply(tiny_base: Path, 
                          batch.rollout_logprobs_BT + math.log(2.0) * batch.loss_mask_BT)  # fmt: skip
     algo = AlgorithmConfig(correction="tis", tis_cap=2.0)
     trainer = TorchTrainer(
-        str(tiny_base), TrainerConfig(lr=1e-3), PolicyObjective(algo), total_steps=10, seed=0
+        TrainerSpec(str(tiny_base), TrainerConfig(lr=1e-3), total_steps=10, seed=0), PolicyObjective(algo)
     )
     tis = trainer.train_step(shifted, norm_of(shifted))
     assert tis["mismatch/kl_k1"] == pytest.approx(math.log(2.0), rel=1e-4)
@@ -164,9 +167,5 @@ def test_mismatch_is_measured_every_step_and_corrections_apply(tiny_base: Path, 
     assert tis["train/loss"] == pytest.approx(plain["train/loss"] * 0.5, rel=1e-3, abs=1e-6)
     # the typed config refuses it now, before a trainer is built (the trainer's own check stays behind it)
     with pytest.raises(ValueError, match=r"unknown (mismatch correction|algorithm\.correction) 'tiss'"):
-        TorchTrainer(
-            str(tiny_base),
-            TrainerConfig(),
-            PolicyObjective(AlgorithmConfig(correction="tiss")),
-            total_steps=1,
-        )
+        TorchTrainer(TrainerSpec(str(tiny_base), TrainerConfig(), total_steps=1),
+                     PolicyObjective(AlgorithmConfig(correction="tiss")))  # fmt: skip

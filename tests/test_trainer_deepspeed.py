@@ -14,6 +14,7 @@ from rl.config import AlgorithmConfig, ClusterConfig, TrainerConfig
 from rl.fp4.formats import FP4Tensor, dequantize
 from rl.trainer.deepspeed_backend import deep_merge, deepspeed_config
 from rl.trainer.group import TrainerGroup
+from rl.trainer.spec import TrainerSpec
 from rl.trainer.torch_backend import TorchTrainer
 from rl.types import LossNormalizer, TrainBatch
 from tests.test_trainer import batch  # noqa: F401  (module fixture: a real rollout batch)
@@ -29,13 +30,13 @@ def deepspeed_group(
     cfg = TrainerConfig(lr=1e-3, micro_batch_size=3, num_ranks=ranks, backend="deepspeed", zero_stage=stage,
                         deepspeed=ALL_PARTITIONED)  # fmt: skip
     return TrainerGroup(
-        str(base), cfg, PolicyObjective(AlgorithmConfig()), CLUSTER, 10, "float32", 0, env or {}, fp4=fp4
+        TrainerSpec(str(base), cfg, 10, fp4=fp4), PolicyObjective(AlgorithmConfig()), CLUSTER, env or {}
     )
 
 
 def reference_step(base: Path, batch: TrainBatch, fp4: str) -> tuple[dict[str, float], TorchTrainer]:  # noqa: F811
-    trainer = TorchTrainer(str(base), TrainerConfig(lr=1e-3, micro_batch_size=8), PolicyObjective(AlgorithmConfig()),
-                           total_steps=10, seed=0, fp4=fp4)  # fmt: skip
+    trainer = TorchTrainer(TrainerSpec(str(base), TrainerConfig(lr=1e-3, micro_batch_size=8), total_steps=10, fp4=fp4),
+                           PolicyObjective(AlgorithmConfig()))  # fmt: skip
     return trainer.train_step(batch, LossNormalizer(batch.num_tokens, batch.num_sequences, 12)), trainer
 
 

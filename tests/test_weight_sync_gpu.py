@@ -19,6 +19,7 @@ from rl.models import load_tokenizer
 from rl.rollout.group import RolloutGroup
 from rl.sft import chat_prompt_ids
 from rl.trainer.group import TrainerGroup
+from rl.trainer.spec import TrainerSpec
 from rl.types import SamplingParams
 from specialists.synthetic import math_tasks
 from tests.test_trainer import batch  # noqa: F401  (module fixture: a real rollout batch)
@@ -36,8 +37,8 @@ def ray_gpu():
 
 
 def test_weights_cross_by_cuda_ipc_bitwise_and_faster(tiny_base: Path, batch, ray_gpu) -> None:  # noqa: F811
-    trainer = TrainerGroup(str(tiny_base), TrainerConfig(lr=1e-3), PolicyObjective(AlgorithmConfig()), HALF, 10, "bfloat16", 0, {},
-                           fp4="mxfp4")  # fmt: skip
+    trainer = TrainerGroup(TrainerSpec(str(tiny_base), TrainerConfig(lr=1e-3), 10, "bfloat16", fp4="mxfp4"),
+                           PolicyObjective(AlgorithmConfig()), HALF, {})  # fmt: skip
     rollout = RolloutGroup(str(tiny_base), RolloutConfig(), HALF, {}, fp4="mxfp4")
     tokenizer = load_tokenizer(str(tiny_base))
     prompts = [chat_prompt_ids(tokenizer, t.prompt) for t in math_tasks(8, "heldout")]

@@ -55,7 +55,7 @@ class PolicyObjective:
     def attach(self, trainer: Any) -> None:
         """A frozen copy of the starting policy, when the loss has a KL term (``algorithm.kl_coef > 0``)."""
         if self.algo.kl_coef > 0:
-            ref = load_model(trainer.model_path, trainer.dtype).to(trainer.device)
+            ref = load_model(trainer.spec.model_path, trainer.spec.dtype).to(trainer.device)
             self.ref_model = ref.eval().requires_grad_(False)
 
     def micro_batches(self, trainer: Any, batch: TrainBatch, norm: LossNormalizer) -> Iterable[Any]:
@@ -69,7 +69,7 @@ class PolicyObjective:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         batch, norm = micro
         logprobs, entropy = token_logprobs(
-            trainer.forward_module, batch.input_ids_BT, batch.attention_mask_BT, trainer.temperature
+            trainer.forward_module, batch.input_ids_BT, batch.attention_mask_BT, trainer.spec.temperature
         )
         old = batch.old_logprobs_BT if batch.old_logprobs_BT is not None else logprobs.detach()
         mask = batch.loss_mask_BT
@@ -89,7 +89,7 @@ class PolicyObjective:
         if self.ref_model is not None:
             with torch.no_grad():
                 ref, _ = token_logprobs(self.ref_model, batch.input_ids_BT, batch.attention_mask_BT,
-                                        trainer.temperature)  # fmt: skip
+                                        trainer.spec.temperature)  # fmt: skip
             kl_BT = self.kl_fn(logprobs, ref, old) * mask
             loss_BT = loss_BT + self.algo.kl_coef * kl_BT
             metrics["train/kl_ref_sum"] = float(kl_BT.sum())

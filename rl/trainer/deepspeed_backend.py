@@ -151,18 +151,22 @@ class DeepSpeedTrainer(TorchTrainer):
     def export_weights(self) -> dict[str, Any]:
         """Rank 0: the full weights with QAT linears packed as FP4; other ranks: {} (collective)."""
         with self._gathered():
-            return to_cpu(export_weights(self.model, self.qat_names, self.fp4)) if self.dist.rank == 0 else {}
+            return (
+                to_cpu(export_weights(self.model, self.qat_names, self.spec.fp4))
+                if self.dist.rank == 0
+                else {}
+            )
 
     def export_shared(self) -> SharedWeights | None:
         """``export_weights`` into rank 0's shared CUDA buffer, as the torch backend's (collective)."""
         with self._gathered():
-            state = export_weights(self.model, self.qat_names, self.fp4) if self.dist.rank == 0 else None
+            state = export_weights(self.model, self.qat_names, self.spec.fp4) if self.dist.rank == 0 else None
         return self.shared.export(state) if state is not None else None
 
     def fake_quant_weights(self) -> dict[str, torch.Tensor]:
         with self._gathered():
             return (
-                to_cpu(fake_quant_weights(self.model, self.qat_names, self.fp4))
+                to_cpu(fake_quant_weights(self.model, self.qat_names, self.spec.fp4))
                 if self.dist.rank == 0
                 else {}
             )

@@ -11,10 +11,11 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import remove_placement_group
 
 from rl.algorithms.objective import merge_policy_metrics
-from rl.config import ClusterConfig, TrainerConfig
+from rl.config import ClusterConfig
 from rl.placement import actor_bundle, in_group, role_placement_group, unresponsive
 from rl.trainer.backends import BACKENDS
 from rl.trainer.objective import Objective
+from rl.trainer.spec import TrainerSpec
 from rl.trainer.torch_backend import DistInfo, free_port
 from rl.trainer.worker import ACTORS
 from rl.types import LossNormalizer, TrainBatch
@@ -28,19 +29,8 @@ class TrainerDiedError(RuntimeError):
 class TrainerGroup:
     """``num_ranks`` data-parallel trainer actors in one placement group; rank 0 exports and saves."""
 
-    def __init__(
-        self,
-        model_path: str,
-        cfg: TrainerConfig,
-        objective: Objective,
-        cluster: ClusterConfig,
-        total_steps: int,
-        dtype: str,
-        seed: int,
-        env: dict[str, str],
-        temperature: float = 1.0,
-        fp4: str = "none",
-    ):
+    def __init__(self, spec: TrainerSpec, objective: Objective, cluster: ClusterConfig, env: dict[str, str]):
+        cfg = spec.cfg
         if cfg.backend not in BACKENDS:
             raise ValueError(f"unknown trainer.backend {cfg.backend!r}; valid: {', '.join(BACKENDS)}")
         self.cfg = cfg
@@ -49,9 +39,8 @@ class TrainerGroup:
         )
         self.group = role_placement_group("trainer", [actor_bundle(cluster) for _ in range(cfg.num_ranks)])
         port = free_port()
-        objective_ref = ray.put(
-            objective
-        )  # once, however many ranks (an OPD objective carries teacher heads)
+        # put once, however many ranks (an OPD objective carries the teachers' heads)
+        objective_ref = ray.put(objective)
         self.ranks = [
             ACTORS[cfg.backend]
             .options(  # type: ignore[attr-defined]
@@ -61,16 +50,10 @@ class TrainerGroup:
                 runtime_env={"env_vars": env},
             )
             .remote(
-                model_path,
-                cfg,
+                spec,
                 objective_ref,
-                total_steps,
-                dtype,
                 DistInfo(rank=rank, world_size=cfg.num_ranks, master_port=port),
-                seed,
                 cluster.torch_threads,
-                temperature,
-                fp4,
             )
             for rank in range(cfg.num_ranks)
         ]

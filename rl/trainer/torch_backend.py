@@ -28,6 +28,7 @@ from rl.fp4.qat import HostStaging, apply_qat, export_weights, fake_quant_weight
 from rl.memory import peak_gpu_gib
 from rl.models import load_model
 from rl.trainer.objective import Objective
+from rl.trainer.spec import TrainerSpec
 from rl.types import TrainBatch
 from rl.weight_sync import SharedExport, SharedWeights, device_uuid
 
@@ -71,36 +72,24 @@ class TorchTrainer:
     """One data-parallel rank: loads the model, owns the optimizer, runs train steps, exports weights."""
 
     def __init__(
-        self,
-        model_path: str,
-        cfg: TrainerConfig,
-        objective: Objective,
-        total_steps: int,
-        dtype: str = "float32",
-        dist_info: DistInfo | None = None,
-        seed: int = 0,
-        threads: int = 0,
-        temperature: float = 1.0,
-        fp4: str = "none",
+        self, spec: TrainerSpec, objective: Objective, dist_info: DistInfo | None = None, threads: int = 0
     ):
         # Ray pins a 1-CPU actor to one thread (OMP_NUM_THREADS=1); roles run one at a time, so use the cores.
         torch.set_num_threads(threads or os.cpu_count() or 1)
-        if temperature <= 0:
+        if spec.temperature <= 0:
             raise ValueError(
-                f"training needs a sampling temperature > 0 (got {temperature}); greedy is for eval"
+                f"training needs a sampling temperature > 0 (got {spec.temperature}); greedy is for eval"
             )
-        self.cfg, self.dist = cfg, dist_info or DistInfo()
-        self.model_path, self.dtype, self.temperature = model_path, dtype, temperature
-        torch.manual_seed(seed)
+        self.spec, self.cfg, self.dist = spec, spec.cfg, dist_info or DistInfo()
+        torch.manual_seed(spec.seed)
         self.device = self._pick_device()
         if self.dist.world_size > 1 or self.always_distributed:
             self._init_process_group()
-        self.model = load_model(model_path, dtype).to(self.device).train()
-        self.fp4 = fp4
-        self.qat_names = apply_qat(self.model, fp4) if fp4 != "none" else []
+        self.model = load_model(spec.model_path, spec.dtype).to(self.device).train()
+        self.qat_names = apply_qat(self.model, spec.fp4) if spec.fp4 != "none" else []
         self.objective = objective
         objective.attach(self)
-        self._setup_optimizer(total_steps * cfg.num_minibatches)
+        self._setup_optimizer(spec.total_steps * spec.cfg.num_minibatches)
         # Fault injection for tests (DISTILLERY_FAULT_NAN_AFTER=N): every train step after the N-th gets a
         # NaN loss, exercising the real skip-and-stop path end to end.
         nan_after = os.environ.get("DISTILLERY_FAULT_NAN_AFTER")
@@ -182,7 +171,9 @@ class TorchTrainer:
         for start in range(0, batch.num_sequences, self.cfg.micro_batch_size):
             micro = batch.select(slice(start, start + self.cfg.micro_batch_size))
             out.append(
-                token_logprobs(self.model, micro.input_ids_BT, micro.attention_mask_BT, self.temperature)[0]
+                token_logprobs(
+                    self.model, micro.input_ids_BT, micro.attention_mask_BT, self.spec.temperature
+                )[0]
             )
         return torch.cat(out).cpu()
 
@@ -220,14 +211,14 @@ class TorchTrainer:
         """
         if self.dist.rank != 0:
             return {}
-        return to_cpu(export_weights(self.model, self.qat_names, self.fp4), self.staging)
+        return to_cpu(export_weights(self.model, self.qat_names, self.spec.fp4), self.staging)
 
     def export_shared(self) -> SharedWeights | None:
         """``export_weights`` packed into this rank's CUDA buffer, answered by its IPC handle (rank 0; others
         None): for rollout workers on the same GPU (``rl.weight_sync``)."""
         if self.dist.rank != 0:
             return None
-        return self.shared.export(export_weights(self.model, self.qat_names, self.fp4))
+        return self.shared.export(export_weights(self.model, self.qat_names, self.spec.fp4))
 
     def device_uuid(self) -> str:
         """This rank's GPU ("" on CPU): rollout workers on the same GPU take the weights by CUDA IPC."""
@@ -239,7 +230,11 @@ class TorchTrainer:
 
     def fake_quant_weights(self) -> dict[str, torch.Tensor]:
         """The weights each QAT linear multiplies by in the training forward (rank 0; for the bitwise check)."""
-        return to_cpu(fake_quant_weights(self.model, self.qat_names, self.fp4)) if self.dist.rank == 0 else {}
+        return (
+            to_cpu(fake_quant_weights(self.model, self.qat_names, self.spec.fp4))
+            if self.dist.rank == 0
+            else {}
+        )
 
     def save(self, path: str) -> None:
         """Weights (HF format), optimizer, scheduler and RNG into ``path`` (rank 0 writes; all ranks agree)."""
