@@ -40,7 +40,7 @@ import torch
 from rl.algorithms.advantages import grpo
 from rl.algorithms.objective import PolicyObjective
 from rl.batching import build_train_batch
-from rl.config import AlgorithmConfig, RolloutConfig, TrainerConfig
+from rl.config import AlgorithmConfig, RolloutConfig, TrainerConfig, fp4_of
 from rl.models import load_tokenizer, smollm2_path, tiny_qwen3_config, token_id
 from rl.rollout.hf import HFEngine
 from rl.sft import chat_prompt_ids
@@ -141,12 +141,12 @@ class Ours:
     def __init__(
         self, setup: Setup, questions: list[str], fp4: str, micro_batch: int, steps: int, decode: str = "auto"
     ):
-        self.setup, self.fp4 = setup, fp4
+        self.setup, self.fp4, fmt = setup, fp4, fp4_of(fp4)
         path = str(setup.model_dir)
         rollout = RolloutConfig(max_batch_size=len(questions) * setup.group, decode=decode)  # one batch
-        self.engine = HFEngine.from_path(path, rollout, setup.dtype, fp4)
+        self.engine = HFEngine.from_path(path, rollout, setup.dtype, fmt)
         self.trainer = TorchTrainer(TrainerSpec(path, TrainerConfig(lr=1e-6, micro_batch_size=micro_batch), steps, setup.dtype,
-                                                fp4=fp4), PolicyObjective(AlgorithmConfig()))  # fmt: skip
+                                                fp4=fmt), PolicyObjective(AlgorithmConfig()))  # fmt: skip
         self.name = f"ours (FP4 {fp4}, decode={self.engine.decode})"
         self._prepare(self.engine.tokenizer, questions)
 
@@ -215,14 +215,14 @@ class Job(Ours):
         from rl.rollout.group import RolloutGroup
         from rl.trainer.group import TrainerGroup
 
-        self.setup, self.fp4 = setup, fp4
+        self.setup, self.fp4, fmt = setup, fp4, fp4_of(fp4)
         path, env = str(setup.model_dir), forwarded_env()
         gpus = gpu_share if setup.device.type == "cuda" else 0.0
         cluster = ClusterConfig(actor_cpus=1, actor_gpus=gpus, weight_sync=weight_sync, torch_threads=1)
         rollout = RolloutConfig(max_batch_size=len(questions) * setup.group, decode=decode)
-        self.rollout = RolloutGroup(path, rollout, cluster, env, fp4)
+        self.rollout = RolloutGroup(path, rollout, cluster, env, fmt)
         self.trainer = TrainerGroup(TrainerSpec(path, TrainerConfig(lr=1e-6, micro_batch_size=micro_batch), steps, setup.dtype,
-                                                fp4=fp4), PolicyObjective(AlgorithmConfig()), cluster, env)  # fmt: skip
+                                                fp4=fmt), PolicyObjective(AlgorithmConfig()), cluster, env)  # fmt: skip
         path_taken = self.trainer.connect_weights(weight_sync, self.rollout.device_uuids())
         self.name = f"job (FP4 {fp4}, Ray actors, weights by {path_taken})"
         self._prepare(load_tokenizer(path), questions)

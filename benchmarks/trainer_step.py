@@ -29,7 +29,7 @@ import torch
 import torch.multiprocessing as mp
 
 from rl.algorithms.objective import PolicyObjective
-from rl.config import AlgorithmConfig, TrainerConfig
+from rl.config import AlgorithmConfig, TrainerConfig, fp4_of
 from rl.fp4.qat import payload_nbytes
 from rl.models import tiny_qwen3_config
 from rl.trainer.spec import TrainerSpec
@@ -95,7 +95,9 @@ def make_trainer(case: Case, args: argparse.Namespace, model_dir: Path, rank: in
     cfg = TrainerConfig(backend=case.backend, num_ranks=args.ranks, lr=1e-6, micro_batch_size=args.micro_batch,
                         zero_stage=max(case.zero_stage, 1))  # fmt: skip
     dist_info = DistInfo(rank=rank, world_size=args.ranks, master_port=port)
-    spec = TrainerSpec(str(model_dir), cfg, total_steps=args.steps + 1, dtype=args.dtype, fp4=args.fp4)
+    spec = TrainerSpec(
+        str(model_dir), cfg, total_steps=args.steps + 1, dtype=args.dtype, fp4=fp4_of(args.fp4)
+    )
     return BACKENDS[case.backend](spec, PolicyObjective(AlgorithmConfig()), dist_info=dist_info)
 
 

@@ -21,7 +21,7 @@ import torch
 from ray.exceptions import RayActorError
 from ray.util.placement_group import remove_placement_group
 
-from rl.config import ClusterConfig
+from rl.config import FP4, ClusterConfig
 from rl.faults import maybe_kill
 from rl.fp4.qat import fake_quant_weights, qat_linear_names
 from rl.memory import peak_gpu_gib
@@ -33,11 +33,11 @@ from rl.types import TrainBatch, predicting_mask
 class Teacher:
     """One frozen teacher model on this process's device."""
 
-    def __init__(self, path: str, fp4: str = "none", dtype: str = "float32", threads: int = 0):
+    def __init__(self, path: str, fp4: FP4 | None = None, dtype: str = "float32", threads: int = 0):
         torch.set_num_threads(threads or os.cpu_count() or 1)
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
         self.model = load_model(path, dtype).eval().requires_grad_(False)
-        if fp4 != "none":  # bake the FP4 grid into the weights: the forward is then the served teacher's
+        if fp4:  # bake the FP4 grid into the weights: the forward is then the served teacher's
             names = qat_linear_names(self.model, fp4)
             quantized = fake_quant_weights(self.model, names, fp4)
             self.model.load_state_dict(quantized, strict=False)
@@ -84,9 +84,9 @@ TeacherWorker = ray.remote(Teacher)
 class TeacherGroup:
     """One TeacherWorker per teacher (by registry name), in one placement group; a dead one is restarted."""
 
-    def __init__(self, teachers: dict[str, tuple[str, str]], dtype: str, cluster: ClusterConfig, cpus: float,
+    def __init__(self, teachers: dict[str, tuple[str, FP4 | None]], dtype: str, cluster: ClusterConfig, cpus: float,
                  env: dict[str, str]):  # fmt: skip
-        """``teachers``: registry name -> (checkpoint path, fp4 format)."""
+        """``teachers``: registry name -> (checkpoint path, FP4 format or None)."""
         bundle = {"CPU": cpus, **({"GPU": cluster.actor_gpus} if cluster.actor_gpus else {})}
         self.group = role_placement_group("teacher", [dict(bundle) for _ in teachers])
         self.teachers, self.index = teachers, {name: i for i, name in enumerate(teachers)}

@@ -36,6 +36,7 @@ from jobs.common import (
 )
 from jobs.make_base import resolve_model_path
 from jobs.train_specialist import check_backends, check_memory
+from rl.config import FP4, fp4_of
 
 if TYPE_CHECKING:
     from distill.routing import Route
@@ -91,7 +92,7 @@ def served_teacher(
     from rl.rollout.group import RolloutGroup
 
     def make(entry: SpecialistEntry) -> tuple[Any, Any]:
-        group = RolloutGroup(entry.checkpoint, cfg.rollout, cfg.cluster, env, entry.fp4)
+        group = RolloutGroup(entry.checkpoint, cfg.rollout, cfg.cluster, env, fp4_of(entry.fp4))
         return group.generate, group.shutdown
 
     return make
@@ -120,15 +121,15 @@ def start_workers(cfg: DistillRunConfig, student: str, routes: list[Route], env:
     from rl.trainer.group import TrainerGroup
     from rl.trainer.spec import TrainerSpec
 
-    teachers = TeacherGroup({r.teacher.name: (r.teacher.checkpoint, r.teacher.fp4) for r in routes},
+    teachers = TeacherGroup({r.teacher.name: (r.teacher.checkpoint, fp4_of(r.teacher.fp4)) for r in routes},
                             cfg.model.dtype, cfg.cluster, cfg.distill.teacher_cpus, env)  # fmt: skip
     objective = OPDObjective.of(cfg.distill, teachers.heads())
     trainer_cfg = dataclasses.replace(cfg.trainer, lr=cfg.distill.lr)
     spec = TrainerSpec(
-        student, trainer_cfg, cfg.steps, cfg.model.dtype, cfg.seed, cfg.rollout.temperature, cfg.fp4
+        student, trainer_cfg, cfg.steps, cfg.model.dtype, cfg.seed, cfg.rollout.temperature, fp4_of(cfg.fp4)
     )
     trainer = TrainerGroup(spec, objective, cfg.cluster, env)
-    rollout = RolloutGroup(student, cfg.rollout, cfg.cluster, env, cfg.fp4)
+    rollout = RolloutGroup(student, cfg.rollout, cfg.cluster, env, fp4_of(cfg.fp4))
     trainer.connect_weights(cfg.cluster.weight_sync, rollout.device_uuids())
     return trainer, rollout, teachers
 
@@ -159,8 +160,10 @@ def run(cfg: DistillRunConfig) -> dict[str, Any]:
     actors = cfg.rollout.num_workers + cfg.trainer.num_ranks + len({route.teacher.name for route in routes})
     cfg = dataclasses.replace(cfg, cluster=share_gpus(cfg.cluster, actors))
     check_resources(resource_needs(cfg, routes))
-    teachers = {r.teacher.name: (r.teacher.checkpoint, r.teacher.fp4) for r in routes}
-    check_memory(cfg, student, cfg.prompts_per_step, cfg.rollout.max_new_tokens, teachers)
+    teacher_formats: dict[str, tuple[str, FP4 | None]] = {
+        r.teacher.name: (r.teacher.checkpoint, fp4_of(r.teacher.fp4)) for r in routes
+    }
+    check_memory(cfg, student, cfg.prompts_per_step, cfg.rollout.max_new_tokens, teacher_formats)
     env = forwarded_env()
     state = RunState.load(checkpoint) if checkpoint else RunState()
     prompts = Prompts(tokenizer)

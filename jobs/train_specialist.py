@@ -33,7 +33,7 @@ from jobs.common import (
     prepare_run_dir,
 )
 from jobs.make_base import resolve_model_path
-from rl.config import SpecialistRunConfig
+from rl.config import FP4, SpecialistRunConfig, fp4_of
 
 if TYPE_CHECKING:
     from rl.rollout.group import RolloutGroup
@@ -82,7 +82,7 @@ def check_inputs(cfg: SpecialistRunConfig) -> None:
 
 
 def check_memory(cfg: SpecialistRunConfig | DistillRunConfig, model_path: str, sequences: int, tokens: int,
-                 teachers: dict[str, tuple[str, str]] | None = None) -> None:  # fmt: skip
+                 teachers: dict[str, tuple[str, FP4 | None]] | None = None) -> None:  # fmt: skip
     """Each actor's least GPU memory against its share of this machine's GPU, before any actor starts
     (``rl.memory``; no GPU here or CPU actors: nothing to check). ``sequences`` per step, ``tokens`` of
     response each; ``teachers``: name -> (checkpoint, FP4 format)."""
@@ -91,11 +91,12 @@ def check_memory(cfg: SpecialistRunConfig | DistillRunConfig, model_path: str, s
     gpu = local_gpu()
     if gpu is None or not cfg.cluster.actor_gpus:
         return
-    shape, dtype = ModelShape.of(model_path, cfg.fp4), cfg.model.dtype
+    fp4 = fp4_of(cfg.fp4)
+    shape, dtype = ModelShape.of(model_path, fp4), cfg.model.dtype
     batch = min(cfg.rollout.max_batch_size, -(-sequences // cfg.rollout.num_workers))
     reference = isinstance(cfg, SpecialistRunConfig) and cfg.algorithm.kl_coef > 0
     needs = {"trainer rank": trainer_needs(shape, dtype, reference),
-             "rollout worker": rollout_needs(shape, dtype, cfg.fp4, batch, tokens)}  # fmt: skip
+             "rollout worker": rollout_needs(shape, dtype, fp4, batch, tokens)}  # fmt: skip
     for name, (checkpoint, fmt) in (teachers or {}).items():
         needs[f"teacher {name}"] = {
             "weights": rollout_needs(ModelShape.of(checkpoint, fmt), dtype, fmt, 0, 0)["weights"]
@@ -119,10 +120,16 @@ def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGro
     )
     env = forwarded_env()
     spec = TrainerSpec(
-        model_path, cfg.trainer, cfg.steps, cfg.model.dtype, cfg.seed, cfg.rollout.temperature, cfg.fp4
+        model_path,
+        cfg.trainer,
+        cfg.steps,
+        cfg.model.dtype,
+        cfg.seed,
+        cfg.rollout.temperature,
+        fp4_of(cfg.fp4),
     )
     trainer = TrainerGroup(spec, PolicyObjective(cfg.algorithm), cfg.cluster, env)
-    rollout = RolloutGroup(model_path, cfg.rollout, cfg.cluster, env, cfg.fp4)
+    rollout = RolloutGroup(model_path, cfg.rollout, cfg.cluster, env, fp4_of(cfg.fp4))
     trainer.connect_weights(cfg.cluster.weight_sync, rollout.device_uuids())
     return trainer, rollout
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -145,6 +145,20 @@ def fp4_format() -> Rule:
     return lambda key, v: (
         None if v == "none" or v in valid else f"unknown FP4 format {v!r}; valid: {valid} or none ({key})"
     )
+
+
+FP4 = Literal[
+    "mxfp4", "nvfp4"
+]  # an FP4 weight format (CHOICES["fp4"]); below the entry points None means no FP4
+
+
+def fp4_of(name: str) -> FP4 | None:
+    """A config's or a registry entry's ``fp4`` ("none" or a format name) as the code below the entry points
+    takes it: the format, or None. The one place the word "none" is read."""
+    problem = fp4_format()("fp4", name)
+    if problem is not None:
+        raise ConfigValueError(problem)
+    return None if name == "none" else cast(FP4, name)
 
 
 @dataclass

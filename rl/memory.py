@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rl.config import FP4
+
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 SCALE_BLOCK = {"mxfp4": 32, "nvfp4": 16}  # weights per one-byte scale
@@ -30,7 +32,7 @@ class ModelShape:
     kv_per_token: int  # layers x 2 (keys, values) x kv heads x head dim
 
     @classmethod
-    def of(cls, model_path: str, fmt: str) -> ModelShape:
+    def of(cls, model_path: str, fmt: FP4 | None) -> ModelShape:
         """Counted on the meta device from the model's config (nothing is allocated or read)."""
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -41,7 +43,7 @@ class ModelShape:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
         modules = dict(model.named_modules())
-        fp4 = sum(modules[n].weight.numel() for n in qat_linear_names(model, fmt)) if fmt != "none" else 0
+        fp4 = sum(modules[n].weight.numel() for n in qat_linear_names(model, fmt)) if fmt else 0
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -49,10 +51,10 @@ class ModelShape:
         return cls(params, fp4, config.num_hidden_layers * 2 * kv_heads * head_dim)
 
 
-def packed_weights(shape: ModelShape, dtype: str, fmt: str) -> int:
+def packed_weights(shape: ModelShape, dtype: str, fmt: FP4 | None) -> int:
     """Bytes of the weights with the FP4 linears packed (codes + one-byte scales), the rest in ``dtype``."""
     dense = (shape.params - shape.fp4_params) * DTYPE_BYTES[dtype]
-    return dense + (shape.fp4_params // 2 + shape.fp4_params // SCALE_BLOCK[fmt] if fmt != "none" else 0)
+    return dense + (shape.fp4_params // 2 + shape.fp4_params // SCALE_BLOCK[fmt] if fmt else 0)
 
 
 def trainer_needs(shape: ModelShape, dtype: str, reference: bool) -> dict[str, int]:
@@ -61,7 +63,7 @@ def trainer_needs(shape: ModelShape, dtype: str, reference: bool) -> dict[str, i
             "reference model": weights if reference else 0}  # fmt: skip
 
 
-def rollout_needs(shape: ModelShape, dtype: str, fmt: str, batch: int, tokens: int) -> dict[str, int]:
+def rollout_needs(shape: ModelShape, dtype: str, fmt: FP4 | None, batch: int, tokens: int) -> dict[str, int]:
     return {"weights": packed_weights(shape, dtype, fmt), "KV cache": batch * tokens * shape.kv_per_token *
             DTYPE_BYTES[dtype]}  # fmt: skip
 

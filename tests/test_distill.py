@@ -132,7 +132,7 @@ def test_a_teacher_with_another_tokenizer_or_a_short_context_is_refused(
 def test_teacher_returns_hidden_states_of_predicting_positions_and_serves_fp4(
     teacher_dir: Path, batch
 ) -> None:
-    plain = Teacher(str(teacher_dir), fp4="none")
+    plain = Teacher(str(teacher_dir), fp4=None)
     hidden, seconds = plain.hidden_states(batch, micro_batch_size=4)  # two micro-batches
     mask = predicting_mask(batch.loss_mask_BT)
     assert hidden.shape == (int(mask.sum()), 128) and seconds > 0

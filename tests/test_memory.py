@@ -33,7 +33,7 @@ def test_the_shape_is_counted_from_the_config_as_the_loaded_model_has_it(tiny_ba
     assert shape.fp4_params == sum(modules[n].weight.numel() for n in qat_linear_names(model, "mxfp4")) > 0
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     assert shape.kv_per_token == config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim
-    assert ModelShape.of(str(tiny_base), "none").fp4_params == 0
+    assert ModelShape.of(str(tiny_base), None).fp4_params == 0
 
 
 def test_hand_worked_bounds() -> None:
@@ -41,7 +41,7 @@ def test_hand_worked_bounds() -> None:
     # 360 dense float32 weights (1440 B) + 640 codes at half a byte (320 B) + one scale byte per 32 (20 B)
     assert packed_weights(shape, "float32", "mxfp4") == 1780
     assert packed_weights(shape, "float32", "nvfp4") == 1800  # a scale per 16: 40 B
-    assert packed_weights(ModelShape(1000, 0, 8), "bfloat16", "none") == 2000
+    assert packed_weights(ModelShape(1000, 0, 8), "bfloat16", None) == 2000
     assert trainer_needs(shape, "bfloat16", reference=False) == {
         "weights": 2000, "gradients": 2000, "AdamW moments": 4000, "reference model": 0
     }  # fmt: skip

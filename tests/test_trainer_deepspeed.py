@@ -10,7 +10,7 @@ import ray
 import torch
 
 from rl.algorithms.objective import PolicyObjective
-from rl.config import AlgorithmConfig, ClusterConfig, TrainerConfig
+from rl.config import FP4, AlgorithmConfig, ClusterConfig, TrainerConfig
 from rl.fp4.formats import FP4Tensor, dequantize
 from rl.trainer.deepspeed_backend import deep_merge, deepspeed_config
 from rl.trainer.group import TrainerGroup
@@ -25,7 +25,7 @@ ALL_PARTITIONED = {"zero_optimization": {"stage3_param_persistence_threshold": 0
 
 
 def deepspeed_group(
-    base: Path, stage: int, ranks: int, fp4: str = "none", env: dict | None = None
+    base: Path, stage: int, ranks: int, fp4: FP4 | None = None, env: dict | None = None
 ) -> TrainerGroup:
     cfg = TrainerConfig(lr=1e-3, micro_batch_size=3, num_ranks=ranks, backend="deepspeed", zero_stage=stage,
                         deepspeed=ALL_PARTITIONED)  # fmt: skip
@@ -34,7 +34,7 @@ def deepspeed_group(
     )
 
 
-def reference_step(base: Path, batch: TrainBatch, fp4: str) -> tuple[dict[str, float], TorchTrainer]:  # noqa: F811
+def reference_step(base: Path, batch: TrainBatch, fp4: FP4 | None) -> tuple[dict[str, float], TorchTrainer]:  # noqa: F811
     trainer = TorchTrainer(TrainerSpec(str(base), TrainerConfig(lr=1e-3, micro_batch_size=8), total_steps=10, fp4=fp4),
                            PolicyObjective(AlgorithmConfig()))  # fmt: skip
     return trainer.train_step(batch, LossNormalizer(batch.num_tokens, batch.num_sequences, 12)), trainer
@@ -72,7 +72,7 @@ def test_zero_step_equals_the_torch_step(
     stage: int,
     ranks: int,
 ) -> None:
-    expected, reference = reference_step(tiny_base, batch, "none")
+    expected, reference = reference_step(tiny_base, batch, None)
     group = deepspeed_group(tiny_base, stage, ranks)
     try:
         got = group.train_step(batch, max_response_tokens=12)

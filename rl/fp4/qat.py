@@ -60,12 +60,15 @@ def apply_qat(model: nn.Module, fmt: str, targets: str = DEFAULT_TARGETS) -> lis
     return names
 
 
-def export_weights(model: nn.Module, qat_names: list[str], fmt: str) -> dict[str, Any]:
-    """The model's weights by name, with each QAT linear's weight quantized (packed codes + scales).
+def export_weights(model: nn.Module, qat_names: list[str], fmt: str | None) -> dict[str, Any]:
+    """The model's weights by name, with each QAT linear's weight quantized (packed codes + scales); without a
+    format (no FP4) every weight is dense.
 
     Quantizing here, with the function the QAT forward uses, is what makes the rollout's dequantized
     weights bitwise equal to the trainer's fake-quantized ones.
     """
+    if fmt is None:
+        return {key: value.detach().clone() for key, value in model.state_dict().items()}
     quantized = {f"{name}.weight" for name in qat_names}
     state: dict[str, Any] = {}
     for key, value in model.state_dict().items():
@@ -112,8 +115,10 @@ def to_cpu(state: dict[str, Any], staging: HostStaging | None = None) -> dict[st
     return out
 
 
-def fake_quant_weights(model: nn.Module, qat_names: list[str], fmt: str) -> dict[str, torch.Tensor]:
-    """What each QAT linear multiplies by in the trainer's forward (float32)."""
+def fake_quant_weights(model: nn.Module, qat_names: list[str], fmt: str | None) -> dict[str, torch.Tensor]:
+    """What each QAT linear multiplies by in the trainer's forward (float32); none without a format."""
+    if fmt is None:
+        return {}
     modules = dict(model.named_modules())
     return {
         f"{name}.weight": ste_fake_quant(modules[name].weight.detach().float(), fmt)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import ray
 from ray.exceptions import RayActorError
 from ray.util.placement_group import remove_placement_group
 
-from rl.config import ClusterConfig, RolloutConfig
+from rl.config import FP4, ClusterConfig, RolloutConfig
 from rl.placement import REDOS, actor_bundle, in_group, role_placement_group, unresponsive
 from rl.rollout.worker import RolloutActor
 from rl.types import Rollout, SamplingParams
@@ -25,7 +25,7 @@ class RolloutGroup:
         cfg: RolloutConfig,
         cluster: ClusterConfig,
         env: dict[str, str],
-        fp4: str = "none",
+        fp4: FP4 | None = None,
     ):
         bundles = [actor_bundle(cluster) for _ in range(cfg.num_workers)]
         self.group = role_placement_group("rollout", bundles)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from rl.config import RolloutConfig
+from rl.config import FP4, RolloutConfig
 from rl.fp4.formats import dequantize
 from rl.fp4.packed import PackedFP4Linear, pack_linears
 from rl.fp4.qat import qat_linear_names
@@ -78,14 +78,15 @@ class HFEngine:
 
     @classmethod
     def from_path(
-        cls, model_path: str, cfg: RolloutConfig, dtype: str = "float32", fp4: str = "none"
+        cls, model_path: str, cfg: RolloutConfig, dtype: str = "float32", fp4: FP4 | None = None
     ) -> HFEngine:
         """The engine for a model directory; with ``fp4`` its block linears are packed (no high-precision copy)."""
         model = load_model(model_path, dtype)
         if torch.cuda.is_available():
             model = model.cuda()
-        names = qat_linear_names(model, fp4) if fp4 != "none" else []
-        pack_linears(model, names, fp4)
+        names = qat_linear_names(model, fp4) if fp4 else []
+        if fp4:
+            pack_linears(model, names, fp4)
         return cls(model, load_tokenizer(model_path), max_batch_size=cfg.max_batch_size, packed_names=names,
                    decode=cfg.decode)  # fmt: skip
 

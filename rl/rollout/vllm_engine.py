@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from rl.config import RolloutConfig
+from rl.config import FP4, RolloutConfig
 from rl.fp4.formats import dequantize
 from rl.fp4.qat import export_weights, qat_linear_names
 from rl.models import load_model, load_tokenizer
@@ -73,7 +73,9 @@ def merged_sizes(config: Any) -> dict[str, int]:
 class VLLMEngine:
     """Samples completions with vLLM; takes trainer weights in place."""
 
-    def __init__(self, llm: Any, model_path: str, fp4: str, fp4_names: list[str], fp4_mode: str, dtype: str):
+    def __init__(
+        self, llm: Any, model_path: str, fp4: FP4 | None, fp4_names: list[str], fp4_mode: str, dtype: str
+    ):
         self.llm = llm
         self.tokenizer = load_tokenizer(model_path)
         self.fp4, self.fp4_names, self.fp4_mode = fp4, fp4_names, fp4_mode
@@ -82,7 +84,7 @@ class VLLMEngine:
 
     @classmethod
     def from_path(
-        cls, model_path: str, cfg: RolloutConfig, dtype: str = "float32", fp4: str = "none"
+        cls, model_path: str, cfg: RolloutConfig, dtype: str = "float32", fp4: FP4 | None = None
     ) -> VLLMEngine:
         """Start vLLM on a model directory; with ``fp4`` the policy is on the FP4 grid from the first rollout."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -91,11 +93,11 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.cpu_kv_cache_gib:g}")
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # leave the actor's threads alone
         # the HF model is read only for FP4: which linears are quantized, and their first packed values
-        model = load_model(model_path, dtype) if fp4 != "none" else None
-        names = qat_linear_names(model, fp4) if model is not None else []
-        mode = "none" if fp4 == "none" else "packed" if on_gpu else "simulated"
+        model = load_model(model_path, dtype) if fp4 else None
+        names = qat_linear_names(model, fp4) if model is not None and fp4 else []
+        mode = "none" if not fp4 else "packed" if on_gpu else "simulated"
         load_path = model_path
-        if mode == "packed" and model is not None:  # Marlin runs W4A16 with bf16 activations
+        if mode == "packed" and model is not None and fp4:  # Marlin runs W4A16 with bf16 activations
             from rl.fp4.compressed import save_compressed
 
             dtype = "bfloat16"
@@ -114,7 +116,7 @@ class VLLMEngine:
         fp4_entries = {k.removesuffix(".weight") for k, v in state.items() if not isinstance(v, torch.Tensor)}
         if fp4_entries != set(self.fp4_names):
             raise ValueError(f"FP4 weights {sorted(fp4_entries)} do not match this engine's FP4 linears")
-        if self.fp4_mode == "packed":
+        if self.fp4_mode == "packed" and self.fp4:
             from rl.fp4.compressed import compressed_state_dict
 
             tensors = compressed_state_dict(state, self.fp4)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import ray
 import torch
 
-from rl.config import RolloutConfig
+from rl.config import FP4, RolloutConfig
 from rl.faults import maybe_kill
 from rl.fp4.qat import payload_nbytes
 from rl.memory import peak_gpu_gib
@@ -35,7 +35,7 @@ class Engine(Protocol):
     def memory_report(self) -> dict[str, int]: ...
 
 
-def build_engine(model_path: str, cfg: RolloutConfig, dtype: str, fp4: str) -> Engine:
+def build_engine(model_path: str, cfg: RolloutConfig, dtype: str, fp4: FP4 | None) -> Engine:
     """The engine named by ``cfg.engine`` (vLLM is imported only when chosen)."""
     if cfg.engine == "hf":
         from rl.rollout.hf import HFEngine
@@ -52,7 +52,12 @@ class RolloutWorker:
     """One rollout engine replica."""
 
     def __init__(
-        self, model_path: str, cfg: RolloutConfig, dtype: str = "float32", threads: int = 0, fp4: str = "none"
+        self,
+        model_path: str,
+        cfg: RolloutConfig,
+        dtype: str = "float32",
+        threads: int = 0,
+        fp4: FP4 | None = None,
     ):
         # Ray pins a 1-CPU actor to one thread (OMP_NUM_THREADS=1); roles run one at a time, so use the cores.
         torch.set_num_threads(threads or os.cpu_count() or 1)

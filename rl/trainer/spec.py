@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rl.config import TrainerConfig
+from rl.config import FP4, TrainerConfig
 
 
 @dataclass(frozen=True)
@@ -18,4 +18,4 @@ class TrainerSpec:
     dtype: str = "float32"  # master weights
     seed: int = 0
     temperature: float = 1.0  # the rollouts' sampling temperature: the PPO ratio compares that distribution
-    fp4: str = "none"  # QAT format of the block linears: mxfp4 | nvfp4 | none
+    fp4: FP4 | None = None  # QAT format of the block linears (rl.config.fp4_of); None: no QAT

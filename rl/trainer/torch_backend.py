@@ -86,7 +86,7 @@ class TorchTrainer:
         if self.dist.world_size > 1 or self.always_distributed:
             self._init_process_group()
         self.model = load_model(spec.model_path, spec.dtype).to(self.device).train()
-        self.qat_names = apply_qat(self.model, spec.fp4) if spec.fp4 != "none" else []
+        self.qat_names = apply_qat(self.model, spec.fp4) if spec.fp4 else []
         self.objective = objective
         objective.attach(self)
         self._setup_optimizer(spec.total_steps * spec.cfg.num_minibatches)
