@@ -92,7 +92,9 @@ def served_teacher(
     from rl.rollout.group import RolloutGroup
 
     def make(entry: SpecialistEntry) -> tuple[Any, Any]:
-        group = RolloutGroup(entry.checkpoint, cfg.rollout, cfg.cluster, env, fp4_of(entry.fp4))
+        group = RolloutGroup(
+            entry.checkpoint, cfg.rollout, cfg.cluster, env, fp4_of(entry.fp4), cfg.model.dtype
+        )
         return group.generate, group.shutdown
 
     return make
@@ -129,7 +131,7 @@ def start_workers(cfg: DistillRunConfig, student: str, routes: list[Route], env:
         student, trainer_cfg, cfg.steps, cfg.model.dtype, cfg.seed, cfg.rollout.temperature, fp4_of(cfg.fp4)
     )
     trainer = TrainerGroup(spec, objective, cfg.cluster, env)
-    rollout = RolloutGroup(student, cfg.rollout, cfg.cluster, env, fp4_of(cfg.fp4))
+    rollout = RolloutGroup(student, cfg.rollout, cfg.cluster, env, fp4_of(cfg.fp4), cfg.model.dtype)
     trainer.connect_weights(cfg.cluster.weight_sync, rollout.device_uuids())
     return trainer, rollout, teachers
 

@@ -129,7 +129,7 @@ def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGro
         fp4_of(cfg.fp4),
     )
     trainer = TrainerGroup(spec, PolicyObjective(cfg.algorithm), cfg.cluster, env)
-    rollout = RolloutGroup(model_path, cfg.rollout, cfg.cluster, env, fp4_of(cfg.fp4))
+    rollout = RolloutGroup(model_path, cfg.rollout, cfg.cluster, env, fp4_of(cfg.fp4), cfg.model.dtype)
     trainer.connect_weights(cfg.cluster.weight_sync, rollout.device_uuids())
     return trainer, rollout
 

@@ -39,7 +39,7 @@ def ray_gpu():
 def test_weights_cross_by_cuda_ipc_bitwise_and_faster(tiny_base: Path, batch, ray_gpu) -> None:  # noqa: F811
     trainer = TrainerGroup(TrainerSpec(str(tiny_base), TrainerConfig(lr=1e-3), 10, "bfloat16", fp4="mxfp4"),
                            PolicyObjective(AlgorithmConfig()), HALF, {})  # fmt: skip
-    rollout = RolloutGroup(str(tiny_base), RolloutConfig(), HALF, {}, fp4="mxfp4")
+    rollout = RolloutGroup(str(tiny_base), RolloutConfig(), HALF, {}, fp4="mxfp4", dtype="bfloat16")
     tokenizer = load_tokenizer(str(tiny_base))
     prompts = [chat_prompt_ids(tokenizer, t.prompt) for t in math_tasks(8, "heldout")]
     greedy = SamplingParams(max_new_tokens=16, temperature=0.0)

@@ -26,10 +26,13 @@ class RolloutGroup:
         cluster: ClusterConfig,
         env: dict[str, str],
         fp4: FP4 | None = None,
+        dtype: str = "float32",
     ):
+        """``dtype`` is the model's (``model.dtype``): the workers serve the weights in the trainer's precision
+        (on a GPU, bf16 is also what sends FP4 linears through the Triton kernel)."""
         bundles = [actor_bundle(cluster) for _ in range(cfg.num_workers)]
         self.group = role_placement_group("rollout", bundles)
-        self._spawn_args = (model_path, cfg, cluster, env, fp4)
+        self._spawn_args = (model_path, cfg, cluster, env, fp4, dtype)
         self.workers = [self._spawn(i) for i in range(cfg.num_workers)]
         ray.get([w.ready.remote() for w in self.workers])
         self.fp4_mode: str = ray.get(self.workers[0].fp4_mode.remote())  # packed | simulated | none
@@ -37,13 +40,13 @@ class RolloutGroup:
         self.restarts = 0
 
     def _spawn(self, index: int) -> Any:
-        model_path, cfg, cluster, env, fp4 = self._spawn_args
+        model_path, cfg, cluster, env, fp4, dtype = self._spawn_args
         return RolloutActor.options(  # type: ignore[attr-defined]
             num_cpus=cluster.actor_cpus,
             num_gpus=cluster.actor_gpus,
             scheduling_strategy=in_group(self.group, index),
             runtime_env={"env_vars": env},
-        ).remote(model_path, cfg, threads=cluster.torch_threads, fp4=fp4)
+        ).remote(model_path, cfg, dtype, threads=cluster.torch_threads, fp4=fp4)
 
     def _replace_dead(self) -> list[int]:
         """Start a new worker, with the current weights, in the bundle of each one that no longer answers."""

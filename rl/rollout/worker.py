@@ -89,8 +89,9 @@ class RolloutWorker:
         return peak_gpu_gib()
 
     def dequantized_weights(self) -> dict[str, torch.Tensor]:
-        """What each FP4 linear multiplies by (float32), keyed like the trainer's weights."""
-        return self.engine.served_weights()
+        """What each FP4 linear multiplies by (float32, on the CPU like the trainer's ``fake_quant_weights``),
+        keyed like the trainer's weights."""
+        return {name: weight.cpu() for name, weight in self.engine.served_weights().items()}
 
     def memory_report(self) -> dict[str, int]:
         """Bytes held by the FP4 linears, and what the same weights would take in bf16."""
