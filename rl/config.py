@@ -435,7 +435,8 @@ _GROUPS: dict[str, type] = {
 
 
 def register_configs() -> None:
-    """Store every schema in Hydra's ConfigStore (idempotent)."""
+    """Store rl's schemas (the config groups and a specialist run) in Hydra's ConfigStore (idempotent);
+    ``jobs.config.register_configs`` stores every stage's."""
     store = ConfigStore.instance()
     for group, schema in _GROUPS.items():
         store.store(group=group, name="_schema", node=schema)
