@@ -124,7 +124,12 @@ def plot_curves(
 
 
 def machine() -> str:
-    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}"
+    """Where the run ran: the platform, the CPU count, the GPUs when there are any, Python."""
+    from rl.memory import local_gpu
+
+    gpu = local_gpu()
+    gpus = f", {gpu[1]} ({gpu[0] / 2**30:.0f} GiB)" if gpu else ""
+    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores{gpus}, Python {sys.version.split()[0]}"
 
 
 def write(out: Path, cfg: PipelineRunConfig, specialists: dict[str, SpecialistRunConfig], summaries: dict[str, Any],
