@@ -28,12 +28,8 @@ from rl.config import (
     within,
 )
 
-LOSSES = (
-    "reverse_kl",
-    "sampled_token",
-    "gkd_jsd",
-    "topk_forward_kl",
-)  # distill.losses.OPD_LOSSES (imports torch)
+# distill.losses.OPD_LOSSES, which imports torch (tests/test_configs.py keeps the two equal)
+LOSSES = ("reverse_kl", "sampled_token", "gkd_jsd", "topk_forward_kl")
 
 
 @dataclass
@@ -49,14 +45,13 @@ class LossOptions:
 
 @dataclass
 class DistillConfig(LossOptions):
-    """On-policy distillation: which teachers, which objective (its knobs are the ``LossOptions`` it extends), how the domains
-    are mixed."""
+    """On-policy distillation: which teachers, which objective (its knobs are the ``LossOptions`` it extends),
+    how the domains are mixed."""
 
     teachers: dict[str, str] = field(default_factory=dict)  # domain -> registry name of its teacher
     weights: dict[str, float] = field(default_factory=dict)  # domain -> loss weight w_e (missing = 1.0)
-    loss: str = (
-        "reverse_kl"  # reverse_kl (full vocabulary, fused) | sampled_token | gkd_jsd | topk_forward_kl
-    )
+    # reverse_kl (full vocabulary, fused) | sampled_token | gkd_jsd | topk_forward_kl
+    loss: str = "reverse_kl"
     lr: float = 1e-4  # student AdamW peak LR (trainer.lr is not used by distillation)
     samples_per_prompt: int = 2  # student completions per prompt
     num_eval_tasks: int = 100  # held-out tasks per domain for every model's eval
