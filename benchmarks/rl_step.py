@@ -220,7 +220,7 @@ class Job(Ours):
         gpus = gpu_share if setup.device.type == "cuda" else 0.0
         cluster = ClusterConfig(actor_cpus=1, actor_gpus=gpus, weight_sync=weight_sync, torch_threads=1)
         rollout = RolloutConfig(max_batch_size=len(questions) * setup.group, decode=decode)
-        self.rollout = RolloutGroup(path, rollout, cluster, env, fmt, setup.dtype)
+        self.rollout = RolloutGroup(path, rollout, cluster, env, fmt, dtype=setup.dtype)
         self.trainer = TrainerGroup(TrainerSpec(path, TrainerConfig(lr=1e-6, micro_batch_size=micro_batch), steps, setup.dtype,
                                                 fp4=fmt), PolicyObjective(AlgorithmConfig()), cluster, env)  # fmt: skip
         path_taken = self.trainer.connect_weights(weight_sync, self.rollout.device_uuids())

@@ -27,6 +27,7 @@ from rewards.guard import check_error_rate
 from rl.batching import TaskStream, build_train_batch
 from rl.episodes import (
     Prompts,
+    pass_at_1_by_level,
     rollout_seed,
     sampling_params,
     specialist_rollouts,
@@ -72,9 +73,7 @@ def evaluate_domains(
             for r in specialist_scores(route.specialist, tasks, rollouts, route.tasks_cfg.reward_timeout_s)
         ]
         metrics[f"eval/{route.domain}/pass@1"] = sum(scores) / len(scores)
-        for level in sorted({t.level for t in tasks if t.level}):
-            at = [s for t, s in zip(tasks, scores, strict=True) if t.level == level]
-            metrics[f"eval/{route.domain}/pass@1/level_{level}"] = sum(at) / len(at)
+        metrics |= pass_at_1_by_level(tasks, scores, f"eval/{route.domain}/pass@1")
         rows += [{"domain": route.domain, "prompt": t.prompt, "response": r.text, "score": s}
                  for t, r, s in list(zip(tasks, rollouts, scores, strict=True))[:3]]  # fmt: skip
     return metrics, rows

@@ -92,9 +92,8 @@ def served_teacher(
     from rl.rollout.group import RolloutGroup
 
     def make(entry: SpecialistEntry) -> tuple[Any, Any]:
-        group = RolloutGroup(
-            entry.checkpoint, cfg.rollout, cfg.cluster, env, fp4_of(entry.fp4), cfg.model.dtype
-        )
+        group = RolloutGroup(entry.checkpoint, cfg.rollout, cfg.cluster, env, fp4_of(entry.fp4),
+                             dtype=cfg.model.dtype)  # fmt: skip
         return group.generate, group.shutdown
 
     return make
@@ -126,12 +125,12 @@ def start_workers(cfg: DistillRunConfig, student: str, routes: list[Route], env:
     teachers = TeacherGroup({r.teacher.name: (r.teacher.checkpoint, fp4_of(r.teacher.fp4)) for r in routes},
                             cfg.model.dtype, cfg.cluster, cfg.distill.teacher_cpus, env)  # fmt: skip
     objective = OPDObjective.of(cfg.distill, teachers.heads())
-    trainer_cfg = dataclasses.replace(cfg.trainer, lr=cfg.distill.lr)
+    trainer_cfg, fp4 = dataclasses.replace(cfg.trainer, lr=cfg.distill.lr), fp4_of(cfg.fp4)
     spec = TrainerSpec(
-        student, trainer_cfg, cfg.steps, cfg.model.dtype, cfg.seed, cfg.rollout.temperature, fp4_of(cfg.fp4)
+        student, trainer_cfg, cfg.steps, cfg.model.dtype, cfg.seed, cfg.rollout.temperature, fp4
     )
     trainer = TrainerGroup(spec, objective, cfg.cluster, env)
-    rollout = RolloutGroup(student, cfg.rollout, cfg.cluster, env, fp4_of(cfg.fp4), cfg.model.dtype)
+    rollout = RolloutGroup(student, cfg.rollout, cfg.cluster, env, fp4, dtype=cfg.model.dtype)
     trainer.connect_weights(cfg.cluster.weight_sync, rollout.device_uuids())
     return trainer, rollout, teachers
 

@@ -118,18 +118,12 @@ def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGro
             "trainer": role_needs(cfg.trainer.num_ranks, cfg.cluster),
         }
     )
-    env = forwarded_env()
+    env, fp4 = forwarded_env(), fp4_of(cfg.fp4)
     spec = TrainerSpec(
-        model_path,
-        cfg.trainer,
-        cfg.steps,
-        cfg.model.dtype,
-        cfg.seed,
-        cfg.rollout.temperature,
-        fp4_of(cfg.fp4),
+        model_path, cfg.trainer, cfg.steps, cfg.model.dtype, cfg.seed, cfg.rollout.temperature, fp4
     )
     trainer = TrainerGroup(spec, PolicyObjective(cfg.algorithm), cfg.cluster, env)
-    rollout = RolloutGroup(model_path, cfg.rollout, cfg.cluster, env, fp4_of(cfg.fp4), cfg.model.dtype)
+    rollout = RolloutGroup(model_path, cfg.rollout, cfg.cluster, env, fp4, dtype=cfg.model.dtype)
     trainer.connect_weights(cfg.cluster.weight_sync, rollout.device_uuids())
     return trainer, rollout
 

@@ -63,6 +63,15 @@ def sampling_params(r: RolloutConfig, seed: int, temperature: float | None = Non
     return SamplingParams(r.max_new_tokens, temp, r.top_p, r.top_k, tuple(r.stop), seed)
 
 
+def pass_at_1_by_level(tasks: list[Task], scores: list[float], key: str) -> dict[str, float]:
+    """``<key>/level_<n>``: the mean score over each difficulty level's tasks (tasks without a level: none)."""
+    out = {}
+    for level in sorted({t.level for t in tasks if t.level}):
+        at = [s for t, s in zip(tasks, scores, strict=True) if t.level == level]
+        out[f"{key}/level_{level}"] = sum(at) / len(at)
+    return out
+
+
 def rollout_seed(seed: int, step: int, part: int) -> int:
     """The sampling seed of a step's ``part`` (a refill round, or a domain): a function of the run's seed and
     the step only, so a resumed run samples what an uninterrupted one would have."""

@@ -22,6 +22,7 @@ from rl.config import SpecialistRunConfig
 from rl.episodes import (
     Prompts,
     Specialist,
+    pass_at_1_by_level,
     rollout_seed,
     sampling_params,
     specialist_rollouts,
@@ -182,9 +183,7 @@ class GRPOStep:
             metrics[f"eval/mean@{k}"] = sum(sampled_scores) / len(sampled_scores)
         if self.multi_turn:
             metrics |= {f"eval/{k}": v for k, v in turn_metrics(greedy).items()}
-        for level in sorted({t.level for t in self.eval_tasks if t.level}):
-            level_scores = [s for t, s in zip(self.eval_tasks, scores, strict=True) if t.level == level]
-            metrics[f"eval/pass@1/level_{level}"] = sum(level_scores) / len(level_scores)
+        metrics |= pass_at_1_by_level(self.eval_tasks, scores, "eval/pass@1")
         metrics["perf/eval_s"] = time.perf_counter() - started
         rows = [
             {"prompt": t.prompt, "response": r.text, "answer": t.answer, "score": s}

@@ -127,9 +127,8 @@ class Loop:
         self.cfg, self.run_dir, self.step_fn = settings, run_dir, step
         self.trainer, self.rollout, self.tracker, self.tokenizer = trainer, rollout, tracker, tokenizer
         self.state = state
-        self.roles = {"trainer": trainer, "rollout": rollout} | (
-            roles or {}
-        )  # whose GPU memory the summary has
+        # whose GPU memory the summary reports
+        self.roles = {"trainer": trainer, "rollout": rollout} | (roles or {})
         self.guard = NonFiniteGuard(settings.max_nonfinite_steps)
         self.last_checkpoint: str | None = None
         self.step = 0  # the step running (0: the start eval)
@@ -177,9 +176,8 @@ class Loop:
     def checkpoint(self, step: int) -> None:
         self.state.step, self.state.data = step, self.step_fn.data_position()
         self.state.wandb_run_id = self.tracker.run_id
-        state = {
-            k: v for k, v in self.state.to_json().items() if k != "step"
-        }  # save_checkpoint adds the step
+        state = self.state.to_json()
+        del state["step"]  # save_checkpoint adds it
         path = save_checkpoint(self.run_dir, step, self._write_model, state, self.cfg.keep_checkpoints)
         self.last_checkpoint = str(path)
 

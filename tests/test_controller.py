@@ -37,7 +37,9 @@ def test_dynamic_sampling_drops_uniform_groups_and_refills(
     cfg.algorithm.group_size, cfg.algorithm.max_refill_rounds = 6, 10
     tasks = [Task(f"{'easy' if i % 2 == 0 else 'hard'}-{i}", "math", f"What is {i} + 1?", str(i + 1), "t")
              for i in range(40)]  # fmt: skip
-    rollout = RolloutGroup(str(tiny_base), cfg.rollout, ClusterConfig(actor_cpus=0.5, torch_threads=1), {})
+    rollout = RolloutGroup(
+        str(tiny_base), cfg.rollout, ClusterConfig(actor_cpus=0.5, torch_threads=1), {}, dtype="float32"
+    )
     tracker = Tracker(tmp_path, LoggerConfig(mode="disabled"), {}, "t", job_type="specialist")
     stream = TaskStream(tasks, seed=0)
     grpo = GRPOStep(

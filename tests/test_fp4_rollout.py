@@ -58,7 +58,7 @@ def test_rollout_weights_bitwise_equal_trainer_fake_quant_after_a_step(
     cluster = ClusterConfig(actor_cpus=0.5, torch_threads=1)
     trainer = TrainerGroup(TrainerSpec(str(tiny_base), TrainerConfig(lr=1e-3), 10, fp4=fmt),
                            PolicyObjective(AlgorithmConfig()), cluster, {})  # fmt: skip
-    rollout = RolloutGroup(str(tiny_base), RolloutConfig(), cluster, {}, fp4=fmt)
+    rollout = RolloutGroup(str(tiny_base), RolloutConfig(), cluster, {}, fp4=fmt, dtype="float32")
     try:
         trainer.train_step(batch, max_response_tokens=12)
         sync = rollout.push_weights(trainer.export_weights())

@@ -39,7 +39,7 @@ def prompts(tiny_base: Path) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def vllm_group(tiny_base: Path, ray_local):
-    group = RolloutGroup(str(tiny_base), VLLM, CLUSTER, {})
+    group = RolloutGroup(str(tiny_base), VLLM, CLUSTER, {}, dtype="float32")
     yield group
     group.shutdown()
 
@@ -144,7 +144,7 @@ def test_fp4_is_simulated_on_cpu_and_bitwise_the_trainers_fake_quant(
 ) -> None:
     trainer = TrainerGroup(TrainerSpec(str(tiny_base), TrainerConfig(lr=1e-3), 10, fp4="mxfp4"),
                            PolicyObjective(AlgorithmConfig()), CLUSTER, {})  # fmt: skip
-    rollout = RolloutGroup(str(tiny_base), VLLM, CLUSTER, {}, fp4="mxfp4")
+    rollout = RolloutGroup(str(tiny_base), VLLM, CLUSTER, {}, fp4="mxfp4", dtype="float32")
     try:
         assert rollout.fp4_mode == "simulated"
         trainer.train_step(batch, max_response_tokens=12)

@@ -26,10 +26,12 @@ class RolloutGroup:
         cluster: ClusterConfig,
         env: dict[str, str],
         fp4: FP4 | None = None,
-        dtype: str = "float32",
+        *,
+        dtype: str,
     ):
-        """``dtype`` is the model's (``model.dtype``): the workers serve the weights in the trainer's precision
-        (on a GPU, bf16 is also what sends FP4 linears through the Triton kernel)."""
+        """``dtype`` is the model's (``model.dtype``), named at every call: the workers serve the weights in the
+        trainer's precision (on a GPU, bf16 is also what sends FP4 linears through the Triton kernel; a float32
+        default once kept every job's rollouts off it)."""
         bundles = [actor_bundle(cluster) for _ in range(cfg.num_workers)]
         self.group = role_placement_group("rollout", bundles)
         self._spawn_args = (model_path, cfg, cluster, env, fp4, dtype)

@@ -34,11 +34,13 @@ def test_a_rollout_worker_killed_mid_generation_is_replaced_and_the_batch_redone
     tiny_base: Path, tmp_path: Path, ray_local, monkeypatch
 ) -> None:
     params = SamplingParams(max_new_tokens=8, seed=3)
-    healthy = RolloutGroup(str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), "mxfp4")
+    healthy = RolloutGroup(
+        str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), "mxfp4", dtype="float32"
+    )
     expected = healthy.generate(prompts(tiny_base), params)
     healthy.shutdown()
     monkeypatch.setenv("DISTILLERY_FAULT_KILL", f"rollout:1:{tmp_path / 'killed'}")
-    group = RolloutGroup(str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), "mxfp4")
+    group = RolloutGroup(str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), "mxfp4", dtype="float32")
     first_pid = ray.get(group.workers[0].__ray_call__.remote(lambda self: __import__("os").getpid()))
     got = group.generate(prompts(tiny_base), params)  # the worker kills itself on this call
     assert (tmp_path / "killed").exists() and group.restarts == 1
@@ -54,11 +56,11 @@ def test_a_rollout_worker_dead_when_weights_are_pushed_is_replaced_and_given_the
     weights = ray.put(
         {k: v * 0.5 for k, v in load_model(str(tiny_base)).state_dict().items()}
     )  # not the base's
-    healthy = RolloutGroup(str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), None)
+    healthy = RolloutGroup(str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), None, dtype="float32")
     healthy.push_weights(weights)
     expected = healthy.generate(prompts(tiny_base), params)
     healthy.shutdown()
-    group = RolloutGroup(str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), None)
+    group = RolloutGroup(str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), None, dtype="float32")
     base = group.generate(prompts(tiny_base), params)
     assert [r.response_ids for r in base] != [r.response_ids for r in expected]  # the weights tell apart
     pid = ray.get(group.workers[0].__ray_call__.remote(lambda self: __import__("os").getpid()))
@@ -75,7 +77,7 @@ def test_a_teacher_killed_during_prefill_is_restarted_and_its_batch_redone(
     tiny_base: Path, tmp_path: Path, ray_local, monkeypatch
 ) -> None:
     tokenizer = load_tokenizer(str(tiny_base))
-    rollouts = RolloutGroup(str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), None)
+    rollouts = RolloutGroup(str(tiny_base), RolloutConfig(), CLUSTER, forwarded_env(), None, dtype="float32")
     batch = build_train_batch(rollouts.generate(prompts(tiny_base), SamplingParams(max_new_tokens=8)), [0.0] * 6,
                               int(tokenizer.pad_token_id))  # type: ignore[arg-type]  # fmt: skip
     rollouts.shutdown()
