@@ -6,18 +6,16 @@ rather than as sympy expressions. Answers a grader would not accept as one final
 by ``\\vee``, a chain of equations) or that could keep sympy busy without bound (``9^{9^{9}}``, more than
 ``MAX_ANSWER_CHARS`` characters) score 0 as ``malformed_answer`` before math-verify sees them.
 
-math-verify bounds parsing and comparison with ``signal.alarm``, which only works in the main thread.
-In the main thread (a default Ray actor runs its methods there) we call it directly; in any other thread
-(``rewards.guard``'s pool) the comparison runs in a child process that is killed past its deadline
-(``rewards.math_worker``), so every verdict comes within about ``TIMEOUT_S`` seconds.
+math-verify bounds parsing and comparison with ``signal.alarm``, which only works in a main thread and is not
+a hard bound even there: an alarm that lands in a finalizer (``__del__``) is printed and dropped, and one long
+C-level step cannot be interrupted. So every comparison, from any thread, runs in a child process that is
+killed past its deadline (``rewards.math_worker``): every verdict comes within about ``TIMEOUT_S`` seconds.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 
-from math_verify import verify
 from math_verify.errors import TimeoutException
 
 from rewards.math_normalize import (
@@ -31,7 +29,7 @@ from rewards.math_normalize import (
     ratio_reading,
     text_reading,
 )
-from rewards.math_worker import compare, compare_in_child, error_reason
+from rewards.math_worker import compare_in_child, error_reason
 from rewards.types import Reward
 
 # Every Reward.reason starts with one of these; a verifier_error reason appends ": <type>: <message>",
@@ -45,7 +43,7 @@ MATH_REASONS = (
     "unparsable_reference",
     "verifier_error",
 )
-TIMEOUT_S = 5  # math-verify's per-call bound (signal based, whole seconds), in our main thread or a child's
+TIMEOUT_S = 5  # math-verify's per-call bound in the child (signal based, whole seconds); the child is killed 1 s later
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
@@ -102,10 +100,7 @@ def _check(extracted: str, answer: str) -> Reward:
         return reading
     if problem := form_problem(predicted_latex) or complexity_problem(predicted_latex):
         return Reward(0.0, f"malformed_answer: {problem}")
-    if threading.current_thread() is threading.main_thread():
-        reason = compare(predicted_latex, gold_latex, TIMEOUT_S, verify)
-    else:  # no signal.alarm here: a child process, killed past the deadline, bounds the time instead
-        reason = compare_in_child(predicted_latex, gold_latex, TIMEOUT_S, TIMEOUT_S + 1.0)
+    reason = compare_in_child(predicted_latex, gold_latex, TIMEOUT_S, TIMEOUT_S + 1.0)
     return Reward(1.0 if reason == "correct" else 0.0, reason)
 
 

@@ -1,12 +1,13 @@
-"""math-verify in child processes, so a comparison made outside the main thread has a hard time bound too.
+"""math-verify in child processes, so every comparison has a hard time bound.
 
 math-verify bounds itself with ``signal.alarm``, which exists only in a process's main thread, and even there
-cannot stop one long C-level step (a big-integer power). The rewards run on a thread pool
-(``rewards.guard``), where sympy could expand ``(x+1)^{9999}`` for minutes and the abandoned thread would keep
-a core busy. Here each comparison runs in the main thread of a child (``python -m rewards.math_worker``, one
-JSON line in, one out), with math-verify's alarm on; a child with no verdict by ``deadline_s`` is killed and
-the answer scores 0 as ``verifier_error: TimeoutException``. Idle children are kept for the next call, at most
-one per concurrent caller; a child exits when its parent does (its stdin closes).
+is no hard bound: it cannot stop one long C-level step (a big-integer power), and an alarm that lands while a
+finalizer runs (``__del__``, e.g. during a garbage collection) is printed and dropped. The rewards run on a
+thread pool (``rewards.guard``), where sympy could expand ``(x+1)^{9999}`` for minutes and the abandoned thread
+would keep a core busy. Here each comparison runs in the main thread of a child (``python -m
+rewards.math_worker``, one JSON line in, one out), with math-verify's alarm on; a child with no verdict by
+``deadline_s`` is killed and the answer scores 0 as ``verifier_error: TimeoutException``. Idle children are
+kept for the next call, at most one per concurrent caller; a child exits when its parent does (its stdin closes).
 
 This module imports only math-verify (never torch), so a child starts in about a second.
 """
