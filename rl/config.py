@@ -164,9 +164,10 @@ def fp4_of(name: str) -> FP4 | None:
 @dataclass
 class ModelConfig:
     name: str = "tiny"  # a label for logs and registry entries
-    path: str = (
-        "embedded:tiny"  # local HF dir, hub id, "embedded:tiny" (jobs.make_base) or "pypi:smollm2-135m"
-    )
+    # a local HF directory, a GGUF file (converted once, cached), a hub id, "embedded:tiny" (jobs.make_base)
+    # or "pypi:smollm2-135m"
+    path: str = "embedded:tiny"
+    gguf_file: str = ""  # a GGUF file inside the directory model.path (as transformers' gguf_file=)
     dtype: str = "float32"  # master-weight dtype: float32 | bfloat16
 
     def __post_init__(self) -> None:

