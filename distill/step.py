@@ -27,6 +27,7 @@ from rewards.guard import check_error_rate
 from rl.batching import TaskStream, build_train_batch
 from rl.episodes import (
     Prompts,
+    lenient_pass_at_1,
     pass_at_1_by_level,
     rollout_seed,
     sampling_params,
@@ -73,6 +74,10 @@ def evaluate_domains(
             for r in specialist_scores(route.specialist, tasks, rollouts, route.tasks_cfg.reward_timeout_s)
         ]
         metrics[f"eval/{route.domain}/pass@1"] = sum(scores) / len(scores)
+        metrics[f"eval/{route.domain}/n"] = float(len(scores))
+        timeout_s = route.tasks_cfg.reward_timeout_s
+        if (lenient := lenient_pass_at_1(route.specialist, tasks, rollouts, timeout_s)) is not None:
+            metrics[f"eval/{route.domain}/pass@1_lenient"] = lenient
         metrics |= pass_at_1_by_level(tasks, scores, f"eval/{route.domain}/pass@1")
         rows += [{"domain": route.domain, "prompt": t.prompt, "response": r.text, "score": s}
                  for t, r, s in list(zip(tasks, rollouts, scores, strict=True))[:3]]  # fmt: skip

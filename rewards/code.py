@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rewards.sandbox import DEFAULT_LIMITS, REASONS, Limits, SandboxJob, SandboxPool, run_tests
@@ -79,15 +80,26 @@ def extract_code(text: str) -> str | None:
     return python if python is not None else untagged
 
 
+def extract_first_code(text: str) -> str | None:
+    """The first fenced block, whatever its language tag: the lenient reading of a completion (eval only)."""
+    match = _FENCE_RE.search(text)
+    return match.group(2) if match else None
+
+
 def answer_job(program: str, answer: str, limits: Limits = DEFAULT_LIMITS) -> SandboxJob:
     """The sandbox job that checks ``program`` against a code task's answer."""
     spec = parse_answer(answer)
     return SandboxJob(program, spec.test, spec.entry_point, spec.setup, limits)
 
 
-def score_code(text: str, answer: str, limits: Limits = DEFAULT_LIMITS) -> Reward:
+def score_code(
+    text: str,
+    answer: str,
+    limits: Limits = DEFAULT_LIMITS,
+    extract: Callable[[str], str | None] = extract_code,
+) -> Reward:
     """1.0 if the completion's code passes every test, else 0.0 with the sandbox's reason (or no_code_block)."""
-    program = extract_code(text)
+    program = extract(text)
     if program is None:
         return Reward(0.0, "no_code_block")
     job = answer_job(program, answer, limits)
@@ -96,10 +108,15 @@ def score_code(text: str, answer: str, limits: Limits = DEFAULT_LIMITS) -> Rewar
 
 
 def score_code_batch(
-    items: list[tuple[str, str]], pool: SandboxPool, limits: Limits = DEFAULT_LIMITS
+    items: list[tuple[str, str]],
+    pool: SandboxPool,
+    limits: Limits = DEFAULT_LIMITS,
+    extract: Callable[[str], str | None] = extract_code,
 ) -> list[Reward]:
-    """``score_code`` over (completion, answer) pairs, the sandboxes run in ``pool``; rewards in input order."""
-    programs = [extract_code(text) for text, _ in items]
+    """``score_code`` over (completion, answer) pairs, the sandboxes run in ``pool``; rewards in input order.
+    ``extract``: which code of a completion runs (the reward's ``extract_code``; ``extract_first_code`` to read
+    completions leniently)."""
+    programs = [extract(text) for text, _ in items]
     jobs = [
         answer_job(p, answer, limits) for p, (_, answer) in zip(programs, items, strict=True) if p is not None
     ]

@@ -46,6 +46,8 @@ MATH_REASONS = (
 TIMEOUT_S = 5  # math-verify's per-call bound in the child (signal based, whole seconds); the child is killed 1 s later
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# a number as a response writes it: sign, digits with thousands separators, decimals (not part of a word)
+_NUMBER_RE = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")
 
 
 def extract_boxed(text: str) -> str | None:
@@ -109,6 +111,27 @@ def score_math(response: str, answer: str) -> Reward:
     extracted = extract_boxed(response)
     if extracted is None:
         return Reward(0.0, "no_boxed_answer")
+    try:
+        return _check(extracted, answer)
+    except (Exception, TimeoutException) as e:  # TimeoutException is a BaseException
+        return Reward(0.0, error_reason(e))
+
+
+def last_number(text: str) -> str | None:
+    """The last number written in ``text`` (``1,234``, ``-3``, ``0.5``; a sentence's full stop dropped), or None."""
+    numbers = _NUMBER_RE.findall(text)
+    return numbers[-1].rstrip(",") if numbers else None
+
+
+def score_math_lenient(response: str, answer: str) -> Reward:
+    """Eval only, never a training reward: the last ``\\boxed{}`` answer, else the last number in the response,
+    checked as ``score_math`` checks a boxed one. Scores at least what ``score_math`` does on every response, so
+    lenient minus strict is what the answer's form costs."""
+    extracted = extract_boxed(response)
+    if extracted is None:
+        extracted = last_number(response)
+    if extracted is None:
+        return Reward(0.0, "no_answer")
     try:
         return _check(extracted, answer)
     except (Exception, TimeoutException) as e:  # TimeoutException is a BaseException

@@ -18,15 +18,11 @@ from rl.sft import chat_prompt_ids
 from rl.types import Reward, Rollout, SamplingParams, Task
 
 
-class Specialist(Protocol):
-    """One domain: its prompts, its reward and, for agents, its environment (read-only members)."""
+class Scoring(Protocol):
+    """How a domain's samples are scored: one at a time, and optionally a whole batch at once."""
 
     @property
     def domain(self) -> str: ...
-    @property
-    def train_tasks(self) -> Callable[[SpecialistConfig], list[Task]]: ...
-    @property
-    def eval_tasks(self) -> Callable[[SpecialistConfig], list[Task]]: ...
     @property
     def score(self) -> Callable[[Task, Rollout], Reward]: ...
     @property
@@ -34,6 +30,14 @@ class Specialist(Protocol):
         """All of a step's samples at once (programs run together in a sandbox pool), or None."""
         ...
 
+
+class Specialist(Scoring, Protocol):
+    """One domain: its prompts, its reward and, for agents, its environment (read-only members)."""
+
+    @property
+    def train_tasks(self) -> Callable[[SpecialistConfig], list[Task]]: ...
+    @property
+    def eval_tasks(self) -> Callable[[SpecialistConfig], list[Task]]: ...
     @property
     def make_env(self) -> Callable[[Task], EnvLike] | None:
         """Multi-turn: one environment per episode, or None."""
@@ -42,6 +46,13 @@ class Specialist(Protocol):
     @property
     def tool_stop(self) -> str:
         """Where a model turn ends to call a tool (multi-turn only)."""
+        ...
+
+    @property
+    def lenient(self) -> Scoring | None:
+        """Eval only, never a reward: a lenient reading of the answers (math: the last number where nothing is
+        boxed; code: the first code block, any language), so a gain in the answer's form is told apart from a
+        gain in skill. None where the reward has no stricter form than the task itself."""
         ...
 
 
@@ -98,7 +109,7 @@ def specialist_rollouts(
 
 
 def specialist_scores(
-    specialist: Specialist,
+    specialist: Scoring,
     tasks: list[Task],
     rollouts: list[Rollout],
     timeout_s: float = SpecialistConfig.reward_timeout_s,
@@ -113,6 +124,16 @@ def specialist_scores(
             print(f"warning: the {specialist.domain} specialist's score_batch raised {type(err).__name__}: {err}; scoring the "
                   "batch sample by sample", flush=True)  # fmt: skip
     return guarded_scores(specialist.score, tasks, rollouts, timeout_s)
+
+
+def lenient_pass_at_1(
+    specialist: Specialist, tasks: list[Task], rollouts: list[Rollout], timeout_s: float
+) -> float | None:
+    """Pass@1 of ``rollouts`` under the specialist's lenient reading (guarded like the reward), or None."""
+    if specialist.lenient is None:
+        return None
+    scores = [r.score for r in specialist_scores(specialist.lenient, tasks, rollouts, timeout_s)]
+    return sum(scores) / len(scores)
 
 
 def turn_metrics(rollouts: list[Rollout]) -> dict[str, float]:

@@ -22,6 +22,7 @@ from rl.config import SpecialistRunConfig
 from rl.episodes import (
     Prompts,
     Specialist,
+    lenient_pass_at_1,
     pass_at_1_by_level,
     rollout_seed,
     sampling_params,
@@ -174,8 +175,12 @@ class GRPOStep:
         scores = [r.score for r in self.score(self.eval_tasks, greedy)]
         metrics = {
             "eval/pass@1": sum(scores) / len(scores),
+            "eval/n": float(len(scores)),
             "eval/response_len": sum(len(r.response_ids) for r in greedy) / len(greedy),
         }
+        timeout_s = self.cfg.specialist.reward_timeout_s
+        if (lenient := lenient_pass_at_1(self.specialist, self.eval_tasks, greedy, timeout_s)) is not None:
+            metrics["eval/pass@1_lenient"] = lenient
         if (k := self.cfg.eval_samples) > 0:
             expanded = [t for t in self.eval_tasks for _ in range(k)]
             sampled = self.generate(expanded, self.sampling(seed=10_000 + step))

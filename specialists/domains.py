@@ -27,6 +27,15 @@ class Demo:
 
 
 @dataclass(frozen=True)
+class Scorer:
+    """A way to score a domain's samples (``rl.episodes.Scoring``): a specialist's lenient eval reading."""
+
+    domain: str
+    score: Callable[[Task, Rollout], Reward]
+    score_batch: Callable[[list[Task], list[Rollout]], list[Reward]] | None = None
+
+
+@dataclass(frozen=True)
 class Domain:
     """A specialist (``rl.episodes.Specialist``) plus what the base recipe takes from it."""
 
@@ -39,6 +48,9 @@ class Domain:
     score_batch: Callable[[list[Task], list[Rollout]], list[Reward]] | None = None
     make_env: Callable[[Task], Any] | None = None
     tool_stop: str = ""
+    lenient: Scorer | None = (
+        None  # eval only: the answers read leniently (see rl.episodes.Specialist.lenient)
+    )
 
 
 def get_specialist(domain: str, key: str = "specialist.domain") -> Domain:

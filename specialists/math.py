@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from rewards.math import score_math
+from rewards.math import score_math, score_math_lenient
 from rl.config import BaseRecipe, SpecialistConfig
 from rl.types import Reward, Rollout, Task
 from specialists import synthetic
-from specialists.domains import Demo, Domain
+from specialists.domains import Demo, Domain, Scorer
 from specialists.math_data import DatasetError, load_math_tasks
 
 DOMAIN = "math"
@@ -38,10 +38,17 @@ def score(task: Task, rollout: Rollout) -> Reward:
     return score_math(rollout.text, task.answer)
 
 
+def lenient_score(task: Task, rollout: Rollout) -> Reward:
+    """Eval only: the boxed answer, else the last number in the response."""
+    return score_math_lenient(rollout.text, task.answer)
+
+
 def demos(recipe: BaseRecipe, n: int | None, split: str) -> list[Demo]:
     """SFT demonstrations for ``jobs.make_base`` (a ``recipe.boxed_share`` of them answer in ``\\boxed{}``)."""
     made = synthetic.math_demos(n or recipe.num_demos, split, recipe.seed, boxed_share=recipe.boxed_share)
     return [Demo(d.task, ((d.solution, True),)) for d in made]
 
 
-SPECIALIST = Domain(DOMAIN, SOURCES, train_tasks, eval_tasks, score, demos)
+SPECIALIST = Domain(
+    DOMAIN, SOURCES, train_tasks, eval_tasks, score, demos, lenient=Scorer(DOMAIN, lenient_score)
+)

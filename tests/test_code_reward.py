@@ -9,6 +9,7 @@ import pytest
 from rewards.code import (
     CODE_REASONS,
     extract_code,
+    extract_first_code,
     make_answer,
     parse_answer,
     score_code,
@@ -133,3 +134,33 @@ def test_batch_scores_in_order_with_missing_blocks(pool: SandboxPool):
         Reward(0.0, "wrong_answer"),
     ]
     assert score_code_batch([], pool) == []
+
+
+# ------------------------------------------------------------------------------- the lenient reading (eval only)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("```bash\nls\n```\n```python\nx = 2\n```", "ls\n"),  # the first block, whatever its tag
+        ("```python\nx = 1\n```\nthen\n```python\nx = 2\n```", "x = 1\n"),
+        ("```\nx = 1\n```", "x = 1\n"),
+        ("def f(): pass", None),
+        ("```python\ndef f(): pass", None),  # an unclosed fence is no block here either
+    ],
+)
+def test_extract_first_code(text: str, expected: str | None):
+    assert extract_first_code(text) == expected
+
+
+def test_the_lenient_reading_runs_the_first_block_whatever_its_tag(pool: SandboxPool):
+    # a solution in a ```python3-ish tag the reward ignores, followed by a usage example in a python block
+    text = "```Python 3\ndef add(a, b):\n    return a + b\n```\nUse it:\n```python\nprint(add(1, 2))\n```"
+    # the reward runs the last python block alone: add is undefined there
+    assert score_code(text, MBPP_ANSWER) == Reward(0.0, "runtime_error")
+    assert score_code(text, MBPP_ANSWER, extract=extract_first_code) == Reward(1.0, "passed")
+    items = [(text, MBPP_ANSWER), ("no code", MBPP_ANSWER)]
+    assert score_code_batch(items, pool, extract=extract_first_code) == [
+        Reward(1.0, "passed"),
+        Reward(0.0, "no_code_block"),
+    ]

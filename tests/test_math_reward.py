@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import rewards.math as math_reward
-from rewards.math import MATH_REASONS, extract_boxed, reason_kind, score_math
+from rewards.math import MATH_REASONS, extract_boxed, last_number, reason_kind, score_math, score_math_lenient
 from rewards.math_normalize import (
     MAX_ANSWER_CHARS,
     brace_command_args,
@@ -534,3 +534,39 @@ def test_every_reference_command_is_allowed():
     # in tests/test_math_data.py); these are the rarer ones.
     for latex in ("\\cfrac{1}{2}", "\\overline{3}", "\\tfrac12", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"):
         assert form_problem(normalize(latex)) is None, latex
+
+
+# ------------------------------------------------------------------------------ the lenient reading (eval only)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("She sold 48 + 24 = 72 clips.", "72"),
+        ("The total is 1,234.", "1,234"),  # thousands separator kept, full stop dropped
+        ("It costs $18.00.", "18.00"),
+        ("from -3 to 0.5", "0.5"),
+        ("a temperature of -3", "-3"),
+        ("x2 and y3", None),  # digits inside a word are not numbers
+        ("no numbers here", None),
+    ],
+)
+def test_last_number(text: str, expected: str | None):
+    assert last_number(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("response", "strict", "lenient"),
+    [
+        ("48 + 24 = 72 clips in all.", 0.0, 1.0),  # right, but not in the rewarded form
+        ("\\boxed{72}", 1.0, 1.0),
+        ("\\boxed{70}, though 72 is close", 0.0, 0.0),  # a boxed answer is the answer, never a later number
+        ("The total is 1,234.", 0.0, 0.0),
+        ("72 minus 2 is 70", 0.0, 0.0),  # the last number, not any number
+        ("I do not know.", 0.0, 0.0),
+    ],
+)
+def test_the_lenient_reading_tells_form_from_skill(response: str, strict: float, lenient: float):
+    assert score_math(response, "72").score == strict
+    assert score_math_lenient(response, "72").score == lenient
+    assert score_math_lenient("I do not know.", "72").reason == "no_answer"
