@@ -38,8 +38,48 @@ def pass_at_1(
         teachers = {other: distill[f"eval/{other}/{domain}/pass@1"] for other in specialists}
         out[domain] = {"base": distill[f"{key}_start"], "specialist": teachers[name], "specialist_name": name,
                        "student": distill[key], "recovered": distill.get(f"opd/recovered/{domain}"),
-                       "teachers": teachers}  # fmt: skip
+                       "teachers": teachers, "n": distill.get(f"eval/{domain}/n"),
+                       "lenient": {"base": distill.get(f"{key}_lenient_start"),
+                                   "specialist": distill.get(f"eval/{name}/{domain}/pass@1_lenient"),
+                                   "student": distill.get(f"{key}_lenient")}}  # fmt: skip
     return out
+
+
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a pass rate ``p`` measured on ``n`` tasks (95% for z = 1.96): unlike
+    p +- z * se it stays inside [0, 1] and is not empty at p = 0 or 1."""
+    if n <= 0:
+        raise ValueError(f"an interval needs n >= 1 tasks, got {n}")
+    denominator = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def with_interval(p: float | None, n: int | None) -> str:
+    if p is None:
+        return "n/a"
+    if not n:
+        return f"{p:.3f}"
+    low, high = wilson_interval(p, n)
+    return f"{p:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def intervals_md(scores: dict[str, dict[str, Any]]) -> str:
+    """Base, the domain's specialist and the student per domain: strict pass@1 (the rewarded answer form) and
+    lenient (the last number / the first code block), each with its 95% Wilson interval over the n tasks."""
+    lines = [
+        "| domain | n | model | strict pass@1 [95% CI] | lenient pass@1 [95% CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for domain, row in scores.items():
+        n = int(row["n"]) if row.get("n") else None
+        for who in ("base", "specialist", "student"):
+            label = f"{row['specialist_name']} specialist" if who == "specialist" else who
+            lenient = row.get("lenient", {}).get(who)
+            lines.append(f"| {domain} | {n or 'n/a'} | {label} | {with_interval(row[who], n)} | "
+                         f"{with_interval(lenient, n)} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def table_md(scores: dict[str, dict[str, Any]]) -> str:
@@ -144,6 +184,7 @@ def write(out: Path, cfg: PipelineRunConfig, specialists: dict[str, SpecialistRu
     total = sum(seconds.values())
     report = {
         "pipeline": cfg.run_name, "wandb_group": group, "machine": machine(), "pass@1": scores, "table_md": table,
+        "intervals_md": intervals_md(scores),
         "stage_seconds": seconds, "total_seconds": round(total, 1), "this_attempt_seconds": round(wall_s, 1),
         "specialists": {n: {"domain": s.specialist.domain, "steps": s.steps,
                             "own_eval_pass@1": summaries[n].get("eval/pass@1"),
@@ -175,6 +216,12 @@ Each column is greedy pass@1 on the same held-out tasks per domain; the bold cel
 "recovered" is the share of that specialist's gain over the base that the student kept.
 
 {report["table_md"]}
+
+Strict is the rewarded answer form (`\\boxed{{}}`, a fenced python block); lenient reads the last number where nothing
+is boxed, or the first code block of any language, so a gain in form is told apart from a gain in skill. The
+intervals are 95% Wilson intervals over the n held-out tasks.
+
+{report["intervals_md"]}
 
 ![pass@1 per domain](pass_at_1.png)
 

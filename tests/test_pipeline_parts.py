@@ -10,7 +10,7 @@ import torch
 
 from jobs.config import PipelineRunConfig
 from jobs.pipeline import flatten, override_value, specialist_overrides, stage_configs
-from jobs.report import pass_at_1, table_md
+from jobs.report import intervals_md, pass_at_1, table_md, wilson_interval
 from jobs.submit import fixed_overrides, with_resume
 from rl.config import SpecialistConfig, SpecialistRunConfig
 from rl.sft import batch_order, batches, sft_backward, sft_loss
@@ -69,15 +69,33 @@ def test_the_report_table_takes_every_column_from_the_distillation_evals() -> No
                    (("m", "math"), ("c", "code"))}  # fmt: skip
     summary = {"eval/math/pass@1_start": 0.1, "eval/math/pass@1": 0.4, "eval/m/math/pass@1": 0.5,
                "eval/c/math/pass@1": 0.0, "eval/code/pass@1_start": 0.2, "eval/code/pass@1": 0.2,
-               "eval/m/code/pass@1": 0.1, "eval/c/code/pass@1": 0.2, "opd/recovered/math": 0.75}  # fmt: skip
+               "eval/m/code/pass@1": 0.1, "eval/c/code/pass@1": 0.2, "opd/recovered/math": 0.75,
+               "eval/math/n": 100, "eval/math/pass@1_lenient_start": 0.3, "eval/m/math/pass@1_lenient": 0.6,
+               "eval/math/pass@1_lenient": 0.5}  # fmt: skip
     scores = pass_at_1(specialists, summary)
     assert scores["math"] == {"base": 0.1, "specialist": 0.5, "specialist_name": "m", "student": 0.4,
-                              "recovered": 0.75, "teachers": {"m": 0.5, "c": 0.0}}  # fmt: skip
+                              "recovered": 0.75, "teachers": {"m": 0.5, "c": 0.0}, "n": 100,
+                              "lenient": {"base": 0.3, "specialist": 0.6, "student": 0.5}}  # fmt: skip
     assert scores["code"]["recovered"] is None  # the code specialist is not ahead of the base
     table = table_md(scores).splitlines()
     assert table[0] == "| domain | base | m specialist | c specialist | student | recovered |"
     assert table[2] == "| math | 0.100 | **0.500** | 0.000 | 0.400 | 75% |"
     assert table[3] == "| code | 0.200 | 0.100 | **0.200** | 0.200 | n/a |"
+    rows = intervals_md(scores).splitlines()
+    assert rows[0] == "| domain | n | model | strict pass@1 [95% CI] | lenient pass@1 [95% CI] |"
+    assert rows[3] == "| math | 100 | m specialist | 0.500 [0.404, 0.596] | 0.600 [0.502, 0.691] |"
+    assert rows[5] == "| code | n/a | base | 0.200 | n/a |"  # no n, no lenient reading: no interval
+
+
+def test_wilson_intervals_worked_by_hand() -> None:
+    # 50 of 100: centre 0.5, half-width 1.96 / (1 + 1.96^2/100) * sqrt(0.25/100 + 1.96^2/40000) = 0.0962
+    low, high = wilson_interval(0.5, 100)
+    assert (round(low, 4), round(high, 4)) == (0.4038, 0.5962)
+    # 0 of 10: not the empty [0, 0] of p +- z*se; the upper end is z^2/n / (1 + z^2/n) = 0.2775
+    assert tuple(round(x, 4) for x in wilson_interval(0.0, 10)) == (0.0, 0.2775)
+    assert tuple(round(x, 4) for x in wilson_interval(1.0, 10)) == (0.7225, 1.0)
+    with pytest.raises(ValueError, match="n >= 1"):
+        wilson_interval(0.5, 0)
 
 
 def test_length_sorted_micro_batches_give_the_same_gradient_with_less_padding(tiny_base) -> None:
