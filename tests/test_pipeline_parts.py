@@ -43,6 +43,30 @@ def test_stage_configs_are_each_jobs_own_config_with_the_pipelines_settings(tmp_
     assert distill.distill.weights == {"math": 1.0, "code": 1.0} and distill.run_name == "distill"
 
 
+def test_the_real_model_experiment_composes_every_stage(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/experiment/qwen0.5b-gsm8k-mbpp.yaml: GSM8K and MBPP specialists at a real model's learning rate,
+    and a distillation whose evals (the report's table) cover every held-out task."""
+    from hydra import compose, initialize_config_dir
+
+    from jobs.config import register_configs
+    from rl.config import CONFIGS, to_typed
+
+    monkeypatch.setenv("DISTILLERY_MODELS", "/data/models")
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        composed = compose(
+            "pipeline", ["+experiment=qwen0.5b-gsm8k-mbpp", "run_name=q", f"runs_root={tmp_path}"]
+        )
+    specialists, distill = stage_configs(to_typed(composed, PipelineRunConfig))
+    data = {n: (s.specialist.train_data, s.specialist.eval_data) for n, s in specialists.items()}
+    assert data == {"math": ("gsm8k", "gsm8k"), "code": ("mbpp", "mbpp"), "agent": ("synthetic", "synthetic")}
+    for stage in (*specialists.values(), distill):
+        assert stage.model.path == "/data/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+        assert stage.model.dtype == "bfloat16" and stage.fp4 == "mxfp4"
+    assert all(s.trainer.lr == 2e-6 for s in specialists.values()) and distill.distill.lr == 2e-6
+    assert distill.distill.num_eval_tasks == 0  # all 1,319 GSM8K and 500 MBPP test tasks
+
+
 def test_bad_stage_input_fails_before_any_stage_runs(tmp_path) -> None:
     with pytest.raises(ValueError, match="both train the math domain"):
         stage_configs(
