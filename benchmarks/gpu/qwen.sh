@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# README "A real model on one GPU": the whole pipeline on Qwen2.5-Coder-0.5B-Instruct (configs/experiment/
+# qwen0.5b-gsm8k-mbpp.yaml) on one GPU, as one detached batch. Stage it as benchmarks/gpu/stage.sh says (the
+# wheels and Ray, then the GGUF in parts: `benchmarks/gpu/stage.sh /path/to/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf`
+# cuts it into .stage/qwen/part-*), join the parts into $DISTILLERY_MODELS/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+# and touch READY beside it; this waits for READY. Run from the repo root with the GPU wheels on PYTHONPATH;
+# writes the log, nvidia-smi samples and the report under ${OUT:-gpu-out}, progress in done.txt.
+set -uo pipefail
+out=${OUT:-gpu-out}
+models=${DISTILLERY_MODELS:?set DISTILLERY_MODELS to the folder that will hold the GGUF}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt"
+start=$(date +%s)
+note() { echo "$1 $(( $(date +%s) - start )) s" >> "$out/done.txt"; }
+until [ -f "$models/READY" ]; do sleep 5; done
+note "model staged"
+nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -l 5 > "$out/nvidia_smi.csv" &
+smi=$!
+python -m jobs.pipeline +experiment=qwen0.5b-gsm8k-mbpp runs_root="$out/runs" run_name=qwen logger=disabled \
+  "$@" > "$out/pipeline_qwen.log" 2>&1
+note "pipeline rc=$?"
+kill "$smi"
+note "all"
