@@ -48,6 +48,23 @@ def test_packed_linear_matches_the_fake_quant_linear(fmt: str) -> None:
     assert not any(p.dtype.is_floating_point and p.numel() >= 64 * 16 for p in packed.buffers())
 
 
+def test_a_packed_linear_on_cpu_dequantizes_once_per_weight_update() -> None:
+    """The CPU path keeps dequant(codes) between updates; an update (or another activation dtype) replaces it."""
+    first, second = torch.randn(16, 64), torch.randn(16, 64)
+    packed = PackedFP4Linear(quantize(first, "mxfp4"), None)
+    x = torch.randn(3, 64)
+    assert torch.equal(packed(x), x @ fake_quant(first, "mxfp4").T)
+    kept = packed._dequantized
+    packed(x)
+    assert packed._dequantized is kept  # the second token did not dequantize again
+    packed.load_quantized(quantize(second, "mxfp4"))
+    assert torch.equal(packed(x), x @ fake_quant(second, "mxfp4").T)  # the new weights, not the kept ones
+    bf16 = packed(x.bfloat16())
+    assert bf16.dtype == torch.bfloat16 and torch.equal(
+        bf16, x.bfloat16() @ fake_quant(second, "mxfp4").bfloat16().T
+    )
+
+
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 def test_rollout_weights_bitwise_equal_trainer_fake_quant_after_a_step(
     tiny_base: Path,
