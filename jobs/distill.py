@@ -36,7 +36,7 @@ from jobs.common import (
 )
 from jobs.make_base import resolve_model_path
 from jobs.train_specialist import check_backends, check_memory
-from rl.config import FP4, fp4_of
+from rl.config import FP4, fp4_of, serving_dtype
 
 if TYPE_CHECKING:
     from distill.routing import Route
@@ -93,7 +93,7 @@ def served_teacher(
 
     def make(entry: SpecialistEntry) -> tuple[Any, Any]:
         group = RolloutGroup(entry.checkpoint, cfg.rollout, cfg.cluster, env, fp4_of(entry.fp4),
-                             dtype=cfg.model.dtype)  # fmt: skip
+                             dtype=serving_dtype(cfg.model, cfg.rollout))  # fmt: skip
         return group.generate, group.shutdown
 
     return make
@@ -130,7 +130,9 @@ def start_workers(cfg: DistillRunConfig, student: str, routes: list[Route], env:
         student, trainer_cfg, cfg.steps, cfg.model.dtype, cfg.seed, cfg.rollout.temperature, fp4
     )
     trainer = TrainerGroup(spec, objective, cfg.cluster, env)
-    rollout = RolloutGroup(student, cfg.rollout, cfg.cluster, env, fp4, dtype=cfg.model.dtype)
+    rollout = RolloutGroup(
+        student, cfg.rollout, cfg.cluster, env, fp4, dtype=serving_dtype(cfg.model, cfg.rollout)
+    )
     trainer.connect_weights(cfg.cluster.weight_sync, rollout.device_uuids())
     return trainer, rollout, teachers
 

@@ -33,7 +33,7 @@ from jobs.common import (
     prepare_run_dir,
 )
 from jobs.make_base import resolve_model_path
-from rl.config import FP4, SpecialistRunConfig, fp4_of
+from rl.config import FP4, SpecialistRunConfig, fp4_of, serving_dtype
 
 if TYPE_CHECKING:
     from rl.rollout.group import RolloutGroup
@@ -92,11 +92,15 @@ def check_memory(cfg: SpecialistRunConfig | DistillRunConfig, model_path: str, s
     if gpu is None or not cfg.cluster.actor_gpus:
         return
     fp4 = fp4_of(cfg.fp4)
-    shape, dtype = ModelShape.of(model_path, fp4), cfg.model.dtype
+    shape, dtype, served = (
+        ModelShape.of(model_path, fp4),
+        cfg.model.dtype,
+        serving_dtype(cfg.model, cfg.rollout),
+    )
     batch = min(cfg.rollout.max_batch_size, -(-sequences // cfg.rollout.num_workers))
     reference = isinstance(cfg, SpecialistRunConfig) and cfg.algorithm.kl_coef > 0
     needs = {"trainer rank": trainer_needs(shape, dtype, reference),
-             "rollout worker": rollout_needs(shape, dtype, fp4, batch, tokens)}  # fmt: skip
+             "rollout worker": rollout_needs(shape, served, fp4, batch, tokens)}  # fmt: skip
     for name, (checkpoint, fmt) in (teachers or {}).items():
         needs[f"teacher {name}"] = {
             "weights": rollout_needs(ModelShape.of(checkpoint, fmt), dtype, fmt, 0, 0)["weights"]
@@ -123,7 +127,9 @@ def start_workers(cfg: SpecialistRunConfig, model_path: str) -> tuple[TrainerGro
         model_path, cfg.trainer, cfg.steps, cfg.model.dtype, cfg.seed, cfg.rollout.temperature, fp4
     )
     trainer = TrainerGroup(spec, PolicyObjective(cfg.algorithm), cfg.cluster, env)
-    rollout = RolloutGroup(model_path, cfg.rollout, cfg.cluster, env, fp4, dtype=cfg.model.dtype)
+    rollout = RolloutGroup(
+        model_path, cfg.rollout, cfg.cluster, env, fp4, dtype=serving_dtype(cfg.model, cfg.rollout)
+    )
     trainer.connect_weights(cfg.cluster.weight_sync, rollout.device_uuids())
     return trainer, rollout
 

@@ -25,6 +25,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # heavy loads (a bad value fails in about a second); tests/test_configs.py keeps the two equal.
 CHOICES: dict[str, tuple[Any, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),  # rl.models.DTYPES
+    "rollout.dtype": ("", "float32", "bfloat16", "float16"),  # "" = model.dtype
     "rollout.engine": ("hf", "vllm"),  # rl.rollout.worker.ENGINES
     "rollout.decode": ("auto", "static", "dynamic"),  # rl.rollout.hf.DECODE_MODES
     "trainer.backend": ("torch", "deepspeed"),  # rl.trainer.backends.BACKENDS
@@ -161,6 +162,11 @@ def fp4_of(name: str) -> FP4 | None:
     return None if name == "none" else cast(FP4, name)
 
 
+def serving_dtype(model: ModelConfig, rollout: RolloutConfig) -> str:
+    """The dtype rollout workers serve the weights in: ``rollout.dtype``, or the model's (what the trainer holds)."""
+    return rollout.dtype or model.dtype
+
+
 @dataclass
 class ModelConfig:
     name: str = "tiny"  # a label for logs and registry entries
@@ -184,6 +190,10 @@ class RolloutConfig:
     top_k: int = 0  # top-k sampling; 0 = off
     max_new_tokens: int = 48  # generation limit per completion
     stop: list[str] = field(default_factory=list)  # stop strings besides EOS
+    # the rollout workers' weights: "" = model.dtype. bfloat16 serves a float32-trained model at bf16 speed (the
+    # Triton FP4 kernel): its FP4 linears' values are exact in bf16, the rest (embeddings, norms, head) rounds,
+    # which the logged sampler/trainer mismatch measures and algorithm.correction corrects
+    dtype: str = ""
     # hf engine only: static = preallocated KV cache + a CUDA graph per token on GPU; dynamic = the model's
     # forward with a growing cache; auto = static on GPU (Llama/Qwen-style models), dynamic on CPU
     decode: str = "auto"
@@ -197,7 +207,7 @@ class RolloutConfig:
         check_fields("rollout", self, {
             "engine": registered("rollout.engine"), "num_workers": at_least(1), "max_batch_size": at_least(1),
             "temperature": at_least(0), "top_p": within(0, 1), "top_k": at_least(0), "max_new_tokens": at_least(1),
-            "decode": registered("rollout.decode"), "max_model_len": at_least(0),
+            "decode": registered("rollout.decode"), "max_model_len": at_least(0), "dtype": registered("rollout.dtype"),
             "gpu_memory_utilization": within(0.01, 1), "cpu_kv_cache_gib": above(0),
         })  # fmt: skip
         if self.top_p == 0:

@@ -126,7 +126,8 @@ def test_the_names_the_schemas_accept_are_the_registries_names() -> None:
     from specialists.domains import SPECIALISTS
 
     registries = {
-        "model.dtype": models.DTYPES, "rollout.engine": ENGINES, "rollout.decode": DECODE_MODES,
+        "model.dtype": models.DTYPES, "rollout.dtype": ("", *models.DTYPES), "rollout.engine": ENGINES,
+        "rollout.decode": DECODE_MODES,
         "trainer.backend": BACKENDS, "algorithm.advantage": ADVANTAGES, "algorithm.policy_loss": POLICY_LOSSES,
         "algorithm.aggregation": AGGREGATIONS, "algorithm.kl_estimator": KL_ESTIMATORS,
         "algorithm.correction": CORRECTIONS, "specialist.domain": SPECIALISTS, "specialist.levels": synthetic.LEVELS,

@@ -107,16 +107,22 @@ def test_rollout_weights_bitwise_equal_trainer_fake_quant_after_a_step(
         rollout.shutdown()
 
 
-def test_the_jobs_rollout_workers_serve_in_the_models_dtype(tiny_base: Path, ray_local) -> None:
+@pytest.mark.parametrize(
+    ("model_dtype", "rollout_dtype", "served_dtype"),
+    [("bfloat16", "", "bfloat16"), ("float32", "bfloat16", "bfloat16")],
+)
+def test_the_jobs_rollout_workers_serve_in_the_models_dtype(
+    tiny_base: Path, ray_local, model_dtype: str, rollout_dtype: str, served_dtype: str
+) -> None:
     """A bfloat16 run's rollout workers hold bfloat16 weights, like its trainer ranks. They once stayed float32
     whatever model.dtype said: sampled != trained in precision, and on a GPU the FP4 linears then missed the Triton
-    kernel (the job's rollouts 3-5x slower than the plain classes' on an H100)."""
+    kernel (the job's rollouts 3-5x slower than the plain classes' on an H100). rollout.dtype=bfloat16 serves a
+    float32-trained model (a real model's small LR vanishes in bfloat16 master weights) at bfloat16."""
     from jobs.train_specialist import start_workers
     from rl.config import ModelConfig, SpecialistRunConfig
 
-    cfg = SpecialistRunConfig(
-        model=ModelConfig(dtype="bfloat16"), cluster=ClusterConfig(actor_cpus=0.5, torch_threads=1)
-    )
+    cfg = SpecialistRunConfig(model=ModelConfig(dtype=model_dtype), rollout=RolloutConfig(dtype=rollout_dtype),
+                              cluster=ClusterConfig(actor_cpus=0.5, torch_threads=1))  # fmt: skip
     trainer, rollout = start_workers(cfg, str(tiny_base))
     try:
         served = ray.get([w.__ray_call__.remote(lambda w: {str(p.dtype) for p in w.engine.model.parameters()})
@@ -124,7 +130,7 @@ def test_the_jobs_rollout_workers_serve_in_the_models_dtype(tiny_base: Path, ray
         trained = ray.get(
             trainer.ranks[0].__ray_call__.remote(lambda t: {str(p.dtype) for p in t.model.parameters()})
         )
-        assert served == [{"torch.bfloat16"}] and trained == {"torch.bfloat16"}
+        assert served == [{f"torch.{served_dtype}"}] and trained == {f"torch.{model_dtype}"}
     finally:
         trainer.shutdown()
         rollout.shutdown()
