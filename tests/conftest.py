@@ -43,14 +43,31 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture
-def job_env(tmp_path: Path) -> dict[str, str]:
+def job_environment(cache: Path) -> dict[str, str]:
     """Environment for running a job as a subprocess, the way a user would from the repo root."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_"))}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    env["DISTILLERY_CACHE"] = str(tmp_path / "cache")
+    env["DISTILLERY_CACHE"] = str(cache)
     env["WANDB_SILENT"] = "true"
     return env
+
+
+@pytest.fixture
+def job_env(tmp_path: Path) -> dict[str, str]:
+    return job_environment(tmp_path / "cache")
+
+
+@pytest.fixture(scope="session")
+def default_run(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny specialist job (tests/test_job_e2e.py's settings) with the default backends, 3 steps, run once
+    per session: the other backends' runs, the killed and resumed runs and a refused rerun are compared to it
+    (about 40 s a job on 2 cores). Tests that write into it copy it first."""
+    from tests.test_job_e2e import run_job
+
+    root = tmp_path_factory.mktemp("default-run")
+    run_job(job_environment(root / "cache"), f"model.path={tiny_base}", f"runs_root={root}", "run_name=default",
+            "steps=3")  # fmt: skip
+    return root / "default"
 
 
 def free_port() -> int:

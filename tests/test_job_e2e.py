@@ -6,6 +6,7 @@ Tiny settings keep each run to tens of seconds; the full-size run (the pass@1 ga
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,18 +68,17 @@ def test_job_runs_with_two_ddp_ranks_and_resumes_like_an_uninterrupted_run(
 
 
 def test_vllm_and_deepspeed_backends_give_the_default_backends_outputs_and_resume(
-    tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
+    tiny_base: Path, tmp_path: Path, job_env: dict[str, str], default_run: Path
 ) -> None:
     common = [f"model.path={tiny_base}", f"runs_root={tmp_path}"]
     production = ["rollout=vllm", "trainer=deepspeed", "trainer.zero_stage=3", "trainer.num_ranks=2",
                   "trainer.lr=1e-3"]  # fmt: skip
-    run_job(job_env, *common, "run_name=default", "steps=3")
     run_job(job_env, *common, *production, "run_name=production", "steps=3")
     run_job(job_env, *common, *production, "run_name=resumed", "steps=2")
     proc = run_job(job_env, *common, *production, "run_name=resumed", "steps=3", "resume=true")
     assert "resuming" in proc.stdout and "step_000002" in proc.stdout
 
-    default, production_dir, resumed = tmp_path / "default", tmp_path / "production", tmp_path / "resumed"
+    default, production_dir, resumed = default_run, tmp_path / "production", tmp_path / "resumed"
     summaries = {
         d.name: json.loads((d / "summary.json").read_text()) for d in (default, production_dir, resumed)
     }
@@ -204,10 +204,10 @@ def test_bad_dataset_row_names_file_and_line(
 
 
 def test_rerun_without_resume_refuses_to_overwrite_checkpoints(
-    tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
+    tiny_base: Path, tmp_path: Path, job_env: dict[str, str], default_run: Path
 ) -> None:
-    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "run_name=once", "steps=1"]
-    run_job(job_env, *common)
+    shutil.copytree(default_run, tmp_path / "default")  # has checkpoints; the shared run stays as it is
+    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "run_name=default", "steps=3"]
     proc = run_job(job_env, *common, check=False)
     assert proc.returncode == 2 and "already has checkpoints; pass resume=true" in proc.stderr
 

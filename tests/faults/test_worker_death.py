@@ -92,14 +92,13 @@ def test_a_teacher_killed_during_prefill_is_restarted_and_its_batch_redone(
 
 @pytest.mark.slow
 def test_a_job_survives_a_killed_rollout_worker_and_a_killed_trainer_stops_it_for_a_resume(
-    tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
+    tiny_base: Path, tmp_path: Path, job_env: dict[str, str], default_run: Path
 ) -> None:
-    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "steps=3"]
-    run_job(job_env, *common, "run_name=straight")
+    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "steps=3"]  # default_run's settings
     env = {**job_env, "DISTILLERY_FAULT_KILL": f"rollout:3:{tmp_path / 'rollout-killed'}"}
     proc = run_job(env, *common, "run_name=killed")
     assert "rollout worker(s) [0] died" in proc.stdout and (tmp_path / "rollout-killed").exists()
-    lines, straight = metrics(tmp_path / "killed"), metrics(tmp_path / "straight")
+    lines, straight = metrics(tmp_path / "killed"), metrics(default_run)  # undisturbed, same seeds
     assert [m["step"] for m in lines] == [0, 1, 2, 3]  # same number of steps, none duplicated
     assert lines[-1]["rollout/worker_restarts"] == 1.0
     assert [m.get("reward/mean") for m in lines] == [
