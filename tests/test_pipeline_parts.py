@@ -62,7 +62,7 @@ def test_the_real_model_experiment_composes_every_stage(tmp_path, monkeypatch: p
     assert data == {"math": ("gsm8k", "gsm8k"), "code": ("mbpp", "mbpp"), "agent": ("synthetic", "synthetic")}
     for stage in (*specialists.values(), distill):
         assert stage.model.path == "/data/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-        assert stage.model.dtype == "float32" and stage.rollout.dtype == "bfloat16" and stage.fp4 == "mxfp4"
+        assert stage.model.dtype == "float32" and stage.rollout.dtype == "bfloat16" and stage.fp4 == "nvfp4"
     assert all(s.trainer.lr == 2e-6 for s in specialists.values()) and distill.distill.lr == 2e-6
     assert distill.distill.num_eval_tasks == 0  # all 1,319 GSM8K and 500 MBPP test tasks
 
