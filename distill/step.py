@@ -76,7 +76,7 @@ def evaluate_domains(
         metrics[f"eval/{route.domain}/pass@1"] = sum(scores) / len(scores)
         metrics[f"eval/{route.domain}/n"] = float(len(scores))
         timeout_s = route.tasks_cfg.reward_timeout_s
-        if (lenient := lenient_pass_at_1(route.specialist, tasks, rollouts, timeout_s)) is not None:
+        if (lenient := lenient_pass_at_1(route.specialist, tasks, rollouts, scores, timeout_s)) is not None:
             metrics[f"eval/{route.domain}/pass@1_lenient"] = lenient
         metrics |= pass_at_1_by_level(tasks, scores, f"eval/{route.domain}/pass@1")
         rows += [{"domain": route.domain, "prompt": t.prompt, "response": r.text, "score": s}

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import re
 
-from math_verify.errors import TimeoutException
-
 from rewards.math_normalize import (
     MAX_ANSWER_CHARS,
     clock_reading,
@@ -109,11 +107,14 @@ def _check(extracted: str, answer: str) -> Reward:
 def score_math(response: str, answer: str) -> Reward:
     """1.0 if the last boxed answer in ``response`` is equivalent to ``answer``, else 0.0 with the reason."""
     extracted = extract_boxed(response)
-    if extracted is None:
-        return Reward(0.0, "no_boxed_answer")
+    return Reward(0.0, "no_boxed_answer") if extracted is None else _checked(extracted, answer)
+
+
+def _checked(extracted: str, answer: str) -> Reward:
+    """``_check``, never raising: an error in our own normalisation scores 0 with the error as the reason."""
     try:
         return _check(extracted, answer)
-    except (Exception, TimeoutException) as e:  # TimeoutException is a BaseException
+    except Exception as e:  # math-verify's alarm (TimeoutException) only fires in the child process now
         return Reward(0.0, error_reason(e))
 
 
@@ -130,9 +131,4 @@ def score_math_lenient(response: str, answer: str) -> Reward:
     extracted = extract_boxed(response)
     if extracted is None:
         extracted = last_number(response)
-    if extracted is None:
-        return Reward(0.0, "no_answer")
-    try:
-        return _check(extracted, answer)
-    except (Exception, TimeoutException) as e:  # TimeoutException is a BaseException
-        return Reward(0.0, error_reason(e))
+    return Reward(0.0, "no_answer") if extracted is None else _checked(extracted, answer)

@@ -31,6 +31,16 @@ class Scoring(Protocol):
         ...
 
 
+class Reading(Scoring, Protocol):
+    """A second way to read a domain's answers (eval only), and which rollouts it can read differently."""
+
+    @property
+    def differs(self) -> Callable[[Rollout], bool]:
+        """Whether this reading can score the rollout differently from the reward; where not, the reward's
+        verdict stands and nothing is scored twice."""
+        ...
+
+
 class Specialist(Scoring, Protocol):
     """One domain: its prompts, its reward and, for agents, its environment (read-only members)."""
 
@@ -49,7 +59,7 @@ class Specialist(Scoring, Protocol):
         ...
 
     @property
-    def lenient(self) -> Scoring | None:
+    def lenient(self) -> Reading | None:
         """Eval only, never a reward: a lenient reading of the answers (math: the last number where nothing is
         boxed; code: the first code block, any language), so a gain in the answer's form is told apart from a
         gain in skill. None where the reward has no stricter form than the task itself."""
@@ -127,12 +137,18 @@ def specialist_scores(
 
 
 def lenient_pass_at_1(
-    specialist: Specialist, tasks: list[Task], rollouts: list[Rollout], timeout_s: float
+    specialist: Specialist, tasks: list[Task], rollouts: list[Rollout], strict: list[float], timeout_s: float
 ) -> float | None:
-    """Pass@1 of ``rollouts`` under the specialist's lenient reading (guarded like the reward), or None."""
-    if specialist.lenient is None:
+    """Pass@1 of ``rollouts`` under the specialist's lenient reading (guarded like the reward), or None.
+    ``strict``: the reward's scores of the same rollouts, kept wherever the reading cannot differ."""
+    reading = specialist.lenient
+    if reading is None:
         return None
-    scores = [r.score for r in specialist_scores(specialist.lenient, tasks, rollouts, timeout_s)]
+    redo = [i for i, rollout in enumerate(rollouts) if reading.differs(rollout)]
+    rescored = specialist_scores(reading, [tasks[i] for i in redo], [rollouts[i] for i in redo], timeout_s)
+    scores = list(strict)
+    for i, reward in zip(redo, rescored, strict=True):
+        scores[i] = reward.score
     return sum(scores) / len(scores)
 
 

@@ -179,7 +179,9 @@ class GRPOStep:
             "eval/response_len": sum(len(r.response_ids) for r in greedy) / len(greedy),
         }
         timeout_s = self.cfg.specialist.reward_timeout_s
-        if (lenient := lenient_pass_at_1(self.specialist, self.eval_tasks, greedy, timeout_s)) is not None:
+        if (
+            lenient := lenient_pass_at_1(self.specialist, self.eval_tasks, greedy, scores, timeout_s)
+        ) is not None:
             metrics["eval/pass@1_lenient"] = lenient
         if (k := self.cfg.eval_samples) > 0:
             expanded = [t for t in self.eval_tasks for _ in range(k)]

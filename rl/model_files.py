@@ -10,10 +10,8 @@ from pathlib import Path
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 # any one of these makes a directory's tokenizer loadable (fast tokenizer, its config, SentencePiece, BPE vocab)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-CHAT_TEMPLATE_FILES = (
-    "chat_template.jinja",
-    "chat_template.json",
-)  # else tokenizer_config.json's chat_template
+# a chat template in its own file; else tokenizer_config.json's chat_template
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 GGUF_MAGIC = b"GGUF"
 
 

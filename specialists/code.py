@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from functools import cache
 
-from rewards.code import extract_first_code, make_answer, score_code, score_code_batch
+from rewards.code import extract_code, extract_first_code, make_answer, score_code, score_code_batch
 from rewards.sandbox import SandboxPool
 from rl.config import BaseRecipe, SpecialistConfig
 from rl.types import Reward, Rollout, Task
 from specialists.code_data import DatasetError, load_code_tasks
-from specialists.domains import Demo, Domain, Scorer
+from specialists.domains import Demo, Domain, Reading
 from specialists.synthetic_code import code_demos, code_problems, to_task
 
 DOMAIN = "code"
@@ -72,10 +72,15 @@ def lenient_score(task: Task, rollout: Rollout) -> Reward:
     return score_code(rollout.text, task.answer, extract=extract_first_code)
 
 
+def another_block_first(rollout: Rollout) -> bool:
+    """Only a completion whose first block is not the one the reward runs is read differently."""
+    return extract_first_code(rollout.text) != extract_code(rollout.text)
+
+
 def lenient_score_batch(tasks: list[Task], rollouts: list[Rollout]) -> list[Reward]:
     items = [(r.text, t.answer) for t, r in zip(tasks, rollouts, strict=True)]
     return score_code_batch(items, pool(), extract=extract_first_code)
 
 
 SPECIALIST = Domain(DOMAIN, SOURCES, train_tasks, eval_tasks, score, demos, score_batch=score_batch,
-                    lenient=Scorer(DOMAIN, lenient_score, lenient_score_batch))  # fmt: skip
+                    lenient=Reading(DOMAIN, another_block_first, lenient_score, lenient_score_batch))  # fmt: skip

@@ -27,10 +27,11 @@ class Demo:
 
 
 @dataclass(frozen=True)
-class Scorer:
-    """A way to score a domain's samples (``rl.episodes.Scoring``): a specialist's lenient eval reading."""
+class Reading:
+    """A second way to read a domain's answers (``rl.episodes.Reading``): a specialist's lenient eval reading."""
 
     domain: str
+    differs: Callable[[Rollout], bool]  # can it score this rollout differently from the reward?
     score: Callable[[Task, Rollout], Reward]
     score_batch: Callable[[list[Task], list[Rollout]], list[Reward]] | None = None
 
@@ -48,9 +49,7 @@ class Domain:
     score_batch: Callable[[list[Task], list[Rollout]], list[Reward]] | None = None
     make_env: Callable[[Task], Any] | None = None
     tool_stop: str = ""
-    lenient: Scorer | None = (
-        None  # eval only: the answers read leniently (see rl.episodes.Specialist.lenient)
-    )
+    lenient: Reading | None = None  # eval only (rl.episodes.Specialist.lenient)
 
 
 def get_specialist(domain: str, key: str = "specialist.domain") -> Domain:

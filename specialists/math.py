@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from rewards.math import score_math, score_math_lenient
+from rewards.math import extract_boxed, score_math, score_math_lenient
 from rl.config import BaseRecipe, SpecialistConfig
 from rl.types import Reward, Rollout, Task
 from specialists import synthetic
-from specialists.domains import Demo, Domain, Scorer
+from specialists.domains import Demo, Domain, Reading
 from specialists.math_data import DatasetError, load_math_tasks
 
 DOMAIN = "math"
@@ -43,6 +43,11 @@ def lenient_score(task: Task, rollout: Rollout) -> Reward:
     return score_math_lenient(rollout.text, task.answer)
 
 
+def unboxed(rollout: Rollout) -> bool:
+    """Only a response with nothing boxed is read differently (its last number); a boxed one is the reward's."""
+    return extract_boxed(rollout.text) is None
+
+
 def demos(recipe: BaseRecipe, n: int | None, split: str) -> list[Demo]:
     """SFT demonstrations for ``jobs.make_base`` (a ``recipe.boxed_share`` of them answer in ``\\boxed{}``)."""
     made = synthetic.math_demos(n or recipe.num_demos, split, recipe.seed, boxed_share=recipe.boxed_share)
@@ -50,5 +55,5 @@ def demos(recipe: BaseRecipe, n: int | None, split: str) -> list[Demo]:
 
 
 SPECIALIST = Domain(
-    DOMAIN, SOURCES, train_tasks, eval_tasks, score, demos, lenient=Scorer(DOMAIN, lenient_score)
+    DOMAIN, SOURCES, train_tasks, eval_tasks, score, demos, lenient=Reading(DOMAIN, unboxed, lenient_score)
 )

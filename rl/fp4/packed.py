@@ -34,9 +34,8 @@ class PackedFP4Linear(nn.Module):
             else:
                 self._static[f.name] = value
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
-        self._dequantized: torch.Tensor | None = (
-            None  # CPU only: dequant(codes, scales) until the next update
-        )
+        # CPU only: dequant(codes, scales), kept until the next weight update
+        self._dequantized: torch.Tensor | None = None
 
     def quantized(self) -> Any:
         """The FP4 tensor this layer holds (codes and scales, no copy)."""
