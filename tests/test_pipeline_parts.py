@@ -63,8 +63,10 @@ def test_the_real_model_experiment_composes_every_stage(tmp_path, monkeypatch: p
     for stage in (*specialists.values(), distill):
         assert stage.model.path == "/data/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
         assert stage.model.dtype == "float32" and stage.rollout.dtype == "bfloat16" and stage.fp4 == "nvfp4"
-    assert all(s.trainer.lr == 2e-6 for s in specialists.values()) and distill.distill.lr == 2e-6
-    assert distill.distill.num_eval_tasks == 0  # all 1,319 GSM8K and 500 MBPP test tasks
+    assert all(s.trainer.lr == 2e-6 and s.trainer.num_minibatches == 4 for s in specialists.values())
+    assert distill.distill.lr == 8e-6
+    assert all(s.specialist.num_eval_tasks == 100 for s in specialists.values())  # a progress check only
+    assert distill.distill.num_eval_tasks == 0  # the report's table: all 1,319 GSM8K and 500 MBPP test tasks
 
 
 def test_bad_stage_input_fails_before_any_stage_runs(tmp_path) -> None:
