@@ -26,6 +26,8 @@
 #     DISTILLERY_MODELS=/root/models; then one run per .stage/qwen/part-NN (cp it to /root/stage/qwen/); the last
 #     joins them: cat /root/stage/qwen/part-* > /root/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf, checks
 #     .stage/qwen/SHA256 and touches /root/models/READY.
+#   Send the part carries only once run 1 has a machine: a run refused for want of a machine costs device time,
+#   and every later call of the same batch is refused too (15 s each).
 #   To stop the batch, kill its process group (`kill -- -$(ps -o pgid= -p <pid>)`); `pkill -f <pattern>` also
 #   matches the run's own command line when the pattern appears in it, and kills the run.
 set -euo pipefail
