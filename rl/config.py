@@ -32,7 +32,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "trainer.lr_schedule": ("constant", "linear", "cosine"),  # rl.trainer.torch_backend.lr_lambda
     "trainer.zero_stage": (1, 2, 3),  # rl.trainer.deepspeed_backend.ZERO_STAGES
     "algorithm.advantage": ("grpo", "dr_grpo", "rloo"),  # rl.algorithms.advantages.ADVANTAGES
-    "algorithm.policy_loss": ("ppo_clip",),  # rl.algorithms.policy_loss.POLICY_LOSSES
+    "algorithm.policy_loss": ("ppo_clip", "gspo", "cispo"),  # rl.algorithms.policy_loss.POLICY_LOSSES
     "algorithm.aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),  # .aggregation
     "algorithm.kl_estimator": ("k1", "k2", "k3", "k3_ratio"),  # rl.algorithms.kl.KL_ESTIMATORS
     "algorithm.correction": ("none", "tis", "geo_mask", "opsm"),  # rl.algorithms.mismatch.CORRECTIONS

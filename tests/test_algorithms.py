@@ -11,7 +11,7 @@ from torch.testing import assert_close
 from rl.algorithms.advantages import ADVANTAGES, dr_grpo, get_advantage_fn, grpo, rloo
 from rl.algorithms.aggregation import AGGREGATIONS, aggregate
 from rl.algorithms.kl import KL_ESTIMATORS, get_kl_fn, kl_k1, kl_k2, kl_k3, kl_k3_ratio_weighted
-from rl.algorithms.policy_loss import POLICY_LOSSES, get_policy_loss_fn, ppo_clip
+from rl.algorithms.policy_loss import POLICY_LOSSES, cispo, get_policy_loss_fn, gspo, ppo_clip
 from rl.algorithms.sampling import overlong_penalty, zero_variance_groups
 from rl.types import LossNormalizer
 
@@ -169,10 +169,78 @@ def test_ppo_clip_rejects_bad_inputs():
 
 
 def test_policy_loss_registry():
-    assert get_policy_loss_fn("ppo_clip") is ppo_clip
-    with pytest.raises(ValueError, match=r"unknown policy loss 'gspo'.*\['ppo_clip'\]"):
-        get_policy_loss_fn("gspo")
-    assert set(POLICY_LOSSES) == {"ppo_clip"}
+    assert get_policy_loss_fn("ppo_clip") is ppo_clip and get_policy_loss_fn("gspo") is gspo
+    with pytest.raises(ValueError, match=r"unknown policy loss 'sapo'.*\['cispo', 'gspo', 'ppo_clip'\]"):
+        get_policy_loss_fn("sapo")
+    assert set(POLICY_LOSSES) == {"ppo_clip", "gspo", "cispo"}
+
+
+def test_gspo_uses_one_ratio_per_sequence_and_its_gradient():
+    """Hand-worked: sequence 0 has log-ratios 0.2 and -0.2 (mean 0: s = 1, inside any clip), sequence 1 has
+    0.3 and 0.1 over its two trained tokens (mean 0.2: s = e^0.2 = 1.2214, clipped at 1.0004 for A > 0)."""
+    old_BT = torch.zeros(2, 3)
+    logp_BT = torch.tensor([[0.2, -0.2, 9.0], [0.3, 0.1, 9.0]], requires_grad=True)
+    mask_BT = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    adv_BT = torch.tensor([[-1.0, -1.0, -1.0], [2.0, 2.0, 2.0]])
+    loss_BT, metrics = gspo(logp_BT, old_BT, adv_BT, mask_BT)
+    s1 = math.exp(0.2)
+    assert torch.allclose(loss_BT, torch.tensor([[1.0, 1.0, 0.0], [-2 * 1.0004, -2 * 1.0004, 0.0]]))
+    assert metrics["train/clip_frac"] == 0.5 and metrics["train/ratio_max"] == pytest.approx(s1, rel=1e-6)
+    # seq-mean-token-mean of the loss = -(1/G) sum_i min(s_i A_i, clip(s_i) A_i); its gradient is
+    # s_i * A_i / |o_i| on each trained token of an unclipped sequence, 0 on a clipped one and on padding
+    loss = (loss_BT.sum(-1) / mask_BT.sum(-1)).mean()
+    loss.backward()
+    assert logp_BT.grad is not None
+    assert torch.allclose(logp_BT.grad, torch.tensor([[0.25, 0.25, 0.0], [0.0, 0.0, 0.0]]))
+
+
+def test_gspo_gradient_is_the_sequence_ratio_gradient():
+    """Unclipped, the per-token form's gradient equals autograd through s_i = exp(mean_t log r_it) itself."""
+    torch.manual_seed(0)
+    old_BT = torch.randn(3, 5) * 0.01
+    logp_BT = (old_BT + torch.randn(3, 5) * 0.01).requires_grad_(True)
+    mask_BT = torch.tensor([[1.0] * 5, [1.0] * 3 + [0.0] * 2, [0.0] + [1.0] * 4])
+    adv_BT = torch.tensor([[1.0] * 5, [-0.5] * 5, [2.0] * 5])
+    loss_BT, _ = gspo(logp_BT, old_BT, adv_BT, mask_BT, clip_low=0.5, clip_high=0.5)
+    (loss_BT.sum(-1) / mask_BT.sum(-1)).mean().backward()
+    assert logp_BT.grad is not None
+    ours = logp_BT.grad.clone()
+    logp_BT.grad = None
+    s_B = torch.exp(((logp_BT - old_BT) * mask_BT).sum(-1) / mask_BT.sum(-1))
+    (-(s_B * adv_BT[:, 0]).mean()).backward()
+    assert logp_BT.grad is not None
+    assert torch.allclose(ours, logp_BT.grad, atol=1e-6)
+
+
+def test_cispo_clips_the_weight_and_keeps_every_token_gradient():
+    """Hand-worked: ratios e^0 = 1, e^0.5 = 1.6487 (weight clipped to 1.28) and e^-1 = 0.3679 (no lower bound);
+    the loss is -w * A * logp with w detached, so d loss / d logp = -w * A on every trained token -- where PPO-clip
+    gives the clipped token (r > 1.28, A > 0) no gradient at all."""
+    old_BT = torch.zeros(1, 4)
+    logp_BT = torch.tensor([[0.0, 0.5, -1.0, 7.0]], requires_grad=True)
+    mask_BT = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    adv_BT = torch.full((1, 4), 2.0)
+    loss_BT, metrics = cispo(logp_BT, old_BT, adv_BT, mask_BT)
+    w = [1.0, 1.28, math.exp(-1.0)]
+    assert torch.allclose(loss_BT, torch.tensor([[-2 * w[0] * 0.0, -2 * w[1] * 0.5, -2 * w[2] * -1.0, 0.0]]))
+    loss_BT.sum().backward()
+    assert logp_BT.grad is not None
+    assert torch.allclose(logp_BT.grad, torch.tensor([[-2 * w[0], -2 * w[1], -2 * w[2], 0.0]]))
+    assert metrics["train/clip_frac"] == pytest.approx(1 / 3)
+    ppo_logp_BT = logp_BT.detach().clone().requires_grad_(True)
+    ppo_clip(ppo_logp_BT, old_BT, adv_BT, mask_BT)[0].sum().backward()
+    assert ppo_logp_BT.grad is not None
+    assert ppo_logp_BT.grad[0, 1] == 0.0  # what CISPO exists to avoid
+
+
+def test_sequence_level_losses_reject_bad_inputs():
+    ones_BT = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="one shape"):
+        gspo(ones_BT, ones_BT, torch.ones(2, 4), ones_BT)
+    with pytest.raises(ValueError, match="0 <= clip_low < 1"):
+        gspo(ones_BT, ones_BT, ones_BT, ones_BT, clip_low=1.0)
+    with pytest.raises(ValueError, match="clip_high >= 0"):
+        cispo(ones_BT, ones_BT, ones_BT, ones_BT, clip_high=-0.1)
 
 
 # ---------------------------------------------------------------------------------------------- aggregation

@@ -207,7 +207,7 @@ def test_the_edges_of_each_range_are_accepted() -> None:
     ("overrides", "message"),
     [
         (["algorithm=grpoo"], "unknown algorithm=grpoo (Could not find 'algorithm/grpoo'); available options in "
-                              "'algorithm': dr_grpo, grpo, grpo_kl, rloo"),
+                              "'algorithm': cispo, dr_grpo, grpo, grpo_kl, gspo, rloo"),
         (["trainer.lrr=1"], "Could not override 'trainer.lrr': no such key (did you mean 'lr'?"),
         (["+rollout.beam=4"], "unknown config key(s) rollout.beam (SpecialistRunConfig has no such field)"),
         (["steps=many"], "steps: Value 'many' of type 'str' could not be converted to Integer"),

@@ -158,7 +158,7 @@ def test_nonfinite_losses_stop_the_run_with_the_last_good_checkpoint_intact(
     ("overrides", "message"),
     [
         (["trainer.traner_lr=1"], "Could not override 'trainer.traner_lr'"),
-        (["algorithm=grpoo"], "available options in 'algorithm': dr_grpo, grpo, grpo_kl, rloo"),
+        (["algorithm=grpoo"], "available options in 'algorithm': cispo, dr_grpo, grpo, grpo_kl, gspo, rloo"),
         (["trainer.lr=fast"], "Value 'fast' of type 'str' could not be converted to Float"),
         (["model.path=/nonexistent/model"], "error: model path /nonexistent/model does not exist"),
         (["specialist.domain=poetry"], "error: unknown specialist.domain 'poetry'; valid: math, code, agent"),

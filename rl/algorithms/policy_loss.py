@@ -42,7 +42,70 @@ def ppo_clip(
     return loss_BT, _ratio_metrics(ratio_BT.detach(), (clipped_BT < unclipped_BT).detach(), keep_BT)
 
 
-POLICY_LOSSES: dict[str, PolicyLossFn] = {"ppo_clip": ppo_clip}
+def gspo(
+    logprobs_BT: torch.Tensor,
+    old_logprobs_BT: torch.Tensor,
+    advantages_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """GSPO (arXiv 2507.18071): one importance ratio per sequence, the geometric mean of its tokens' ratios,
+
+        s_i = exp(mean_t (logp_it - logp_old_it)),  loss = -min(s_i * A, clip(s_i, 1 - clip_low, 1 + clip_high) * A)
+
+    written per token in the paper's GSPO-token form s_it = sg[s_i] * exp(logp_it - sg[logp_it]): its value is s_i
+    on every token of sequence i and its gradient s_i * grad logp_it, so averaging a sequence's tokens
+    (``aggregation=seq_mean_token_mean``, the paper's 1/G sum_i) gives exactly grad of -min(s_i A_i, clip(s_i) A_i),
+    and token-level advantages work unchanged. Ratios near 1 per sequence want the paper's tiny clip range
+    (3e-4 / 4e-4; ``configs/algorithm/gspo.yaml``); one token's routing flip in an MoE moves s_i by 1/|o_i| of it.
+    """
+    _check_same_shape(logprobs_BT, old_logprobs_BT, advantages_BT, mask_BT)
+    if not 0.0 <= clip_low < 1.0 or clip_high < 0.0:
+        raise ValueError(f"gspo needs 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    keep_BT = mask_BT > 0
+    log_ratio_BT = torch.where(keep_BT, logprobs_BT - old_logprobs_BT.detach(), 0.0)
+    tokens_B = keep_BT.sum(-1).clamp(min=1)
+    seq_log_ratio_B = log_ratio_BT.sum(-1) / tokens_B  # mean over the sequence's trained tokens
+    token_term_BT = torch.where(
+        keep_BT, logprobs_BT - logprobs_BT.detach(), 0.0
+    )  # value 0, gradient grad logp
+    ratio_BT = torch.exp(seq_log_ratio_B.detach()[:, None] + token_term_BT)
+    advantages_BT = advantages_BT.detach()
+    unclipped_BT = ratio_BT * advantages_BT
+    clipped_BT = ratio_BT.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages_BT
+    loss_BT = torch.where(keep_BT, -torch.minimum(unclipped_BT, clipped_BT), 0.0)
+    return loss_BT, _ratio_metrics(ratio_BT.detach(), (clipped_BT < unclipped_BT).detach(), keep_BT)
+
+
+def cispo(
+    logprobs_BT: torch.Tensor,
+    old_logprobs_BT: torch.Tensor,
+    advantages_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """CISPO (MiniMax-M1, arXiv 2506.13585): clip the importance weight, not the update, so every token keeps its
+    gradient (PPO-clip zeroes it for tokens past the clip, often the rare "fork" tokens):
+
+        loss = -sg[min(r, 1 + clip_high)] * A * logp,  r = exp(logp - logp_old)
+
+    As MiniMax ran it, the weight has no lower bound (``clip_low`` is not used); its gradient is
+    min(r, 1 + clip_high) * A * grad logp, which at r = 1 is the on-policy policy gradient, as PPO's is.
+    """
+    _check_same_shape(logprobs_BT, old_logprobs_BT, advantages_BT, mask_BT)
+    if clip_high < 0.0:
+        raise ValueError(f"cispo needs clip_high >= 0, got {clip_high}")
+    keep_BT = mask_BT > 0
+    log_ratio_BT = torch.where(keep_BT, logprobs_BT - old_logprobs_BT.detach(), 0.0)
+    ratio_BT = torch.exp(log_ratio_BT).detach()
+    weight_BT = ratio_BT.clamp(max=1.0 + clip_high)
+    loss_BT = torch.where(keep_BT, -weight_BT * advantages_BT.detach() * logprobs_BT, 0.0)
+    return loss_BT, _ratio_metrics(ratio_BT, ratio_BT > 1.0 + clip_high, keep_BT)
+
+
+POLICY_LOSSES: dict[str, PolicyLossFn] = {"ppo_clip": ppo_clip, "gspo": gspo, "cispo": cispo}
 
 
 def get_policy_loss_fn(name: str) -> PolicyLossFn:
