@@ -227,6 +227,7 @@ class TrainerConfig:
     grad_clip: float = 1.0  # max global grad norm; <= 0 disables clipping
     micro_batch_size: int = 64  # sequences per forward/backward (gradient accumulation over the rest)
     num_minibatches: int = 1  # optimizer steps per rollout batch (>1 recomputes old log-probs first)
+    tf32: bool = False  # GPU: float32 matmuls on TF32 tensor cores (weights, gradients, AdamW stay float32)
     max_nonfinite_steps: int = 3  # consecutive non-finite losses tolerated (steps skipped) before stopping
     # deepspeed backend only
     zero_stage: int = 2  # ZeRO stage: 1 optimizer state, 2 + gradients, 3 + parameters partitioned

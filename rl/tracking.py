@@ -70,7 +70,7 @@ def model_artifact(path: str, name: str, kind: str, metadata: dict[str, Any]) ->
 
 
 class Tracker:
-    """The run's metrics sink: W&B (per ``cfg.mode``) plus ``metrics.jsonl`` and ``summary.json``."""
+    """The run's metrics sink: W&B (per ``cfg.mode``) plus ``metrics.jsonl``, ``samples.jsonl`` and ``summary.json``."""
 
     def __init__(
         self,
@@ -121,9 +121,12 @@ class Tracker:
         self.run.log(metrics, step=step)
 
     def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
-        """A table of generations (one row per sample) under ``samples``."""
+        """A table of generations (one row per sample) under ``samples``, and the same rows appended to
+        ``samples.jsonl`` (one line per row, with its step), readable whatever the logger mode."""
         if not rows:
             return
+        with open(self.run_dir / "samples.jsonl", "a") as f:
+            f.writelines(json.dumps({"step": step, **row}, default=str) + "\n" for row in rows)
         columns = list(rows[0])
         table = wandb.Table(columns=["step", *columns], data=[[step, *(r[c] for c in columns)] for r in rows])
         self.run.log({"samples": table}, step=step)

@@ -109,7 +109,10 @@ def test_offline_wandb_run_matches_metrics_jsonl(tmp_path: Path) -> None:
 def test_disabled_mode_still_writes_metrics_and_unknown_mode_is_an_error(tmp_path: Path) -> None:
     tracker = Tracker(tmp_path, LoggerConfig(mode="disabled"), {}, "t", job_type="specialist")
     tracker.log({"train/loss": 1.0}, step=1)
+    tracker.log_samples([{"prompt": "p", "response": "r", "score": 0.0}], step=1)
     tracker.finish({})
+    assert json.loads((tmp_path / "samples.jsonl").read_text()) == {"step": 1, "prompt": "p", "response": "r",
+                                                                    "score": 0.0}  # fmt: skip
     assert not (tmp_path / "wandb").exists() or not list((tmp_path / "wandb").glob("offline-run-*"))
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
     with pytest.raises(ValueError, match=r"unknown logger\.mode 'cloud'"):

@@ -113,3 +113,20 @@ def test_tuned_kernel_3d_input() -> None:
     assert out.shape == (2, 3, 320)
     assert float((out.float() - ref.float()).abs().max() / ref.float().abs().max()) < 1e-2
     assert chosen_config(6, 320, 512) is not None
+
+
+@pytest.mark.parametrize(("n", "k"), [(64, 4864), (4864, 64)])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_kernel_rows_past_int32_offsets(n: int, k: int) -> None:
+    """M * K (the activations) or M * N (the output) past 2**31 elements, as a batch of 500 rows padded to one
+    1,780-token MBPP prompt makes in a 0.5B model's MLP: the last rows are right (32-bit offsets wrapped)."""
+    from rl.fp4.triton_w4a16 import KernelConfig, fp4_linear
+
+    m = 2**31 // 4864 + 4096
+    _, q = _fresh(n, k, "nvfp4", seed=5)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    out = fp4_linear(x, q, config=KernelConfig(64, 64, 64, 1, 4, 3))  # type: ignore[arg-type]
+    tail = slice(m - 64, m)
+    ref = F.linear(x[tail], dequantize(q, torch.bfloat16))  # type: ignore[arg-type]
+    assert float((out[tail].float() - ref.float()).abs().max() / ref.float().abs().max()) < 1e-2

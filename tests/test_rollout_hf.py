@@ -111,12 +111,18 @@ def test_load_weights_rejects_mismatched_names(engine: HFEngine) -> None:
         engine.load_weights({"not.a.weight": torch.zeros(1)})
 
 
-@pytest.mark.parametrize("fp4", ["none", "mxfp4"])
-def test_static_decode_equals_dynamic(tiny_base: Path, fp4: str) -> None:
+@pytest.mark.parametrize(("fp4", "prefill_tokens"), [("none", 32768), ("mxfp4", 32768), ("mxfp4", 70)])
+def test_static_decode_equals_dynamic(
+    tiny_base: Path, fp4: str, prefill_tokens: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Same tokens (greedy) and log-probs from both loops, with small prompt and attention buckets so that
-    prompts are padded past their width and steps cross several attention lengths."""
+    prompts are padded past their width and steps cross several attention lengths; with a small prefill
+    budget the prompts are prefilled a row or two at a time, into the right rows of the cache."""
     from rl.fp4.packed import pack_linears
     from rl.fp4.qat import qat_linear_names
+    from rl.rollout import static_decode
+
+    monkeypatch.setattr(static_decode, "PREFILL_TOKENS", prefill_tokens)
 
     model, tokenizer = load_model(str(tiny_base)), load_tokenizer(str(tiny_base))
     pack_linears(model, qat_linear_names(model, fp4) if fp4 != "none" else [], fp4)

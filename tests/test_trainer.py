@@ -53,6 +53,17 @@ def test_step_updates_weights_and_reports_metrics(tiny_base: Path, batch: TrainB
     assert {"train/clip_frac", "train/grad_norm", "train/lr", "train/ratio_mean"} <= set(metrics)
 
 
+def test_tf32_is_the_trainers_matmul_setting(tiny_base: Path) -> None:
+    """``trainer.tf32`` sets the process's float32 matmul mode (it acts on a GPU; the flag is what can be seen here)."""
+    try:
+        make_trainer(tiny_base, tf32=True)
+        assert torch.backends.cuda.matmul.allow_tf32
+        make_trainer(tiny_base)
+        assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 @pytest.mark.parametrize("advantage", [1.0, -1.0])
 def test_one_small_step_moves_the_sequence_logprob_with_its_advantage(
     tiny_base: Path, batch: TrainBatch, advantage: float

@@ -6,6 +6,8 @@
 # and touch READY beside it; this waits for READY. Run from the repo root with the GPU wheels on PYTHONPATH;
 # writes the log, nvidia-smi samples and the report under ${OUT:-gpu-out}, progress in done.txt.
 set -uo pipefail
+# the trainer and the rollout share the GPU: let freed blocks be reused across sizes rather than stay reserved
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 out=${OUT:-gpu-out}
 models=${DISTILLERY_MODELS:?set DISTILLERY_MODELS to the folder that will hold the GGUF}
 mkdir -p "$out"

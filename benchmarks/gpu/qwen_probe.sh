@@ -14,7 +14,7 @@ until [ -f "$models/READY" ]; do sleep 5; done
 note "model staged"
 common=(model=qwen2.5-coder-0.5b fp4=nvfp4 rollout.dtype=bfloat16 logger=disabled runs_root="$out/runs"
         steps=2 prompts_per_step=32 eval_every=0 eval_samples=0 specialist.num_eval_tasks=0
-        trainer.lr=2e-6 trainer.num_minibatches=4 trainer.micro_batch_size=32
+        trainer.lr=2e-6 trainer.num_minibatches=4 trainer.micro_batch_size=8 trainer.tf32=true
         rollout.max_new_tokens=384 rollout.max_batch_size=1024)
 for spec in gsm8k mbpp; do
   python -m jobs.train_specialist specialist=$spec run_name=probe-$spec "${common[@]}" > "$out/probe_$spec.log" 2>&1

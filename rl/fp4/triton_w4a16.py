@@ -124,7 +124,7 @@ if triton is not None:
 
         wq_rows = wq_ptr + offs_n[:, None].to(tl.int64) * stride_wn
         ws_rows = ws_ptr + offs_n[:, None].to(tl.int64) * stride_sn
-        x_cols = x_ptr + offs_m[None, :] * stride_xm
+        x_cols = x_ptr + offs_m[None, :].to(tl.int64) * stride_xm  # M * K can pass 2**31 (a long prefill)
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for kt in range(kt_start, kt_end):
             j = kt * HALF + offs_j
@@ -169,7 +169,7 @@ if triton is not None:
                 )
                 acc = tl.dot(w_tile, x_tile, acc)
 
-        out_ptrs = out_ptr + offs_m[None, :] * stride_om + offs_n[:, None] * stride_on
+        out_ptrs = out_ptr + offs_m[None, :].to(tl.int64) * stride_om + offs_n[:, None] * stride_on
         mask = n_mask[:, None] & m_mask[None, :]
         if ATOMIC:
             tl.atomic_add(out_ptrs, acc, mask=mask, sem="relaxed")

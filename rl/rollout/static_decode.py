@@ -32,6 +32,9 @@ from rl.rollout.sampling import exponential_race, sample_tokens
 from rl.types import SamplingParams
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+PREFILL_TOKENS = (
+    32768  # padded prompt tokens per prefill chunk (bounds the mask, the scores and a matmul's M)
+)
 
 
 def supports(model: torch.nn.Module) -> str | None:
@@ -249,12 +252,22 @@ class StaticDecoder:
     # ------------------------------------------------------------------------------------------ forward
 
     def _prefill(self, sess: Session, ids_BP: torch.Tensor) -> torch.Tensor:
-        """Run the padded prompts, fill cache columns [0, P); the last position's logits [B, V]."""
+        """Run the padded prompts, fill cache columns [0, P); the last position's logits [B, V]. Rows go through
+        in chunks of about ``PREFILL_TOKENS`` tokens: one long prompt pads every row of its batch to its width,
+        and the attention mask and scores of a whole batch at once grow with B * P * P."""
         B, P = ids_BP.shape
+        rows = max(1, PREFILL_TOKENS // P)
+        return torch.cat([self._prefill_rows(sess, ids_BP[r : r + rows], r) for r in range(0, B, rows)])
+
+    def _prefill_rows(self, sess: Session, ids_BP: torch.Tensor, first: int) -> torch.Tensor:
+        """``_prefill`` of the batch rows ``first ..`` (``ids_BP`` holds them)."""
+        B, P = ids_BP.shape
+        at = slice(first, first + B)
         cols = sess.columns[:P]
-        positions_BP = (cols[None] - sess.pad_B[:, None]).clamp_min(0)
+        pad_B = sess.pad_B[at]
+        positions_BP = (cols[None] - pad_B[:, None]).clamp_min(0)
         cos, sin = sess.cos[positions_BP], sess.sin[positions_BP]
-        key_ok_BP = cols[None] >= sess.pad_B[:, None]
+        key_ok_BP = cols[None] >= pad_B[:, None]
         causal_PP = cols[:, None] >= cols[None]
         # a padding query sees only itself (finite values; never attended to by real tokens)
         mask = (causal_PP[None] & key_ok_BP[:, None]) | torch.eye(P, dtype=torch.bool, device=self.device)
@@ -264,8 +277,8 @@ class StaticDecoder:
             q, k, v = self._project(i, attn, layer.input_layernorm(x))
             q, k = qk_rope(q, k, *self._qk_norms(attn), self.eps, cos, sin, self.head_dim)
             v = v.view(B, P, -1, self.head_dim).transpose(1, 2)
-            sess.k[i][:, :, :P] = k
-            sess.v[i][:, :, :P] = v
+            sess.k[i][at, :, :P] = k
+            sess.v[i][at, :, :P] = v
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask[:, None], scale=self.scaling, enable_gqa=True
             )

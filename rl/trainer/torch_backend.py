@@ -83,6 +83,7 @@ class TorchTrainer:
         self.spec, self.cfg, self.dist = spec, spec.cfg, dist_info or DistInfo()
         torch.manual_seed(spec.seed)
         self.device = self._pick_device()
+        torch.backends.cuda.matmul.allow_tf32 = self.cfg.tf32
         if self.dist.world_size > 1 or self.always_distributed:
             self._init_process_group()
         self.model = load_model(spec.model_path, spec.dtype).to(self.device).train()
@@ -175,7 +176,16 @@ class TorchTrainer:
                     self.model, micro.input_ids_BT, micro.attention_mask_BT, self.spec.temperature
                 )[0]
             )
-        return torch.cat(out).cpu()
+        logprobs_BT = torch.cat(out).cpu()
+        self._release_cache()
+        return logprobs_BT
+
+    def _release_cache(self) -> None:
+        """Hand the allocator's cached blocks back to the GPU: a colocated rollout worker shares it, and the
+        trainer's peak (full-vocabulary logits of a micro-batch) would otherwise stay reserved through the
+        next rollout (an H200 ran out that way: the trainer held 132 of 140 GB)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def train_step(self, *work: Any) -> dict[str, float]:
         """One optimizer step of the objective over ``work`` (what the objective takes: a batch shard and the
@@ -201,6 +211,7 @@ class TorchTrainer:
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
         grad_norm, nonfinite = self._optimizer_step(sums["train/loss"])
+        self._release_cache()
         return self.objective.finish(sums) | {"train/grad_norm": grad_norm, "train/nonfinite": float(nonfinite),
                                               "train/lr": float(self.scheduler.get_last_lr()[0])}  # fmt: skip
 
