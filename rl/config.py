@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "trainer.backend": ("torch", "deepspeed"),  # rl.trainer.backends.BACKENDS
     "trainer.lr_schedule": ("constant", "linear", "cosine"),  # rl.trainer.torch_backend.lr_lambda
     "trainer.zero_stage": (1, 2, 3),  # rl.trainer.deepspeed_backend.ZERO_STAGES
+    "trainer.optimizer": ("adamw", "muon"),  # rl.trainer.optim.OPTIMIZERS
     "algorithm.advantage": ("grpo", "dr_grpo", "rloo"),  # rl.algorithms.advantages.ADVANTAGES
     "algorithm.policy_loss": ("ppo_clip", "gspo", "cispo"),  # rl.algorithms.policy_loss.POLICY_LOSSES
     "algorithm.aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),  # .aggregation
@@ -218,7 +219,8 @@ class RolloutConfig:
 class TrainerConfig:
     backend: str = "torch"  # torch (one process, or DDP over gloo/nccl) | deepspeed (ZeRO over gloo/nccl)
     num_ranks: int = 1  # data-parallel TrainerWorker ranks
-    lr: float = 1e-4  # peak AdamW learning rate
+    optimizer: str = "adamw"  # adamw | muon (Muon on the hidden matrices, AdamW on the rest; torch backend)
+    lr: float = 1e-4  # peak learning rate (Muon's steps are scaled to AdamW's RMS, so one lr serves both)
     lr_schedule: str = "constant"  # constant | linear | cosine, after warmup
     warmup_steps: int = 0  # linear warmup optimizer steps
     min_lr_ratio: float = 0.1  # floor of linear/cosine decay as a fraction of lr
@@ -235,12 +237,16 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         check_fields("trainer", self, {
-            "backend": registered("trainer.backend"), "num_ranks": at_least(1), "lr": above(0),
+            "backend": registered("trainer.backend"), "optimizer": registered("trainer.optimizer"),
+            "num_ranks": at_least(1), "lr": above(0),
             "lr_schedule": registered("trainer.lr_schedule"), "warmup_steps": at_least(0),
             "min_lr_ratio": within(0, 1), "weight_decay": at_least(0), "betas": each(within(0, 0.9999), count=2),
             "grad_clip": finite(), "micro_batch_size": at_least(1), "num_minibatches": at_least(1),
             "max_nonfinite_steps": at_least(0),
         })  # fmt: skip
+        if self.optimizer == "muon" and self.backend != "torch":
+            raise ConfigValueError("trainer.optimizer=muon needs trainer.backend=torch (DeepSpeed builds its own "
+                                   "optimizer: AdamW)")  # fmt: skip
         if self.zero_stage not in CHOICES["trainer.zero_stage"]:
             raise ConfigValueError(f"trainer.zero_stage must be one of {CHOICES['trainer.zero_stage']}, "
                                    f"got {self.zero_stage}")  # fmt: skip

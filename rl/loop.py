@@ -135,11 +135,13 @@ class Loop:
         self._clock: tuple[float, int] | None = None  # (time, step) of the first step this process ran
 
     def resume(self, checkpoint: Path) -> None:
-        """Load ``checkpoint`` into the workers and the data stream(s); cut the metrics back to its step."""
+        """Load ``checkpoint`` into the workers and the data stream(s); cut the metrics and samples back to its
+        step."""
         self.trainer.load(str(checkpoint))
         self.rollout.push_weights(self.trainer.export_weights())
         self.step_fn.seek(self.state.data)
-        truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
+        for log in ("metrics.jsonl", "samples.jsonl"):
+            truncate_metrics(self.run_dir / log, self.state.step)
         self.last_checkpoint = str(checkpoint)
         print(f"resuming {self.run_dir} from {checkpoint.name} (step {self.state.step})", flush=True)
 

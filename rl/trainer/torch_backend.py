@@ -1,6 +1,7 @@
-"""The ``torch`` trainer engine of one rank: master weights, AdamW, the LR schedule, accumulation over
-micro-batches, clipping and the optimizer step, export / save / load. What it optimizes is an objective
-(``rl/trainer/objective.py``): the policy-gradient loss of RL or the on-policy distillation loss.
+"""The ``torch`` trainer engine of one rank: master weights, the optimizer (``rl/trainer/optim.py``), the LR
+schedule, accumulation over micro-batches, clipping and the optimizer step, export / save / load. What it
+optimizes is an objective (``rl/trainer/objective.py``): the policy-gradient loss of RL or the on-policy
+distillation loss.
 
 With ``world_size > 1`` each rank is one process (one TrainerWorker actor) and gradients are averaged
 by DDP over gloo (CPU) or NCCL (GPU); objectives scale their losses so the gradient is the whole batch's.
@@ -28,6 +29,7 @@ from rl.fp4.qat import HostStaging, apply_qat, export_weights, fake_quant_weight
 from rl.memory import peak_gpu_gib
 from rl.models import load_model
 from rl.trainer.objective import Objective
+from rl.trainer.optim import make_optimizer
 from rl.trainer.spec import TrainerSpec
 from rl.types import TrainBatch
 from rl.weight_sync import SharedExport, SharedWeights, device_uuid
@@ -113,14 +115,10 @@ class TorchTrainer:
         return torch.device("cuda", index)
 
     def _setup_optimizer(self, optimizer_steps: int) -> None:
-        """AdamW over the master weights, the LR schedule, and DDP when there are several ranks."""
+        """``trainer.optimizer`` (AdamW, or Muon + AdamW) over the master weights, the LR schedule, and DDP when
+        there are several ranks."""
         self.ddp = DistributedDataParallel(self.model) if self.dist.world_size > 1 else None
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=self.cfg.lr,
-            betas=(self.cfg.betas[0], self.cfg.betas[1]),
-            weight_decay=self.cfg.weight_decay,
-        )
+        self.optimizer = make_optimizer(self.model, self.cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.cfg, optimizer_steps)
         )

@@ -49,8 +49,8 @@ CASES = [
     case("index-into-a-list", "train_specialist", "specialist.levels.hard=1 does not compose", "specialist.levels.hard=1"),
     case("appended-unknown-key", "train_specialist", "unknown config key(s) trainer.foo", "+trainer.foo=1"),
     case("group-option-typo", "train_specialist",
-         "unknown algorithm=grpoo (Could not find 'algorithm/grpoo'); available options in 'algorithm': dr_grpo, grpo, "
-         "grpo_kl, rloo", "algorithm=grpoo"),
+         "unknown algorithm=grpoo (Could not find 'algorithm/grpoo'); available options in 'algorithm': cispo, dr_grpo, "
+         "grpo, grpo_kl, gspo, rloo", "algorithm=grpoo"),
     case("group-option-typo-distill", "distill", "available options in 'trainer': deepspeed, torch", "trainer=deepseed"),
     case("wrong-type-float", "train_specialist", "trainer.lr: Value 'fast' of type 'str' could not be converted to Float",
          "trainer.lr=fast"),

@@ -116,6 +116,8 @@ def assert_one_run_like(run_dir: Path, reference: Path) -> None:
     assert [m["step"] for m in metrics(run_dir)] == [0, 1, 2, 3, 4]
     # bitwise: a redone batch has the same seeds, a resumed step the same weights, optimizer state and data
     assert compared(run_dir) == compared(reference)
+    samples = [(run_dir / "samples.jsonl").read_text(), (reference / "samples.jsonl").read_text()]
+    assert samples[0] == samples[1] and samples[0]  # the eval generations too, each logged once
     assert len({p.name.rsplit("-", 1)[-1] for p in run_dir.glob("wandb/offline-run-*")}) == 1
     logged = [h["_step"] for h in wandb_history(run_dir) if "train/loss" in h or "eval/math/pass@1" in h]
     assert sorted(logged) == [0, 1, 2, 3, 4]
