@@ -181,7 +181,8 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
 
 
 def record_specialist(cfg: SpecialistRunConfig, base: str, summary: dict[str, Any], tracker: Tracker) -> str:
-    """The finished run's final checkpoint in the registry (and as a W&B artifact) under ``run_name``."""
+    """The finished run's final checkpoint in the registry (and as a W&B artifact, named in ``summary``) under
+    ``run_name``."""
     from specialists.registry import SpecialistEntry, register, registry_path
 
     evals = {k: v for k, v in summary.items() if k.startswith("eval/")}
@@ -196,6 +197,7 @@ def record_specialist(cfg: SpecialistRunConfig, base: str, summary: dict[str, An
         wandb_artifact=artifact,
     ))  # fmt: skip
     print(f"registered specialist {cfg.run_name!r} ({cfg.specialist.domain}) in {path}", flush=True)
+    summary["wandb_artifact"] = artifact
     return str(path)
 
 

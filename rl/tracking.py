@@ -164,9 +164,10 @@ class Tracker:
             self.run.use_artifact(artifact)
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """Write ``summary.json`` (with the W&B run id, when W&B is on), set the W&B summary, close the run."""
+        """Write ``summary.json`` (with the W&B run id, when W&B is on, also added to ``summary`` itself: what a
+        job returns is what it wrote), set the W&B summary, close the run."""
         if not self.run.disabled:
-            summary = {**summary, "wandb_run_id": self.run_id}
+            summary["wandb_run_id"] = self.run_id
         write_json_atomic(self.run_dir / "summary.json", summary)
         for key, value in summary.items():
             self.run.summary[key] = value

@@ -118,6 +118,8 @@ def check_wandb(out: Path) -> None:
             and logged["base-tiny-all"]["use_after_commit"]
         )
         assert registry[stage].wandb_artifact == f"specialist-{stage}:latest"
+        assert report["specialists"][stage]["wandb_artifact"] == f"specialist-{stage}:latest"
+        assert report["specialists"][stage]["wandb_run_id"] == registry[stage].wandb_run_id
         assert used[f"specialist-{stage}"]["digest"] == logged[f"specialist-{stage}"]["digest"]
     (student,) = [a for a in artifacts(out / "distill") if a["type"] == "student"]
     assert student["name"] == "student-distill" and not student.get("use_after_commit")
