@@ -28,13 +28,27 @@ def ppo_clip(
     GRPO (arXiv 2402.03300) is the symmetric case clip_low == clip_high.
     """
     _check_same_shape(logprobs_BT, old_logprobs_BT, advantages_BT, mask_BT)
-    if not 0.0 <= clip_low < 1.0 or clip_high < 0.0:
-        raise ValueError(f"ppo_clip needs 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    _check_clip("ppo_clip", clip_low, clip_high)
     keep_BT = mask_BT > 0
     # The log-ratio is zeroed on masked positions *before* exp, so padding can never overflow into
     # inf/NaN gradients (0 * inf in exp's backward); masked tokens then get exactly zero gradient.
     log_ratio_BT = torch.where(keep_BT, logprobs_BT - old_logprobs_BT.detach(), 0.0)
-    ratio_BT = torch.exp(log_ratio_BT)
+    return _clipped_surrogate(torch.exp(log_ratio_BT), advantages_BT, keep_BT, clip_low, clip_high)
+
+
+def _check_clip(name: str, clip_low: float, clip_high: float) -> None:
+    if not 0.0 <= clip_low < 1.0 or clip_high < 0.0:
+        raise ValueError(f"{name} needs 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+
+
+def _clipped_surrogate(
+    ratio_BT: torch.Tensor,
+    advantages_BT: torch.Tensor,
+    keep_BT: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """-min(r * A, clip(r, 1 - clip_low, 1 + clip_high) * A) on kept tokens (0 elsewhere), and the ratio metrics."""
     advantages_BT = advantages_BT.detach()
     unclipped_BT = ratio_BT * advantages_BT
     clipped_BT = ratio_BT.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages_BT
@@ -61,21 +75,14 @@ def gspo(
     (3e-4 / 4e-4; ``configs/algorithm/gspo.yaml``); one token's routing flip in an MoE moves s_i by 1/|o_i| of it.
     """
     _check_same_shape(logprobs_BT, old_logprobs_BT, advantages_BT, mask_BT)
-    if not 0.0 <= clip_low < 1.0 or clip_high < 0.0:
-        raise ValueError(f"gspo needs 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    _check_clip("gspo", clip_low, clip_high)
     keep_BT = mask_BT > 0
     log_ratio_BT = torch.where(keep_BT, logprobs_BT - old_logprobs_BT.detach(), 0.0)
-    tokens_B = keep_BT.sum(-1).clamp(min=1)
-    seq_log_ratio_B = log_ratio_BT.sum(-1) / tokens_B  # mean over the sequence's trained tokens
-    token_term_BT = torch.where(
-        keep_BT, logprobs_BT - logprobs_BT.detach(), 0.0
-    )  # value 0, gradient grad logp
+    # the mean over each sequence's trained tokens, and a term of value 0 whose gradient is grad logp
+    seq_log_ratio_B = log_ratio_BT.sum(-1) / keep_BT.sum(-1).clamp(min=1)
+    token_term_BT = torch.where(keep_BT, logprobs_BT - logprobs_BT.detach(), 0.0)
     ratio_BT = torch.exp(seq_log_ratio_B.detach()[:, None] + token_term_BT)
-    advantages_BT = advantages_BT.detach()
-    unclipped_BT = ratio_BT * advantages_BT
-    clipped_BT = ratio_BT.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages_BT
-    loss_BT = torch.where(keep_BT, -torch.minimum(unclipped_BT, clipped_BT), 0.0)
-    return loss_BT, _ratio_metrics(ratio_BT.detach(), (clipped_BT < unclipped_BT).detach(), keep_BT)
+    return _clipped_surrogate(ratio_BT, advantages_BT, keep_BT, clip_low, clip_high)
 
 
 def cispo(

@@ -32,9 +32,8 @@ from rl.rollout.sampling import exponential_race, sample_tokens
 from rl.types import SamplingParams
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-PREFILL_TOKENS = (
-    32768  # padded prompt tokens per prefill chunk (bounds the mask, the scores and a matmul's M)
-)
+# padded prompt tokens per prefill chunk (bounds the attention mask, the scores and a matmul's M)
+PREFILL_TOKENS = 32768
 
 
 def supports(model: torch.nn.Module) -> str | None:

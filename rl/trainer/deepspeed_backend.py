@@ -150,6 +150,7 @@ class DeepSpeedTrainer(TorchTrainer):
 
     def export_weights(self) -> dict[str, Any]:
         """Rank 0: the full weights with QAT linears packed as FP4; other ranks: {} (collective)."""
+        self._release_cache()
         with self._gathered():
             return (
                 to_cpu(export_weights(self.model, self.qat_names, self.spec.fp4))
@@ -159,6 +160,7 @@ class DeepSpeedTrainer(TorchTrainer):
 
     def export_shared(self) -> SharedWeights | None:
         """``export_weights`` into rank 0's shared CUDA buffer, as the torch backend's (collective)."""
+        self._release_cache()
         with self._gathered():
             state = export_weights(self.model, self.qat_names, self.spec.fp4) if self.dist.rank == 0 else None
         return self.shared.export(state) if state is not None else None

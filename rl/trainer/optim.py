@@ -20,10 +20,8 @@ from rl.config import TrainerConfig
 
 OPTIMIZERS = ("adamw", "muon")
 MUON_MOMENTUM = 0.95
-ROUTER_SUFFIXES = (
-    ".gate.weight",
-    ".router.weight",
-)  # MoE routers (Qwen3-MoE / Mixtral: mlp.gate; others router)
+# MoE routers: Qwen3-MoE and Mixtral name theirs mlp.gate, others router
+ROUTER_SUFFIXES = (".gate.weight", ".router.weight")
 
 
 def muon_split(model: torch.nn.Module) -> tuple[list[str], list[str]]:
@@ -57,8 +55,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
             [params[n] for n in adamw_names], lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]),
             weight_decay=cfg.weight_decay,
         )  # fmt: skip
+        # Optimizer.add_param_group keeps the dicts it is given: these groups are the inner optimizers' own
         super().__init__(self.muon.param_groups + self.adamw.param_groups, {})
-        self.param_groups = self.muon.param_groups + self.adamw.param_groups  # the same dicts, not copies
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]

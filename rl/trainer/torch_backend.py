@@ -174,14 +174,13 @@ class TorchTrainer:
                     self.model, micro.input_ids_BT, micro.attention_mask_BT, self.spec.temperature
                 )[0]
             )
-        logprobs_BT = torch.cat(out).cpu()
-        self._release_cache()
-        return logprobs_BT
+        return torch.cat(out).cpu()
 
     def _release_cache(self) -> None:
-        """Hand the allocator's cached blocks back to the GPU: a colocated rollout worker shares it, and the
-        trainer's peak (full-vocabulary logits of a micro-batch) would otherwise stay reserved through the
-        next rollout (an H200 ran out that way: the trainer held 132 of 140 GB)."""
+        """Hand the allocator's cached blocks back to the GPU, once a step, when the weights go out to the
+        rollout: a colocated rollout worker shares the GPU, and the trainer's peak (full-vocabulary logits of a
+        micro-batch) would otherwise stay reserved through the next rollout (an H200 ran out that way: the
+        trainer held 132 of 140 GB)."""
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -209,7 +208,6 @@ class TorchTrainer:
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
         grad_norm, nonfinite = self._optimizer_step(sums["train/loss"])
-        self._release_cache()
         return self.objective.finish(sums) | {"train/grad_norm": grad_norm, "train/nonfinite": float(nonfinite),
                                               "train/lr": float(self.scheduler.get_last_lr()[0])}  # fmt: skip
 
@@ -218,6 +216,7 @@ class TorchTrainer:
 
         Rank 0 answers; other ranks return {} (backends that shard weights gather them in this call).
         """
+        self._release_cache()
         if self.dist.rank != 0:
             return {}
         return to_cpu(export_weights(self.model, self.qat_names, self.spec.fp4), self.staging)
@@ -225,6 +224,7 @@ class TorchTrainer:
     def export_shared(self) -> SharedWeights | None:
         """``export_weights`` packed into this rank's CUDA buffer, answered by its IPC handle (rank 0; others
         None): for rollout workers on the same GPU (``rl.weight_sync``)."""
+        self._release_cache()
         if self.dist.rank != 0:
             return None
         return self.shared.export(export_weights(self.model, self.qat_names, self.spec.fp4))
