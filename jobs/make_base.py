@@ -18,7 +18,6 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-import os
 import random
 import shutil
 import time
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING
 from jobs.cli import job_main
 from jobs.common import check_model_path, check_writable
 from jobs.config import MakeBaseConfig
+from rl.cache import cache_dir
 from rl.config import BaseRecipe, ModelConfig
 
 if TYPE_CHECKING:
@@ -115,7 +115,6 @@ def recipe_hash(recipe: BaseRecipe) -> str:
 
 
 def cached_base_path(recipe: BaseRecipe) -> Path:
-    from rl.models import cache_dir
 
     return cache_dir() / "bases" / f"tiny-{recipe_hash(recipe)}"
 
@@ -268,9 +267,8 @@ def check_inputs(cfg: MakeBaseConfig) -> None:
     """Where the base goes can be written (the recipe's values were checked by its schema)."""
     if cfg.output:
         check_writable(Path(cfg.output), "output")
-    else:  # rl.models.cache_dir's rule (that module imports torch)
-        cache = Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
-        check_writable(cache, "the cache directory (DISTILLERY_CACHE)")
+    else:
+        check_writable(cache_dir(), "the cache directory (DISTILLERY_CACHE)")
 
 
 def resolve_model_path(model: ModelConfig) -> str:

@@ -202,7 +202,7 @@ def base_stage(cfg: PipelineRunConfig, model: ModelConfig, group: str) -> dict[s
 def run(cfg: PipelineRunConfig) -> dict[str, Any]:
     """Every stage in order; returns the report (also written to ``report.json`` / ``report.md``)."""
     from jobs import report as report_mod
-    from rl.models import cache_dir
+    from rl.cache import cache_dir
 
     started = time.perf_counter()
     specialists, distill = stage_configs(cfg)

@@ -297,6 +297,9 @@ class SpecialistConfig:
     levels: list[int] = field(default_factory=lambda: [1, 2, 3])  # synthetic difficulty levels
     data_seed: int = 0  # seed of the synthetic generator and of the prompt order
     max_turns: int = 4  # agent: model turns per episode (rollout.max_new_tokens bounds each turn)
+    # agent: the instruction under each question: short (the tool names; what the embedded base was SFT'd on) |
+    # full (the call and observation formats spelled out, for a pretrained model new to the environment)
+    tool_prompt: str = "short"
     reward_timeout_s: float = 10.0  # a reward still running after this gets 0 ("reward_error: timeout")
     max_reward_error_rate: float = (
         0.25  # share of a step's rewards that may raise or hang before the run stops
@@ -308,6 +311,7 @@ class SpecialistConfig:
         check_fields("specialist", self, {
             "train_data": one_of(sources), "eval_data": one_of(sources), "num_train_tasks": at_least(0),
             "num_eval_tasks": at_least(0), "levels": subset_of(CHOICES["specialist.levels"]), "max_turns": at_least(1),
+            "tool_prompt": one_of(("short", "full")),
             "reward_timeout_s": above(0), "max_reward_error_rate": within(0, 1),
         })  # fmt: skip
 

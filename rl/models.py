@@ -10,7 +10,6 @@ once into such a directory (``gguf_model_dir``); SmolLM2-135M-Instruct comes tha
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config
 
+from rl.cache import cache_dir
 from rl.model_files import TOKENIZER_FILES, ModelLoadError, check_gguf_file, check_model_dir, is_local
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cache_dir() -> Path:
-    """Where built bases and converted models live: ``$DISTILLERY_CACHE`` or ``~/.cache/distillery``."""
-    return Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
 
 
 def check_model(name_or_path: str) -> None:

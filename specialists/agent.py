@@ -20,7 +20,7 @@ SOURCES = ("synthetic",)
 def _tasks(name: str, split: str, n: int, cfg: SpecialistConfig) -> list[Task]:
     if name not in SOURCES:
         raise ValueError(f"unknown agent task source {name!r}; valid: {', '.join(SOURCES)}")
-    return agent_tasks(n, split, cfg.data_seed, tuple(cfg.levels))
+    return agent_tasks(n, split, cfg.data_seed, tuple(cfg.levels), cfg.tool_prompt)
 
 
 def train_tasks(cfg: SpecialistConfig) -> list[Task]:

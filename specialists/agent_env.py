@@ -38,6 +38,7 @@ Train and held-out tasks are disjoint by a hash of the question text, as in ``sp
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 import operator
@@ -61,6 +62,22 @@ LEVELS = (1, 2, 3)
 MAX_TURNS = 6  # level 3 needs 4 (three tool calls and the answer); two spare turns to recover from an error
 FORMAT_REWARD = 0.1
 INSTRUCTION = "Tools: lookup, calc. Put the final answer in \\boxed{}."
+# The same task for a model that never saw this environment (a pretrained one): the tools, the call and
+# observation formats and one worked episode, before the question (specialist.tool_prompt=full). On 16 held-out
+# tasks Qwen2.5-Coder-0.5B-Instruct (greedy, CPU) scored 0/16 with the short instruction, 0/16 with the formats
+# spelled out (it looped on tool calls and never boxed an answer) and 5/16 with this worked example.
+# The embedded base was SFT'd on the short INSTRUCTION.
+FULL_INSTRUCTION = (
+    "Answer the question with the help of two tools: lookup gives an item's price (prices are known only "
+    "through it) and calc evaluates arithmetic. Write one tool call at a time; its result comes back as "
+    "<obs>...</obs>. When you know the answer, write it as \\boxed{N}. For example:\n"
+    "Question: What do 2 pens and 3 cups cost?\n"
+    '<tool>{"name": "lookup", "arg": "pens"}</tool>\n<obs>7</obs>\n'
+    '<tool>{"name": "lookup", "arg": "cups"}</tool>\n<obs>4</obs>\n'
+    '<tool>{"name": "calc", "arg": "2 * 7 + 3 * 4"}</tool>\n<obs>26</obs>\n\\boxed{26}\n\n'
+    "Question: "
+)
+INSTRUCTIONS = {"short": INSTRUCTION, "full": FULL_INSTRUCTION}  # specialist.tool_prompt
 # Every final reason of an episode (StepResult.info["reason"]) and of score_agent.
 REASONS = ("correct", "wrong_answer", "unparsable_answer", "no_answer", "turn_limit", "transcript_mismatch")
 
@@ -473,6 +490,15 @@ def agent_demos(
     return [make_agent_demo(rng, rng.choice(levels), i, split, boxed_share) for i in range(n)]
 
 
-def agent_tasks(n: int, split: str = "train", seed: int = 0, levels: tuple[int, ...] = LEVELS) -> list[Task]:
-    """``n`` seeded tool-use tasks (no transcripts) for RL and evaluation."""
-    return [demo.task for demo in agent_demos(n, split, seed, levels)]
+def agent_tasks(
+    n: int, split: str = "train", seed: int = 0, levels: tuple[int, ...] = LEVELS, tool_prompt: str = "short"
+) -> list[Task]:
+    """``n`` seeded tool-use tasks (no transcripts) for RL and evaluation; ``tool_prompt`` picks the instruction
+    (``INSTRUCTIONS``): the same tasks either way."""
+    if tool_prompt not in INSTRUCTIONS:
+        raise ValueError(f"unknown tool_prompt {tool_prompt!r}; valid: {', '.join(INSTRUCTIONS)}")
+    tasks = [demo.task for demo in agent_demos(n, split, seed, levels)]
+    if tool_prompt == "short":
+        return tasks
+    return [dataclasses.replace(t, prompt=INSTRUCTIONS[tool_prompt] + t.prompt.removesuffix("\n" + INSTRUCTION))
+            for t in tasks]  # fmt: skip

@@ -332,6 +332,30 @@ def test_levels_are_respected() -> None:
     assert [c[0] for c in json.loads(level3.answer)["calls"]] == ["lookup", "lookup", "calc"]
 
 
+def test_full_tool_prompt_spells_out_the_formats_for_the_same_tasks() -> None:
+    """specialist.tool_prompt=full (a pretrained model): the same episodes, the formats and a worked example
+    before the question; the scripted policy still solves them; an unknown name is a clear error (config and function)."""
+    from rl.config import SpecialistConfig
+    from specialists.agent import eval_tasks
+
+    short = agent_env.agent_tasks(30, "heldout", seed=1)
+    full = agent_env.agent_tasks(30, "heldout", seed=1, tool_prompt="full")
+    assert [(t.uid, t.answer, t.level) for t in short] == [(t.uid, t.answer, t.level) for t in full]
+    for s, f in zip(short, full, strict=True):
+        question = s.prompt.removesuffix("\n" + agent_env.INSTRUCTION)
+        assert f.prompt == agent_env.FULL_INSTRUCTION + question and question.endswith("?")
+        _, result = play(make_env(f), scripted_actions(f))
+        assert result.reward == 1.0
+    assert '<tool>{"name": "lookup", "arg": "pens"}</tool>' in agent_env.FULL_INSTRUCTION
+    assert "<obs>7</obs>" in agent_env.FULL_INSTRUCTION and "\\boxed{26}" in agent_env.FULL_INSTRUCTION
+    cfg = SpecialistConfig(domain="agent", num_eval_tasks=5, tool_prompt="full")
+    assert all(t.prompt.startswith(agent_env.FULL_INSTRUCTION) for t in eval_tasks(cfg))
+    with pytest.raises(ValueError, match="tool_prompt"):
+        SpecialistConfig(domain="agent", tool_prompt="long")
+    with pytest.raises(ValueError, match="unknown tool_prompt 'long'"):
+        agent_env.agent_tasks(1, tool_prompt="long")
+
+
 def test_bad_split_and_level_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="unknown split 'test'"):
         agent_env.agent_tasks(1, "test")

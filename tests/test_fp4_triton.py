@@ -37,6 +37,57 @@ def test_module_imports_without_gpu() -> None:
             triton_w4a16.fp4_linear(torch.randn(2, 32, dtype=torch.bfloat16), q)
 
 
+def test_tuning_file_is_reused_by_the_next_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first process times the candidates and writes its choice; a later one (the module's file view reset)
+    takes it from the file without timing; choices from other processes merge; a corrupt file is timed again."""
+    from rl.fp4 import triton_w4a16 as tw
+    from rl.fp4.triton_w4a16 import KernelConfig
+
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path))
+    monkeypatch.setattr(tw, "_SAVED", None)
+    timed: list[int] = []
+    picks = iter([KernelConfig(64, 64, 128, 2, 4, 4, True), KernelConfig(16, 32, 256, 1, 4, 3)])
+
+    def fake_tune(x: torch.Tensor, q: object, bias: object) -> KernelConfig:
+        timed.append(x.shape[0])
+        return next(picks)
+
+    monkeypatch.setattr(tw, "_tune", fake_tune)
+    x = torch.zeros(40, 896)
+    key = (64, 4864, 896, True, False)
+    first = tw._saved_or_tuned(key, x, None, None)  # type: ignore[arg-type]
+    path = tw.tuning_file()
+    assert path.parent == tmp_path / "triton_w4a16" and path.name.startswith("cpu-triton")
+    assert json.loads(path.read_text())["configs"] == {"m64-n4864-k896-nvfp4": {
+        "block_m": 64, "block_n": 64, "block_k": 128, "split_k": 2, "num_warps": 4, "num_stages": 4,
+        "two_dots": True}}  # fmt: skip
+    monkeypatch.setattr(tw, "_SAVED", None)  # a new process
+    assert tw._saved_or_tuned(key, x, None, None) == first and timed == [40]  # type: ignore[arg-type]
+
+    tw.write_tunings(
+        path, {"m16-n128-k896-mxfp4-bias": KernelConfig(16, 64, 128, 1, 4, 4)}
+    )  # another process
+    assert set(tw.read_tunings(path)) == {"m64-n4864-k896-nvfp4", "m16-n128-k896-mxfp4-bias"}
+
+    path.write_text('{"version": 1, "configs": {"m64-n4864-k896-nvfp4": {"block_m": "x"}}')  # cut short
+    assert tw.read_tunings(path) == {}
+    path.write_text('{"version": 1, "configs": {"m64-n4864-k896-nvfp4": {"block_m": "x"}}}')  # not a config
+    monkeypatch.setattr(tw, "_SAVED", None)
+    assert tw._saved_or_tuned(key, x, None, None) == KernelConfig(16, 32, 256, 1, 4, 3)  # type: ignore[arg-type]
+    assert timed == [40, 40] and tw.read_tunings(path) == {
+        "m64-n4864-k896-nvfp4": KernelConfig(16, 32, 256, 1, 4, 3)
+    }
+
+
+def test_unwritable_tuning_file_warns(tmp_path: Path) -> None:
+    from rl.fp4.triton_w4a16 import KernelConfig, write_tunings
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.warns(UserWarning, match="not saved"):
+        write_tunings(blocker / "sub" / "t.json", {"m16-n1-k1-nvfp4": KernelConfig(16, 64, 128, 1, 4, 4)})
+
+
 def _fresh(n: int, k: int, fmt: str, seed: int) -> tuple[torch.Tensor, object]:
     gen = torch.Generator(device="cuda").manual_seed(seed)
     w = torch.randn(n, k, generator=gen, device="cuda") * torch.rand(n, 1, generator=gen, device="cuda")

@@ -66,7 +66,13 @@ def test_the_real_model_experiment_composes_every_stage(tmp_path, monkeypatch: p
     assert all(s.trainer.lr == 2e-6 and s.trainer.num_minibatches == 4 for s in specialists.values())
     assert all(s.trainer.micro_batch_size == 8 and s.trainer.tf32 for s in (*specialists.values(), distill))
     assert distill.distill.lr == 8e-6
-    assert all(s.specialist.num_eval_tasks == 100 for s in specialists.values())  # a progress check only
+    assert all(
+        s.specialist.num_eval_tasks == 100 and s.eval_samples == 0 for s in specialists.values()
+    )  # progress
+    assert (
+        specialists["agent"].specialist.tool_prompt == "full"
+        and specialists["math"].specialist.tool_prompt == "short"
+    )
     assert distill.distill.num_eval_tasks == 0  # the report's table: all 1,319 GSM8K and 500 MBPP test tasks
 
 

@@ -13,7 +13,9 @@ in registers, exactly as ``rl.fp4.formats.dequantize`` does, and feeds ``tl.dot`
 * Tiles are "swapped": the MMA's row dimension runs over the output features N (large) and its column
   dimension over the tokens M (1..128, padded to >= 16), the usual trick for skinny decode matmuls.
   Split-K (fp32 atomics) keeps the SMs busy when N / BLOCK_N is small.
-* A small in-process tuner times a handful of configs per (M bucket, N, K, format) on first use.
+* A small tuner times a handful of configs per (M bucket, N, K, format) on first use and keeps its choice in
+  ``$DISTILLERY_CACHE/triton_w4a16/<gpu>-triton<version>.json``, so that the next process (every job stage,
+  every teacher served for evaluation) starts tuned.
 
 ``import triton`` happens lazily, so this module imports on a CPU-only box; ``fp4_linear`` raises a clear
 error there.
@@ -23,12 +25,19 @@ error there.
 # (Triton kernels annotate their compile-time parameters with `tl.constexpr`; no `from __future__ import
 # annotations` here, so that Triton sees real annotation objects.)
 
+import dataclasses
 import importlib
+import json
+import os
+import re
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from rl.cache import cache_dir
 from rl.fp4.tensors import MXFP4_BLOCK, NVFP4_BLOCK, MXFP4Tensor, NVFP4Tensor
 
 
@@ -271,7 +280,71 @@ def candidate_configs(m: int, n: int, k: int) -> list[KernelConfig]:
     return list(dict.fromkeys(out))
 
 
-_TUNED: dict[tuple[int, int, int, bool, bool], KernelConfig] = {}
+TuneKey = tuple[int, int, int, bool, bool]  # (M bucket, N, K, nvfp4, bias)
+_TUNED: dict[TuneKey, KernelConfig] = {}
+_SAVED: dict[str, KernelConfig] | None = None  # the tuning file's configs, read on the first miss
+
+
+def tuning_file(device: torch.device | None = None) -> Path:
+    """Where the tuner's choices are kept between processes: one JSON file per GPU model and Triton version."""
+    name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else "cpu"
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    version = getattr(triton, "__version__", "none")
+    return cache_dir() / "triton_w4a16" / f"{slug}-triton{version}.json"
+
+
+def key_text(key: TuneKey) -> str:
+    """A tuning key as the file writes it, e.g. ``m64-n4864-k896-nvfp4-bias``."""
+    m, n, k, nvfp4, bias = key
+    return f"m{m}-n{n}-k{k}-{'nvfp4' if nvfp4 else 'mxfp4'}" + ("-bias" if bias else "")
+
+
+def read_tunings(path: Path) -> dict[str, KernelConfig]:
+    """The configs a tuning file holds; a missing, unreadable or foreign file holds none (the tuner times
+    again), as does any entry that is not a KernelConfig."""
+    try:
+        raw = json.loads(path.read_text())
+        entries = raw["configs"] if isinstance(raw, dict) and raw.get("version") == 1 else {}
+    except (OSError, ValueError, KeyError):
+        return {}
+    out = {}
+    for key, fields in entries.items() if isinstance(entries, dict) else ():
+        try:
+            config = KernelConfig(**fields)
+        except TypeError:
+            continue
+        if all(isinstance(v, int) for v in dataclasses.astuple(config)):
+            out[key] = config
+    return out
+
+
+def write_tunings(path: Path, new: dict[str, KernelConfig]) -> None:
+    """Merge ``new`` into the file (another process may have added its own) and replace it atomically; a file
+    that cannot be written costs a warning, not the run."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        merged = read_tunings(path) | new
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        body = {"version": 1, "configs": {k: dataclasses.asdict(merged[k]) for k in sorted(merged)}}
+        tmp.write_text(json.dumps(body, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        warnings.warn(f"W4A16 kernel tuning not saved to {path}: {exc}", stacklevel=2)
+
+
+def _saved_or_tuned(key: TuneKey, x: torch.Tensor, q: MXFP4Tensor | NVFP4Tensor,
+                    bias: torch.Tensor | None) -> KernelConfig:  # fmt: skip
+    """The tuning file's config for ``key``, else a fresh tuning, which is saved."""
+    global _SAVED
+    path = tuning_file(x.device)
+    if _SAVED is None:
+        _SAVED = read_tunings(path)
+    text = key_text(key)
+    if (config := _SAVED.get(text)) is not None:
+        return config
+    config = _SAVED[text] = _tune(x, q, bias)
+    write_tunings(path, {text: config})
+    return config
 
 
 def _bench(fn: Any) -> float:
@@ -315,7 +388,8 @@ def fp4_linear(
     """``x @ dequantize(q).T (+ bias)`` with a Triton W4A16 kernel; x is bf16/fp16 [..., K] on CUDA.
 
     ``q`` is an MXFP4Tensor or NVFP4Tensor of a 2-D weight [N, K] on the same device. ``config`` forces a launch
-    config; otherwise the first call per (M bucket, N, K) times the candidates and caches the fastest.
+    config; otherwise the first call per (M bucket, N, K) takes the tuning file's config or times the candidates
+    and keeps the fastest (in the process and in the file).
     """
     if not isinstance(q, MXFP4Tensor | NVFP4Tensor):
         raise TypeError(f"fp4_linear expects an MXFP4Tensor or NVFP4Tensor, got {type(q).__name__}")
@@ -350,5 +424,5 @@ def fp4_linear(
         key = (_m_bucket(m), n, k, isinstance(q, NVFP4Tensor), bias is not None)
         config = _TUNED.get(key)
         if config is None:
-            config = _TUNED[key] = _tune(x2, q, bias)
+            config = _TUNED[key] = _saved_or_tuned(key, x2, q, bias)
     return _launch(x2, q, bias, config).reshape(*lead, n)
