@@ -40,7 +40,7 @@ for w in .whl/*.whl; do
   case $(basename "$w") in deepspeed-*|trl-*|liger_kernel-*) ;; *) cp "$w" .stage/whl/ ;; esac
 done
 # pytest, for the FP4 kernel's GPU tests the batch runs while the model's parts arrive (benchmarks/gpu/qwen.sh)
-python3 -m pip download -q --no-deps --only-binary=:all: -d .stage/whl pytest==9.2.0 pluggy iniconfig
+python3 -m pip download -q --no-deps --only-binary=:all: -d .stage/whl pytest==9.2.0 pluggy iniconfig pygments
 tok=$(.venv/bin/python -c "from rl.models import smollm2_path; print(smollm2_path())" | tail -1)  # the first call builds it and may log to stdout
 tar -cJf .stage/tok.tar.xz -C "$(dirname "$tok")" --transform "s,^$(basename "$tok"),tokenizer," \
   "$(basename "$tok")"/{tokenizer.json,tokenizer_config.json,chat_template.jinja,config.json,generation_config.json}
