@@ -10,11 +10,15 @@ export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:Tr
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 start=$(date +%s)
+note() { echo "$1 $(( $(date +%s) - start )) s" >> "$out/done.txt"; }
+# beside the staging: the W4A16 kernel's GPU tests (benchmarks/gpu/qwen.sh does the same)
+(timeout 240 python -m pytest -q -p no:cacheprovider -m gpu tests/test_fp4_triton.py > "$out/gpu_tests.log" 2>&1
+ note "fp4 kernel gpu tests rc=$? ($(tail -n 1 "$out/gpu_tests.log"))") &
 until [ -f "${DISTILLERY_MODELS:?set DISTILLERY_MODELS}/READY" ]; do sleep 5; done
-for spec in gsm8k mbpp; do
+for spec in ${SPECS:-gsm8k mbpp}; do  # SPECS=mbpp: the code specialist alone
   python -m jobs.train_specialist specialist=$spec run_name=s-$spec model=qwen2.5-coder-0.5b fp4=nvfp4 \
     rollout.dtype=bfloat16 logger=disabled runs_root="$out/runs2" steps=12 prompts_per_step=32 eval_every=0 \
     eval_samples=0 specialist.num_eval_tasks=0 trainer.lr=2e-6 trainer.num_minibatches=4 trainer.micro_batch_size=8 \
     rollout.max_new_tokens=384 rollout.max_batch_size=512 "$@" > "$out/spec_$spec.log" 2>&1
-  echo "spec $spec rc=$? $(( $(date +%s) - start )) s" >> "$out/done.txt"
+  note "spec $spec rc=$?"
 done
