@@ -171,9 +171,11 @@ def run(cfg: DistillRunConfig) -> dict[str, Any]:
     state = RunState.load(checkpoint) if checkpoint else RunState()
     prompts = Prompts(tokenizer)
     if not state.teachers:
-        print(f"evaluating {len(routes)} teacher(s) on {len(routes)} domain(s)", flush=True)
+        parallel = bool(cfg.cluster.actor_gpus)  # on GPUs side by side; on CPU cores, in turn
+        print(f"evaluating {len({r.teacher.name for r in routes})} teacher(s) on {len(routes)} domain(s)"
+              + (", side by side" if parallel else ""), flush=True)  # fmt: skip
         state.teachers = teacher_evals(routes, data, served_teacher(cfg, env), prompts,
-                                       sampling_params(cfg.rollout, seed=0, temperature=0.0))  # fmt: skip
+                                       sampling_params(cfg.rollout, seed=0, temperature=0.0), parallel)  # fmt: skip
     trainer, rollout, teachers = start_workers(cfg, student, routes, env)
     tracker = Tracker(run_dir, cfg.logger, dataclasses.asdict(cfg), cfg.run_name, job_type="distill",
                       run_id=state.wandb_run_id)  # fmt: skip

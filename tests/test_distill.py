@@ -20,7 +20,7 @@ from rl.rollout.hf import HFEngine
 from rl.sft import chat_prompt_ids
 from rl.trainer.spec import TrainerSpec
 from rl.trainer.torch_backend import TorchTrainer
-from rl.types import DistillPart, SamplingParams, TrainBatch, predicting_mask
+from rl.types import DistillPart, Rollout, SamplingParams, TrainBatch, predicting_mask
 from specialists.registry import RegistryError, SpecialistEntry, load_registry, lookup, register
 from specialists.synthetic import math_tasks
 
@@ -253,3 +253,51 @@ def test_recovery_table_by_hand(tmp_path: Path, tiny_base: Path) -> None:
     }  # (0.5 - 0.2) / (0.6 - 0.2); code's teacher is behind the base
     assert "| math | 0.200 | 0.600 | 0.200 | 0.500 | 75% |" in table
     assert "| code | 0.500 | 0.100 | 0.400 | 0.450 | n/a (the teacher is not ahead of the base) |" in table
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_teacher_evals_side_by_side_equal_in_turn(tmp_path: Path, tiny_base: Path, parallel: bool,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """Each teacher served once and closed, scored on every domain; side by side (threads, a tokenizer each)
+    the scores are the ones taken in turn, and a line per teacher says what it scored."""
+    import threading
+
+    from distill.step import DomainData, teacher_evals
+    from rl.batching import TaskStream
+    from rl.config import SpecialistConfig
+    from rl.episodes import Prompts
+    from specialists.code import eval_tasks as code_tasks
+
+    path = tmp_path / "registry.json"
+    for name, domain in (("m", "math"), ("c", "code")):
+        register(path, SpecialistEntry(name, domain, str(tiny_base), "none", "b",
+                                       config={"specialist": {"domain": domain}}))  # fmt: skip
+    routes = build_routes(DistillConfig(teachers={"math": "m", "code": "c"}), path)
+    tasks = {
+        "math": math_tasks(6, "heldout"),
+        "code": code_tasks(SpecialistConfig(domain="code", num_eval_tasks=4)),
+    }
+    data = {d: DomainData(TaskStream(t, seed=0), t) for d, t in tasks.items()}
+    prompts = Prompts(load_tokenizer(str(tiny_base)))
+    answers = {tuple(prompts(t)): t.answer for t in tasks["math"]}  # the same ids in every thread
+    served: list[tuple[str, str]] = []
+    closed: list[str] = []
+
+    def make_generate(entry: SpecialistEntry) -> tuple[object, object]:
+        def generate(ids: list[list[int]], params: SamplingParams) -> list[Rollout]:
+            served.append((entry.name, threading.current_thread().name))
+            right = [entry.name == "m" and tuple(row) in answers for row in ids]  # m answers the math right
+            return [Rollout(tuple(row), (1,), (0.0,), "eos", f"\\boxed{{{answers[tuple(row)]}}}" if ok else "no idea")
+                    for row, ok in zip(ids, right, strict=True)]  # fmt: skip
+
+        return generate, lambda: closed.append(entry.name)
+
+    params = SamplingParams(8, 0.0)
+    result = teacher_evals(routes, data, make_generate, prompts, params, parallel=parallel)
+    assert sorted(closed) == ["c", "m"] and set(result) == {"m", "c"}
+    assert result["c"]["eval/math/pass@1"] == 0.0 and result["c"]["eval/code/pass@1"] == 0.0
+    assert result["m"]["eval/code/pass@1"] == 0.0 and result["m"]["eval/math/pass@1"] > 0
+    threads = {name for _, name in served}
+    assert all(n.startswith("teacher-eval") for n in threads) if parallel else threads == {"MainThread"}
+    out = capsys.readouterr().out
+    assert "teacher 'c': math 0.000, code 0.000 (" in out and "teacher 'm': math " in out
