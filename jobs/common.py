@@ -80,7 +80,9 @@ def check_reachable(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> N
 
 
 def init_ray(cluster: ClusterConfig) -> None:
-    """Join ``cluster.address`` (or the Ray job's cluster), else start a local Ray."""
+    """Join ``cluster.address`` (or the Ray job's cluster), else start a local Ray of the job's own: also where a
+    Ray head already runs on this machine, or a killed one left its address file behind (Ray would try to join
+    either and refuse ``num_cpus``); join a running head with ``cluster.address=auto``."""
     import ray
 
     if ray.is_initialized():
@@ -96,7 +98,8 @@ def init_ray(cluster: ClusterConfig) -> None:
     elif os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`
         ray.init(log_to_driver=True)
     else:
-        ray.init(num_cpus=cluster.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=cluster.num_cpus or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=True)  # fmt: skip
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, config: object) -> Path | None:

@@ -41,3 +41,26 @@ def test_a_malformed_address_is_named() -> None:
     with pytest.raises(ValueError, match=r"cluster\.address 'headnode' is not host:port"):
         check_reachable("headnode")
     check_reachable("auto")  # left to Ray
+
+
+def test_a_stale_ray_address_file_does_not_stop_a_local_job() -> None:
+    """A killed `ray start --head` leaves <tmp>/ray/ray_current_cluster behind: a job without cluster.address
+    starts its own local Ray instead of trying to join it (and refusing num_cpus)."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # Ray's socket paths must stay under 107 bytes
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")
+    code = ("from jobs.common import init_ray; from rl.config import ClusterConfig; import ray; "
+            "init_ray(ClusterConfig(num_cpus=1)); print('cpus', ray.cluster_resources()['CPU'])")  # fmt: skip
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path)}
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120, env=env)  # fmt: skip
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cpus 1.0" in proc.stdout
