@@ -103,6 +103,13 @@ class Step(Protocol):
     def seek(self, position: dict[str, Any], /) -> None: ...
 
 
+def eta_seconds(step_times: list[float], remaining: int, window: int = 5) -> float:
+    """Seconds left: ``remaining`` steps at the mean of the last ``window`` step times, leaving out the first
+    step (compilation, CUDA-graph capture, warm-up) once there are others, so a slow start does not inflate it."""
+    recent = (step_times[1:] if len(step_times) > 1 else step_times)[-window:]
+    return sum(recent) / len(recent) * remaining if recent else 0.0
+
+
 @dataclass(frozen=True)
 class LoopSettings:
     """The loop's share of a run config (``SpecialistRunConfig`` and ``DistillRunConfig`` both have it)."""
@@ -132,7 +139,7 @@ class Loop:
         self.guard = NonFiniteGuard(settings.max_nonfinite_steps)
         self.last_checkpoint: str | None = None
         self.step = 0  # the step running (0: the start eval)
-        self._clock: tuple[float, int] | None = None  # (time, step) of the first step this process ran
+        self._step_times: list[float] = []  # seconds of each step this process ran (for the ETA)
 
     def resume(self, checkpoint: Path) -> None:
         """Load ``checkpoint`` into the workers and the data stream(s); cut the metrics and samples back to its
@@ -203,11 +210,9 @@ class Loop:
         return summary | gpu_memory(self.roles)
 
     def _progress(self, step: int, metrics: dict[str, float]) -> None:
-        """One terminal line per step: what the step did, step time, ETA (and eval when it ran)."""
-        if self._clock is None:
-            self._clock = (time.perf_counter() - metrics["perf/step_s"], step - 1)
-        started, first = self._clock
-        eta = (time.perf_counter() - started) / (step - first) * (self.cfg.steps - step)
+        """One terminal line per step: the time of day, what the step did, step time, ETA (and eval when it ran)."""
+        self._step_times.append(metrics["perf/step_s"])
+        eta = eta_seconds(self._step_times, self.cfg.steps - step)
         what, evals = self.step_fn.describe(metrics)
-        print(f"step {step}/{self.cfg.steps} {what} {metrics['perf/step_s']:.1f}s/step eta {eta:.0f}s"
-              + (f" {evals}" if evals else ""), flush=True)  # fmt: skip
+        print(f"{time.strftime('%H:%M:%S')} step {step}/{self.cfg.steps} {what} {metrics['perf/step_s']:.1f}s/step "
+              f"eta {eta:.0f}s" + (f" {evals}" if evals else ""), flush=True)  # fmt: skip

@@ -117,3 +117,12 @@ def test_disabled_mode_still_writes_metrics_and_unknown_mode_is_an_error(tmp_pat
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
     with pytest.raises(ValueError, match=r"unknown logger\.mode 'cloud'"):
         Tracker(tmp_path, LoggerConfig(mode="cloud"), {}, "t", job_type="specialist")
+
+
+def test_eta_leaves_out_the_slow_first_step_and_follows_recent_steps() -> None:
+    from rl.loop import eta_seconds
+
+    assert eta_seconds([30.0], 4) == 120.0  # one step: all there is
+    assert eta_seconds([30.0, 2.0, 4.0], 10) == 30.0  # the compiling first step left out: mean(2, 4) x 10
+    assert eta_seconds([9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 1.0, 1.0, 1.0, 1.0, 1.0], 2) == 2.0  # the last five only
+    assert eta_seconds([5.0, 3.0], 0) == 0.0 and eta_seconds([], 3) == 0.0
