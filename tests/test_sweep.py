@@ -53,3 +53,21 @@ def test_a_distillation_sweep_runs_each_member_as_a_ray_job_and_writes_the_sweep
             config.distill.lr == float(overrides["distill.lr"])
             and config.distill.loss == overrides["distill.loss"]
         )
+
+
+def test_the_sweep_table_says_shared_overrides_once_and_rows_show_what_varies() -> None:
+    from hydra_plugins.distillery_ray_jobs.ray_jobs_launcher import split_overrides, sweep_table
+
+    rows = [{"index": i, "overrides": ["steps=4", f"distill.lr={lr}", "distill.loss=reverse_kl"], "status": "SUCCEEDED",
+             "figures": {"eval/math/pass@1": p, "wandb_run_id": f"run{i}"}}
+            for i, (lr, p) in enumerate([(1e-4, 0.5), (3e-4, 0.25)])]  # fmt: skip
+    assert split_overrides(rows) == (["steps=4", "distill.loss=reverse_kl"], [["distill.lr=0.0001"],
+                                                                               ["distill.lr=0.0003"]])  # fmt: skip
+    assert sweep_table(rows).splitlines() == [
+        "Every member: steps=4 distill.loss=reverse_kl",
+        "",
+        "| # | overrides | status | eval/math/pass@1 | W&B run |",
+        "|---|---|---|---|---|",
+        "| 0 | distill.lr=0.0001 | SUCCEEDED | 0.500 | run0 |",
+        "| 1 | distill.lr=0.0003 | SUCCEEDED | 0.250 | run1 |",
+    ]

@@ -59,15 +59,25 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if HEADLINE.fullmatch(k)}
 
 
+def split_overrides(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The overrides every member shares (said once, above the table) and each member's own (its row)."""
+    shared = [o for o in rows[0]["overrides"] if all(o in r["overrides"] for r in rows)] if rows else []
+    return shared, [[o for o in r["overrides"] if o not in shared] for r in rows]
+
+
 def sweep_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: the overrides every member shares, then one row per member with what varies, its status,
+    its headline figures and W&B run."""
     figures = sorted({k for r in rows for k in r["figures"] if k != "wandb_run_id"})
-    lines = ["| # | overrides | status | " + " | ".join(figures) + " | W&B run |",
+    shared, own = split_overrides(rows)
+    lines = [f"Every member: {' '.join(shared)}\n" if shared else "",
+             "| # | overrides | status | " + " | ".join(figures) + " | W&B run |",
              "|---" * (len(figures) + 4) + "|"]  # fmt: skip
-    for r in rows:
+    for r, varying in zip(rows, own, strict=True):
         cells = [f"{r['figures'][k]:.3f}" if isinstance(r["figures"].get(k), float) else "" for k in figures]
-        lines.append(f"| {r['index']} | {' '.join(r['overrides'])} | {r['status']} | " + " | ".join(cells)
+        lines.append(f"| {r['index']} | {' '.join(varying)} | {r['status']} | " + " | ".join(cells)
                      + f" | {r['figures'].get('wandb_run_id', '')} |")  # fmt: skip
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line)
 
 
 class RayJobsLauncher(Launcher):
@@ -153,7 +163,8 @@ def row(m: Member, result: Any) -> dict[str, Any]:
             "status": "ERROR" if failed else result.status,
             "exit_code": None if failed else result.exit_code,
             "ray_job": None if failed else result.submission_id,
-            "error": str(result) if failed else result.message, "figures": headline(summary)}  # fmt: skip
+            "error": str(result) if failed else None if result.status == "SUCCEEDED" else result.message,
+            "figures": headline(summary)}  # fmt: skip
 
 
 def job_return(m: Member, row: dict[str, Any]) -> JobReturn:
