@@ -69,6 +69,12 @@ def model_artifact(path: str, name: str, kind: str, metadata: dict[str, Any]) ->
     return artifact
 
 
+def display_name(group: str | None, name: str) -> str:
+    """The W&B run's name: ``<group>/<name>`` (a pipeline's ``math`` stage is ``qwen/math``, not one more
+    ``math`` beside every other pipeline's), or the bare name where there is no group or it already says it."""
+    return f"{group}/{name}" if group and not name.startswith(group) else name
+
+
 class Tracker:
     """The run's metrics sink: W&B (per ``cfg.mode``) plus ``metrics.jsonl``, ``samples.jsonl`` and ``summary.json``."""
 
@@ -90,7 +96,7 @@ class Tracker:
             project=cfg.project,
             entity=cfg.entity,
             group=cfg.group,
-            name=name,
+            name=display_name(cfg.group, name),
             job_type=job_type,
             id=run_id,
             resume="allow" if run_id else None,

@@ -124,5 +124,17 @@ def test_eta_leaves_out_the_slow_first_step_and_follows_recent_steps() -> None:
 
     assert eta_seconds([30.0], 4) == 120.0  # one step: all there is
     assert eta_seconds([30.0, 2.0, 4.0], 10) == 30.0  # the compiling first step left out: mean(2, 4) x 10
-    assert eta_seconds([9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 1.0, 1.0, 1.0, 1.0, 1.0], 2) == 2.0  # the last five only
+    assert (
+        eta_seconds([9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 1.0, 1.0, 1.0, 1.0, 1.0], 2) == 2.0
+    )  # the last five only
     assert eta_seconds([5.0, 3.0], 0) == 0.0 and eta_seconds([], 3) == 0.0
+
+
+def test_wandb_run_names_carry_their_group() -> None:
+    from rl.tracking import display_name
+
+    assert (
+        display_name("qwen", "math") == "qwen/math"
+    )  # a pipeline's stage, unlike every other pipeline's math
+    assert display_name(None, "math") == "math" and display_name("", "math") == "math"
+    assert display_name("sweep-1", "sweep-1-0") == "sweep-1-0"  # a sweep member already says its sweep

@@ -101,7 +101,7 @@ def check_wandb(out: Path) -> None:
                  "distill": "distill", "report": "eval"}  # fmt: skip
     for stage, job_type in job_types.items():
         (run,) = [r["run"] for r in wandb_records(out / stage) if r.get("type") == "run"][:1]
-        assert run["run_group"] == "p" and run["job_type"] == job_type and run["display_name"] == stage
+        assert run["run_group"] == "p" and run["job_type"] == job_type and run["display_name"] == f"p/{stage}"
     (table_file,) = (out / "report").glob("wandb/offline-run-*/files/media/table/pass@1_*.table.json")
     table = json.loads(table_file.read_text())
     assert table["columns"] == ["domain", "base", "specialist", "student", "recovered"]
