@@ -83,7 +83,10 @@ class GRPOStep:
         self.stream.seek(**position)
 
     def describe(self, metrics: dict[str, float]) -> tuple[str, str]:
-        evals = f"eval/pass@1 {metrics['eval/pass@1']:.3f}" if "eval/pass@1" in metrics else ""
+        evals = ""
+        if "eval/pass@1" in metrics:  # with its task count: the report's table may use another held-out set
+            n = f" ({metrics['eval/n']:.0f} held-out tasks)" if "eval/n" in metrics else ""
+            evals = f"eval/pass@1 {metrics['eval/pass@1']:.3f}{n}"
         return f"reward {metrics['reward/mean']:.3f} {loss_text(metrics)}", evals
 
     def sampling(self, seed: int, temperature: float | None = None) -> SamplingParams:
