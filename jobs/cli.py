@@ -223,7 +223,8 @@ def job_main(
     """Decorate a job's ``main(cfg)``: the command line is composed into ``schema`` and ``check``-ed (paths, the
     checkpoint to resume, the cluster) before anything runs; bad input is one ``error:`` line and exit 2, with
     no run directory, base build or Ray. Then Hydra runs ``main`` as usual. A ``-m`` sweep has every member
-    checked first; ``--cfg``, ``--help`` and Hydra's other flags go to Hydra unchecked."""
+    checked first; ``--help`` prints the groups and settings from the schemas (``jobs.help``); ``--cfg``,
+    ``--hydra-help`` and Hydra's other flags go to Hydra unchecked."""
     import hydra
 
     register_configs()  # the schemas Hydra composes the YAML onto
@@ -247,6 +248,12 @@ def job_main(
 
         def main() -> None:
             argv = sys.argv[1:]
+            if any(arg in ("--help", "-h") for arg in argv):  # from the schemas; Hydra's: --hydra-help
+                from jobs.help import print_help
+
+                with user_errors():
+                    print_help(config_name, config_name, schema)
+                return
             if not hydra_flags(argv):
                 with user_errors():
                     if any(arg in MULTIRUN for arg in argv):

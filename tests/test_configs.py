@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from omegaconf.errors import ConfigKeyError
 from distill.config import DistillRunConfig
 from jobs.config import MakeBaseConfig, PipelineRunConfig, register_configs
 from rl.config import SpecialistRunConfig, to_typed, to_yaml
+from tests.conftest import ROOT
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir())
@@ -235,3 +239,40 @@ def test_composition_gives_the_typed_config_and_its_run_directory(tmp_path: Path
                                    [f"runs_root={tmp_path}", "run_name=x", "steps=3"])  # fmt: skip
     assert isinstance(cfg, SpecialistRunConfig) and cfg.steps == 3
     assert run_dir == tmp_path / "x" and not run_dir.exists()  # named, not made
+
+
+@dataclasses.dataclass
+class _Documented:
+    """A schema written as rl/config.py's are."""
+
+    steps: int = 3  # RL steps
+    # the rollout workers' weights: "" = model.dtype
+    dtype: str = ""
+    train_data: str = "synthetic"  # math: synthetic | gsm8k
+    bare: int = 0
+
+    def method(self) -> None:
+        x: int = 1  # not a field
+        del x
+
+
+def test_help_descriptions_come_from_the_schema_comments() -> None:
+    from jobs.help import field_comments
+
+    assert field_comments(_Documented) == {"steps": "RL steps", "dtype": 'the rollout workers\' weights: "" = model.dtype',
+                                           "train_data": "math: synthetic | gsm8k", "bare": ""}  # fmt: skip
+
+
+@pytest.mark.parametrize(("job", "expected"), [
+    ("distill", "distill.loss=reverse_kl"), ("train_specialist", "specialist.tool_prompt=short"),
+    ("pipeline", "base_model=tiny-all"), ("make_base", "recipe.num_demos=20000")])  # fmt: skip
+def test_every_job_has_help_from_its_schema(job: str, expected: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", f"jobs.{job}", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith(f"usage: python -m jobs.{job} ") and "config groups (group=option):" in out
+    assert "  model: qwen2.5-coder-0.5b, smollm2-135m, tiny, tiny-all" in out and "_schema" not in out
+    line = next(x for x in out.splitlines() if x.strip().startswith(expected))
+    assert len(line.split()) > 1, line  # a description beside the default
+    assert "powered by Hydra" not in out and "--hydra-help" in out
