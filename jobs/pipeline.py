@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -49,6 +49,8 @@ from jobs.common import (
 from jobs.config import PipelineRunConfig
 from jobs.make_base import resolve_model_path
 from rl.config import CONFIGS, ModelConfig, SpecialistRunConfig, to_typed, to_yaml
+
+StageConfig = TypeVar("StageConfig", SpecialistRunConfig, DistillRunConfig)
 
 CONFIG_DIR = CONFIGS
 
@@ -99,19 +101,27 @@ def pipeline_dir(cfg: PipelineRunConfig) -> Path:
     return (Path(cfg.runs_root) / cfg.run_name).resolve()
 
 
+def midway_checkpoint(run: StageConfig, given: dict[str, Any]) -> StageConfig:
+    """A stage shorter than its checkpoint period would save only at its end, so an interrupted stage started
+    again from step 0: unless the pipeline sets ``checkpoint_every`` for it, a stage also saves halfway."""
+    if "checkpoint_every" in given or run.steps < 2 or run.checkpoint_every < run.steps:
+        return run
+    return dataclasses.replace(run, checkpoint_every=(run.steps + 1) // 2)
+
+
 def stage_configs(cfg: PipelineRunConfig) -> tuple[dict[str, SpecialistRunConfig], DistillRunConfig]:
     """Every stage's config, composed and checked before the first stage starts."""
     if not cfg.specialists:
         raise ValueError("pipeline needs at least one entry under specialists (stage name -> overrides)")
     specialists = {
-        name: compose_stage(
+        name: midway_checkpoint(compose_stage(
             "train_specialist",
             shared_overrides(cfg, name) + specialist_overrides(name, overrides),
             SpecialistRunConfig,
             name,
-        )
+        ), {**cfg.overrides, **overrides})
         for name, overrides in cfg.specialists.items()
-    }
+    }  # fmt: skip
     domains: dict[str, str] = {}
     for name, spec in specialists.items():
         if spec.specialist.domain in domains:
@@ -120,7 +130,8 @@ def stage_configs(cfg: PipelineRunConfig) -> tuple[dict[str, SpecialistRunConfig
         domains[spec.specialist.domain] = name
     teachers = {"distill": {"teachers": domains, "weights": {d: 1.0 for d in domains}}}
     overrides = shared_overrides(cfg, "distill") + flatten(teachers) + flatten(cfg.distill)
-    distill = compose_stage("distill", overrides, DistillRunConfig, "distill")
+    distill = midway_checkpoint(compose_stage("distill", overrides, DistillRunConfig, "distill"),
+                                {**cfg.overrides, **cfg.distill})  # fmt: skip
     distill.distill.teachers = (
         domains  # exactly the pipeline's specialists (the config group may list others)
     )

@@ -155,3 +155,17 @@ def test_length_sorted_micro_batches_give_the_same_gradient_with_less_padding(ti
     order = list(range(10))  # the epoch order is shuffled in place; the remainder is left out
     first = batch_order(order, 4, random.Random(1))
     assert len(first) == 2 and order[:8] == [i for b in first for i in b]
+
+
+def test_stages_shorter_than_their_checkpoint_period_also_save_halfway(tmp_path) -> None:
+    """An interrupted stage resumes from its middle, not step 0; a period the pipeline sets is kept."""
+    cfg = PipelineRunConfig(specialists={"math": {"steps": 5}, "code": {"steps": 12, "checkpoint_every": 100},
+                                         "agent": {"steps": 1}},
+                            distill={"steps": 8}, run_name="p", runs_root=str(tmp_path))  # fmt: skip
+    specialists, distill = stage_configs(cfg)
+    assert specialists["math"].checkpoint_every == 3 and specialists["code"].checkpoint_every == 100
+    assert specialists["agent"].checkpoint_every == 20 and distill.checkpoint_every == 4
+    cfg = PipelineRunConfig(specialists={"math": {"steps": 60}}, distill={"steps": 8},
+                            overrides={"checkpoint_every": 50}, run_name="p", runs_root=str(tmp_path))  # fmt: skip
+    specialists, distill = stage_configs(cfg)
+    assert specialists["math"].checkpoint_every == 50 and distill.checkpoint_every == 50
