@@ -217,6 +217,14 @@ def check_sweep(config_name: str, schema: type[T], check: Callable[[T], None], a
     check_launcher(config_name, members[0])
 
 
+def quiet_libraries() -> None:
+    """Library progress bars (transformers' "Loading weights", "Writing model shards" at every actor start and
+    checkpoint) off, in this process and, through the forwarded ``HF_*`` environment, in every actor; the step
+    lines are the job's progress. ``DISTILLERY_VERBOSE=1`` keeps them."""
+    if os.environ.get("DISTILLERY_VERBOSE", "") not in ("1", "true"):
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def job_main(
     config_name: str, schema: type[T], check: Callable[[T], None]
 ) -> Callable[[Callable[[T], None]], Callable[[], None]]:
@@ -248,6 +256,7 @@ def job_main(
 
         def main() -> None:
             argv = sys.argv[1:]
+            quiet_libraries()
             if any(arg in ("--help", "-h") for arg in argv):  # from the schemas; Hydra's: --hydra-help
                 from jobs.help import print_help
 

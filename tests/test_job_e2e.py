@@ -6,6 +6,7 @@ Tiny settings keep each run to tens of seconds; the full-size run (the pass@1 ga
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -121,8 +122,14 @@ def test_vllm_and_deepspeed_backends_give_the_default_backends_outputs_and_resum
 def test_code_and_agent_specialists_run_as_jobs(
     tiny_base: Path, tmp_path: Path, job_env: dict[str, str], domain: str, extra: list[str], keys: set[str]
 ) -> None:
-    run_job(job_env, f"model.path={tiny_base}", f"runs_root={tmp_path}", f"specialist={domain}",
-            "run_name=spec", "steps=2", *extra)  # fmt: skip
+    proc = run_job(job_env, f"model.path={tiny_base}", f"runs_root={tmp_path}", f"specialist={domain}",
+                   "run_name=spec", "steps=2", *extra)  # fmt: skip
+    # the console: a line per step with the time of day and ETA, the eval with its task count, no library bars
+    assert re.search(r"^\d\d:\d\d:\d\d step 1/2 reward \S+ .* eta \d+s", proc.stdout, re.M), proc.stdout
+    assert re.search(
+        r"^\d\d:\d\d:\d\d step 2/2 .* eval/pass@1 \S+ \(\d+ held-out tasks\)$", proc.stdout, re.M
+    )
+    assert "Loading weights" not in proc.stdout + proc.stderr
     lines = metrics(tmp_path / "spec")
     assert [m["step"] for m in lines] == [0, 1, 2]
     assert keys <= set(lines[0]) | set(lines[-1])
