@@ -64,8 +64,8 @@ FORMAT_REWARD = 0.1
 INSTRUCTION = "Tools: lookup, calc. Put the final answer in \\boxed{}."
 # The same task for a model that never saw this environment (a pretrained one): the tools, the call and
 # observation formats and one worked episode, before the question (specialist.tool_prompt=full). On 16 held-out
-# tasks Qwen2.5-Coder-0.5B-Instruct (greedy, CPU) scored 0/16 with the short instruction, 0/16 with the formats
-# spelled out (it looped on tool calls and never boxed an answer) and 5/16 with this worked example.
+# tasks Qwen2.5-Coder-0.5B-Instruct (greedy, CPU; python -m benchmarks.agent_prompt) scored 0/16 with the short
+# instruction and 5/16 with this worked example (with the formats alone, in a trial, it looped on tool calls).
 # The embedded base was SFT'd on the short INSTRUCTION.
 FULL_INSTRUCTION = (
     "Answer the question with the help of two tools: lookup gives an item's price (prices are known only "
