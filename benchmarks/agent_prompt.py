@@ -20,7 +20,7 @@ from specialists.agent_env import INSTRUCTIONS
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.agent_prompt", description=__doc__.split("\n\n")[0]
+        prog="python -m benchmarks.agent_prompt", description=(__doc__ or "").split("\n\n")[0]
     )
     parser.add_argument("model", help="a local HF model directory (a converted GGUF: see README 'Models')")
     parser.add_argument("--tasks", type=int, default=16, help="held-out tasks (default 16)")

@@ -406,3 +406,12 @@ def test_a_user_environment_runs_through_a_minimal_loop() -> None:
     assert context.endswith('"arg": "owl"}</tool>\n<obs>OWL</obs>\n\\boxed{OWL}')
     assert "<obs>error: bad JSON in tool call" in context
     assert play(EchoEnv("cat"), ["\\boxed{DOG}"])[1].reward == 0.0
+
+
+def test_agent_prompt_benchmark_rejects_bad_input(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.agent_prompt import main
+
+    assert main([str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: model path {tmp_path / 'missing'} does not exist"
+    assert main([str(tmp_path), "--tasks", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --tasks must be at least 1, got 0"
