@@ -171,7 +171,9 @@ def check_data_files(spec: SpecialistConfig) -> None:
         if not path:
             raise InputError(f"specialist.{key}_data={source} needs a file: set specialist.{key}_path")
         if not Path(path).is_file():
-            raise InputError(f"{source} file {path}: not found (specialist.{key}_path)")
+            hint = ("; the datasets' folder is $DISTILLERY_DATA, else ../shared/data beside the checkout"
+                    if path.startswith("../shared/data/") and not os.environ.get("DISTILLERY_DATA") else "")  # fmt: skip
+            raise InputError(f"{source} file {path}: not found (specialist.{key}_path){hint}")
 
 
 def check_resume(run_dir: Path, resume: bool) -> None:

@@ -301,3 +301,16 @@ def test_a_gguf_transformers_cannot_read_is_one_line_before_ray_starts(tmp_path:
         and "nosucharch" in line
     )
     assert not (tmp_path / "ray").exists() and not (tmp_path / "runs" / "odd").exists()
+
+
+def test_a_missing_default_dataset_names_distillery_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout without ../shared/data beside it: the error says where the datasets are looked for."""
+    from jobs.common import InputError, check_data_files
+    from rl.config import SpecialistConfig
+
+    monkeypatch.delenv("DISTILLERY_DATA", raising=False)
+    spec = SpecialistConfig(domain="math", train_data="gsm8k", eval_data="gsm8k",
+                            train_path="../shared/data/nowhere/train.jsonl", eval_path="x")  # fmt: skip
+    with pytest.raises(InputError, match=r"not found \(specialist.train_path\); the datasets' folder is "
+                                         r"\$DISTILLERY_DATA, else ../shared/data beside the checkout"):  # fmt: skip
+        check_data_files(spec)
