@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from specialists.agent_env import INSTRUCTIONS
+from specialists.agent_env import TOOL_PROMPTS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=16, help="held-out tasks (default 16)")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="tokens per model turn (default 96)")
     parser.add_argument("--max-turns", type=int, default=4, help="model turns per episode (default 4)")
-    parser.add_argument("--prompts", nargs="+", default=list(INSTRUCTIONS), choices=list(INSTRUCTIONS))
+    parser.add_argument("--prompts", nargs="+", default=list(TOOL_PROMPTS), choices=TOOL_PROMPTS)
     parser.add_argument("--out", default="", help="write the results as JSON here")
     return parser.parse_args(argv)
 

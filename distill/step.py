@@ -108,8 +108,10 @@ class OPDStep:
         kls = " ".join(
             f"kl/{r.domain} {metrics.get(f'opd/kl/{r.teacher.name}', float('nan')):.3f}" for r in self.routes
         )
-        evals = " ".join(f"{r.domain} {metrics[f'eval/{r.domain}/pass@1']:.3f} (n={metrics.get(f'eval/{r.domain}/n', 0):.0f})"
-                         for r in self.routes if f"eval/{r.domain}/pass@1" in metrics)  # fmt: skip
+        shown = [r.domain for r in self.routes if f"eval/{r.domain}/pass@1" in metrics]
+        evals = " ".join(
+            f"{d} {metrics[f'eval/{d}/pass@1']:.3f} (n={metrics.get(f'eval/{d}/n', 0):.0f})" for d in shown
+        )
         return kls, f"eval/pass@1 {evals}" if evals else ""
 
     def sampling(self, seed: int, temperature: float | None = None) -> SamplingParams:

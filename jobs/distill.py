@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from distill.routing import Route
     from distill.step import DomainData
     from distill.teacher import TeacherGroup
+    from rl.episodes import Prompts
     from rl.rollout.group import RolloutGroup
     from rl.tracking import Tracker
     from rl.trainer.group import TrainerGroup
@@ -99,6 +100,20 @@ def served_teacher(
     return make
 
 
+def evaluate_teachers(cfg: DistillRunConfig, routes: list[Route], data: dict[str, DomainData],
+                      env: dict[str, str], prompts: Prompts) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Every teacher greedy on every domain, each served as its own FP4 rollout: side by side on GPUs, in turn
+    on CPU cores."""
+    from distill.step import teacher_evals
+    from rl.episodes import sampling_params
+
+    parallel = bool(cfg.cluster.actor_gpus)
+    print(f"evaluating {len({r.teacher.name for r in routes})} teacher(s) on {len(routes)} domain(s)"
+          + (", side by side" if parallel else ""), flush=True)  # fmt: skip
+    return teacher_evals(routes, data, served_teacher(cfg, env), prompts,
+                         sampling_params(cfg.rollout, seed=0, temperature=0.0), parallel)  # fmt: skip
+
+
 def resource_needs(cfg: DistillRunConfig, routes: list[Route]) -> dict[str, dict[str, float]]:
     """What each role reserves: one TeacherWorker per distinct teacher, each with ``distill.teacher_cpus`` and
     (on GPUs) the actors' GPU fraction, beside the rollout workers and trainer ranks."""
@@ -140,8 +155,8 @@ def start_workers(cfg: DistillRunConfig, student: str, routes: list[Route], env:
 def run(cfg: DistillRunConfig) -> dict[str, Any]:
     """The whole job; returns the summary (also written to ``summary.json``)."""
     from distill.routing import build_routes, check_compatible, check_context
-    from distill.step import OPDStep, recovery_table, teacher_evals
-    from rl.episodes import Prompts, sampling_params
+    from distill.step import OPDStep, recovery_table
+    from rl.episodes import Prompts
     from rl.loop import Loop, LoopSettings, RunState
     from rl.models import load_tokenizer
     from rl.placement import check_resources, share_gpus
@@ -171,11 +186,7 @@ def run(cfg: DistillRunConfig) -> dict[str, Any]:
     state = RunState.load(checkpoint) if checkpoint else RunState()
     prompts = Prompts(tokenizer)
     if not state.teachers:
-        parallel = bool(cfg.cluster.actor_gpus)  # on GPUs side by side; on CPU cores, in turn
-        print(f"evaluating {len({r.teacher.name for r in routes})} teacher(s) on {len(routes)} domain(s)"
-              + (", side by side" if parallel else ""), flush=True)  # fmt: skip
-        state.teachers = teacher_evals(routes, data, served_teacher(cfg, env), prompts,
-                                       sampling_params(cfg.rollout, seed=0, temperature=0.0), parallel)  # fmt: skip
+        state.teachers = evaluate_teachers(cfg, routes, data, env, prompts)
     trainer, rollout, teachers = start_workers(cfg, student, routes, env)
     tracker = Tracker(run_dir, cfg.logger, dataclasses.asdict(cfg), cfg.run_name, job_type="distill",
                       run_id=state.wandb_run_id)  # fmt: skip

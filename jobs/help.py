@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import re
 import sys
 import typing
@@ -37,7 +38,7 @@ def field_comments(schema: type) -> dict[str, str]:
             break
         else:
             above = [] if not stripped else above
-    return {k: re.sub(r"\s*\(fmt: skip\)|\s*fmt: skip", "", v) for k, v in out.items()}
+    return out
 
 
 def settings(schema: type, defaults: Any, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -59,12 +60,14 @@ def settings(schema: type, defaults: Any, prefix: str = "") -> list[tuple[str, s
 
 
 def shown(value: Any) -> str:
+    """A default as the command line writes it: '' for an empty string, JSON for null, booleans and containers."""
     from omegaconf import OmegaConf
 
     if OmegaConf.is_config(value):
         value = OmegaConf.to_container(value)
-    text = "''" if value == "" else "null" if value is None else str(value).replace("True", "true")
-    return text.replace("False", "false") if isinstance(value, bool | list | dict) else text
+    if value == "":
+        return "''"
+    return json.dumps(value) if value is None or isinstance(value, bool | list | dict) else str(value)
 
 
 def groups() -> dict[str, list[str]]:
@@ -91,6 +94,7 @@ def job_help(job: str, config_name: str, schema: type, doc: str) -> str:
     return "\n".join(lines)
 
 
-def print_help(job: str, config_name: str, schema: type) -> None:
+def print_help(config_name: str, schema: type) -> None:
+    """``jobs.<config_name>``'s help (each job's config has the job's name), its summary from ``__main__``."""
     module = sys.modules.get("__main__")
-    print(job_help(job, config_name, schema, getattr(module, "__doc__", "") or ""), flush=True)
+    print(job_help(config_name, config_name, schema, getattr(module, "__doc__", "") or ""), flush=True)

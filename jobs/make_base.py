@@ -115,7 +115,6 @@ def recipe_hash(recipe: BaseRecipe) -> str:
 
 
 def cached_base_path(recipe: BaseRecipe) -> Path:
-
     return cache_dir() / "bases" / f"tiny-{recipe_hash(recipe)}"
 
 

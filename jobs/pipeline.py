@@ -113,15 +113,11 @@ def stage_configs(cfg: PipelineRunConfig) -> tuple[dict[str, SpecialistRunConfig
     """Every stage's config, composed and checked before the first stage starts."""
     if not cfg.specialists:
         raise ValueError("pipeline needs at least one entry under specialists (stage name -> overrides)")
-    specialists = {
-        name: midway_checkpoint(compose_stage(
-            "train_specialist",
-            shared_overrides(cfg, name) + specialist_overrides(name, overrides),
-            SpecialistRunConfig,
-            name,
-        ), {**cfg.overrides, **overrides})
-        for name, overrides in cfg.specialists.items()
-    }  # fmt: skip
+    specialists: dict[str, SpecialistRunConfig] = {}
+    for name, overrides in cfg.specialists.items():
+        composed = shared_overrides(cfg, name) + specialist_overrides(name, overrides)
+        spec = compose_stage("train_specialist", composed, SpecialistRunConfig, name)
+        specialists[name] = midway_checkpoint(spec, {**cfg.overrides, **overrides})
     domains: dict[str, str] = {}
     for name, spec in specialists.items():
         if spec.specialist.domain in domains:

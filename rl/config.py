@@ -39,6 +39,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "algorithm.correction": ("none", "tis", "geo_mask", "opsm"),  # rl.algorithms.mismatch.CORRECTIONS
     "specialist.domain": ("math", "code", "agent"),  # specialists/domains.py SPECIALISTS
     "specialist.levels": (1, 2, 3),  # specialists.synthetic.LEVELS
+    "specialist.tool_prompt": ("short", "full"),  # specialists.agent_env.TOOL_PROMPTS
     "logger.mode": ("offline", "online", "disabled"),  # rl.tracking.WANDB_MODES
     "fp4": ("mxfp4", "nvfp4"),  # rl.fp4.formats.FORMATS, besides "none"
 }
@@ -311,7 +312,7 @@ class SpecialistConfig:
         check_fields("specialist", self, {
             "train_data": one_of(sources), "eval_data": one_of(sources), "num_train_tasks": at_least(0),
             "num_eval_tasks": at_least(0), "levels": subset_of(CHOICES["specialist.levels"]), "max_turns": at_least(1),
-            "tool_prompt": one_of(("short", "full")),
+            "tool_prompt": registered("specialist.tool_prompt"),
             "reward_timeout_s": above(0), "max_reward_error_rate": within(0, 1),
         })  # fmt: skip
 

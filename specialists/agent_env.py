@@ -62,11 +62,8 @@ LEVELS = (1, 2, 3)
 MAX_TURNS = 6  # level 3 needs 4 (three tool calls and the answer); two spare turns to recover from an error
 FORMAT_REWARD = 0.1
 INSTRUCTION = "Tools: lookup, calc. Put the final answer in \\boxed{}."
-# The same task for a model that never saw this environment (a pretrained one): the tools, the call and
-# observation formats and one worked episode, before the question (specialist.tool_prompt=full). On 16 held-out
-# tasks Qwen2.5-Coder-0.5B-Instruct (greedy, CPU; python -m benchmarks.agent_prompt) scored 0/16 with the short
-# instruction and 5/16 with this worked example (with the formats alone, in a trial, it looped on tool calls).
-# The embedded base was SFT'd on the short INSTRUCTION.
+# tool_prompt=full, for a pretrained model new to the environment, before the question (benchmarks.agent_prompt:
+# Qwen2.5-Coder-0.5B-Instruct, greedy, 16 held-out tasks: 0/16 with INSTRUCTION, 5/16 with this worked episode).
 FULL_INSTRUCTION = (
     "Answer the question with the help of two tools: lookup gives an item's price (prices are known only "
     "through it) and calc evaluates arithmetic. Write one tool call at a time; its result comes back as "
@@ -77,7 +74,7 @@ FULL_INSTRUCTION = (
     '<tool>{"name": "calc", "arg": "2 * 7 + 3 * 4"}</tool>\n<obs>26</obs>\n\\boxed{26}\n\n'
     "Question: "
 )
-INSTRUCTIONS = {"short": INSTRUCTION, "full": FULL_INSTRUCTION}  # specialist.tool_prompt
+TOOL_PROMPTS = ("short", "full")  # specialist.tool_prompt: INSTRUCTION after the question, or this
 # Every final reason of an episode (StepResult.info["reason"]) and of score_agent.
 REASONS = ("correct", "wrong_answer", "unparsable_answer", "no_answer", "turn_limit", "transcript_mismatch")
 
@@ -493,12 +490,11 @@ def agent_demos(
 def agent_tasks(
     n: int, split: str = "train", seed: int = 0, levels: tuple[int, ...] = LEVELS, tool_prompt: str = "short"
 ) -> list[Task]:
-    """``n`` seeded tool-use tasks (no transcripts) for RL and evaluation; ``tool_prompt`` picks the instruction
-    (``INSTRUCTIONS``): the same tasks either way."""
-    if tool_prompt not in INSTRUCTIONS:
-        raise ValueError(f"unknown tool_prompt {tool_prompt!r}; valid: {', '.join(INSTRUCTIONS)}")
+    """``n`` seeded tool-use tasks (no transcripts) for RL and evaluation; ``tool_prompt=full`` puts
+    FULL_INSTRUCTION before each question instead of INSTRUCTION after it: the same tasks either way."""
+    if tool_prompt not in TOOL_PROMPTS:
+        raise ValueError(f"unknown tool_prompt {tool_prompt!r}; valid: {', '.join(TOOL_PROMPTS)}")
     tasks = [demo.task for demo in agent_demos(n, split, seed, levels)]
     if tool_prompt == "short":
         return tasks
-    return [dataclasses.replace(t, prompt=INSTRUCTIONS[tool_prompt] + t.prompt.removesuffix("\n" + INSTRUCTION))
-            for t in tasks]  # fmt: skip
+    return [dataclasses.replace(t, prompt=FULL_INSTRUCTION + t.prompt.split("\n")[0]) for t in tasks]

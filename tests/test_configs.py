@@ -126,7 +126,7 @@ def test_the_names_the_schemas_accept_are_the_registries_names() -> None:
     from rl.rollout.worker import ENGINES
     from rl.tracking import WANDB_MODES
     from rl.trainer.backends import BACKENDS
-    from specialists import agent, code, math, synthetic
+    from specialists import agent, agent_env, code, math, synthetic
     from specialists.domains import SPECIALISTS
 
     registries = {
@@ -135,7 +135,7 @@ def test_the_names_the_schemas_accept_are_the_registries_names() -> None:
         "trainer.backend": BACKENDS, "algorithm.advantage": ADVANTAGES, "algorithm.policy_loss": POLICY_LOSSES,
         "algorithm.aggregation": AGGREGATIONS, "algorithm.kl_estimator": KL_ESTIMATORS,
         "algorithm.correction": CORRECTIONS, "specialist.domain": SPECIALISTS, "specialist.levels": synthetic.LEVELS,
-        "logger.mode": WANDB_MODES, "fp4": FORMATS,
+        "specialist.tool_prompt": agent_env.TOOL_PROMPTS, "logger.mode": WANDB_MODES, "fp4": FORMATS,
     }  # fmt: skip
     assert sorted(LOSSES) == sorted(OPD_LOSSES)
     for key, registry in registries.items():
