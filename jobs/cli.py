@@ -12,6 +12,7 @@ import difflib
 import functools
 import os
 import re
+import shlex
 import shutil
 import sys
 import typing
@@ -56,6 +57,17 @@ def sweep_members(argv: list[str]) -> list[list[str]]:
 
 def override_keys(argv: list[str]) -> set[str]:
     return {arg.split("=", 1)[0].lstrip("+~") for arg in argv}
+
+
+INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
+
+
+def resume_command(module: str, argv: list[str], **pins: Any) -> str:
+    """``python -m module`` with this command line again, ``pins`` (the run name, where runs go) spelled out and
+    ``resume=true``: what an interrupted or failed job prints for the user to continue it."""
+    kept = [a for a in argv if a.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir", *pins)]
+    return shlex.join(["python", "-m", module, *kept, *(f"{k}={override_value(v)}" for k, v in pins.items()),
+                       "resume=true"])  # fmt: skip
 
 
 def override_value(value: Any) -> str:
@@ -219,10 +231,12 @@ def check_sweep(config_name: str, schema: type[T], check: Callable[[T], None], a
 
 def quiet_libraries() -> None:
     """Library progress bars (transformers' "Loading weights", "Writing model shards" at every actor start and
-    checkpoint) off, in this process and, through the forwarded ``HF_*`` environment, in every actor; the step
-    lines are the job's progress. ``DISTILLERY_VERBOSE=1`` keeps them."""
+    checkpoint) and W&B's info lines ("Generating checksum ..." for every artifact; they go to W&B's own log in
+    the run directory) off, in this process and, through the forwarded ``HF_*`` / ``WANDB_*`` environment, in
+    every actor; the step lines are the job's progress. ``DISTILLERY_VERBOSE=1`` keeps them."""
     if os.environ.get("DISTILLERY_VERBOSE", "") not in ("1", "true"):
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("WANDB_SILENT", "true")
 
 
 def job_main(
@@ -238,14 +252,18 @@ def job_main(
     register_configs()  # the schemas Hydra composes the YAML onto
 
     def wrap(task: Callable[[T], None]) -> Callable[[], None]:
-        state: dict[str, Any] = {"checked": False, "created": None}
+        state: dict[str, Any] = {"checked": False, "created": None, "resume": None}
 
         @functools.wraps(task)  # Hydra names the job and finds its configs from the wrapped function
         def hydra_task(dcfg: DictConfig) -> None:
             from rl.config import to_typed
 
-            with user_errors(created=state["created"]):
+            with user_errors(created=state["created"], resume=lambda: state["resume"]):
                 cfg = to_typed(dcfg, schema)
+                if hasattr(cfg, "runs_root"):  # a job with runs: Ctrl-C prints how to continue it
+                    module = getattr(sys.modules["__main__"].__spec__, "name", f"jobs.{config_name}")
+                    pins = {k: getattr(cfg, k) for k in ("run_name", "runs_root")}
+                    state["resume"] = resume_command(module, sys.argv[1:], **pins)
                 if not state["checked"]:
                     check(cfg)
                 task(cfg)
@@ -303,15 +321,28 @@ def remove_if_untouched(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def interrupted_line(err: KeyboardInterrupt, resume: str | None) -> str:
+    """``interrupted [in <stage>] [at step N (last checkpoint ...)]; continue with: <command>``: the where is
+    ``rl.failures.Interrupted``'s (a bare Ctrl-C, outside any loop, has none)."""
+    where = str(err) if isinstance(err, _loaded(("rl.failures:Interrupted",))) else ""
+    return "interrupted" + (f" {where}" if where else "") + (f"; continue with: {resume}" if resume else "")
+
+
 @contextmanager
-def user_errors(created: Path | None = None) -> Iterator[None]:
-    """Inside an entry point: a bad-input error prints one line naming the problem and exits 2.
+def user_errors(
+    created: Path | None = None, resume: Callable[[], str | None] = lambda: None
+) -> Iterator[None]:
+    """Inside an entry point: a bad-input error prints one line naming the problem and exits 2; Ctrl-C one
+    line saying where the job stopped and the command that continues it (``resume()``), exit 130.
 
     ``created``: the run directory this process created (Hydra does, before the job runs); a rejected run
     removes it when nothing but its scaffolding is in it, so a rejection leaves nothing behind.
     """
     try:
         yield
+    except KeyboardInterrupt as err:
+        print(interrupted_line(err, resume()), file=sys.stderr, flush=True)
+        sys.exit(INTERRUPTED_EXIT)
     except (ValueError, FileNotFoundError, ClusterUnreachableError, *_loaded(BAD_INPUT)) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         if created is not None:

@@ -7,6 +7,7 @@ them), so bad input is rejected within about a second of the process starting.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -97,7 +98,8 @@ def init_ray(cluster: ClusterConfig) -> None:
             ) from None
     elif os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`
         ray.init(log_to_driver=True)
-    else:
+    else:  # Ray's default token authentication, without its warning that it is on, at every start
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", num_cpus=cluster.num_cpus or os.cpu_count(), include_dashboard=False,
                  log_to_driver=True)  # fmt: skip
 

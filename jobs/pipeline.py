@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from omegaconf.errors import OmegaConfBaseException
 from distill.config import DistillRunConfig
 from jobs import distill as distill_job
 from jobs import train_specialist
-from jobs.cli import config_error, job_main, override_value
+from jobs.cli import config_error, job_main, override_value, resume_command
 from jobs.common import (
     InputError,
     RunDirError,
@@ -49,6 +48,7 @@ from jobs.common import (
 from jobs.config import PipelineRunConfig
 from jobs.make_base import resolve_model_path
 from rl.config import CONFIGS, ModelConfig, SpecialistRunConfig, to_typed, to_yaml
+from rl.failures import Interrupted
 
 StageConfig = TypeVar("StageConfig", SpecialistRunConfig, DistillRunConfig)
 
@@ -135,15 +135,6 @@ def stage_configs(cfg: PipelineRunConfig) -> tuple[dict[str, SpecialistRunConfig
     return specialists, distill
 
 
-def resume_command(cfg: PipelineRunConfig, argv: list[str]) -> str:
-    """This command again with the pipeline's run name and ``resume=true`` (stage configs are composed from
-    the command line, so the same overrides are kept)."""
-    kept = [a for a in argv if a.split("=", 1)[0].lstrip("+") not in ("run_name", "runs_root", "resume",
-                                                                      "hydra.run.dir")]  # fmt: skip
-    return shlex.join(["python", "-m", "jobs.pipeline", *kept, f"run_name={cfg.run_name}",
-                       f"runs_root={cfg.runs_root}", "resume=true"])  # fmt: skip
-
-
 class StageLog:
     """``pipeline.json``: which stages finished, when, in how long, with what summary."""
 
@@ -153,15 +144,20 @@ class StageLog:
             raise RunDirError(f"{path.parent} already holds a pipeline; pass resume=true to continue it "
                               "or choose another run_name")  # fmt: skip
         self.state: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"stages": {}}
+        if not path.exists():  # from now on resume=true continues this pipeline, even one stopped in its base
+            self.save()
+
+    def save(self) -> None:
+        from rl.tracking import write_json_atomic
+
+        write_json_atomic(self.path, self.state)
 
     def done(self, stage: str) -> dict[str, Any] | None:
         return self.state["stages"].get(stage)
 
     def record(self, stage: str, seconds: float, summary: dict[str, Any]) -> None:
-        from rl.tracking import write_json_atomic
-
         self.state["stages"][stage] = {"seconds": round(seconds, 1), "summary": summary}
-        write_json_atomic(self.path, self.state)
+        self.save()
 
 
 def run_stage(log: StageLog, stage: str, title: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -173,6 +169,8 @@ def run_stage(log: StageLog, stage: str, title: str, work: Callable[[], dict[str
     started = time.perf_counter()
     try:
         summary = work()
+    except KeyboardInterrupt as err:  # the job's one line (jobs.cli.interrupted_line) names the stage
+        raise Interrupted.within(err, title) from None
     except BaseException:
         print(f"== {title}: stopped. Finished stages are kept; continue with: {log.resume_hint}", flush=True)
         raise
@@ -215,7 +213,7 @@ def run(cfg: PipelineRunConfig) -> dict[str, Any]:
     specialists, distill = stage_configs(cfg)
     out = pipeline_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    hint = resume_command(cfg, sys.argv[1:])
+    hint = resume_command("jobs.pipeline", sys.argv[1:], run_name=cfg.run_name, runs_root=cfg.runs_root)
     log = StageLog(out / "pipeline.json", cfg.resume, hint)
     (out / "config.yaml").write_text(to_yaml(cfg))
     group = cfg.logger.group or cfg.run_name

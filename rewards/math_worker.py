@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import json
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -149,7 +150,9 @@ def _close_children() -> None:
 
 
 def main() -> None:
-    """The child: one JSON request a line on stdin, one JSON reason a line on stdout, until stdin closes."""
+    """The child: one JSON request a line on stdin, one JSON reason a line on stdout, until stdin closes.
+    Ctrl-C at the terminal reaches the whole process group: the parent decides when this ends (it closes stdin)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     replies, sys.stdout = sys.stdout, sys.stderr  # anything a library prints must not look like a reply
     print("ready", file=replies, flush=True)
     for line in sys.stdin:

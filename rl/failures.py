@@ -32,12 +32,37 @@ def describe(err: RayTaskError) -> tuple[str, str]:
     return where, f"{type(cause).__name__}: {first}".rstrip(": ")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with where it stopped: the loop's step and last checkpoint (``None`` outside a loop) and the
+    pipeline stage; the job prints it as one line (``jobs.cli.interrupted_line``)."""
+
+    def __init__(self, step: int | None, checkpoint: str | None, stage: str = ""):
+        super().__init__(step, checkpoint, stage)
+        self.step, self.checkpoint, self.stage = step, checkpoint, stage
+
+    @classmethod
+    def within(cls, err: KeyboardInterrupt, stage: str) -> Interrupted:
+        """``err`` (an ``Interrupted`` or a bare Ctrl-C) inside ``stage``."""
+        return cls(getattr(err, "step", None), getattr(err, "checkpoint", None), stage)
+
+    def __str__(self) -> str:
+        parts = [f"in {self.stage}"] if self.stage else []
+        if self.step is not None:
+            parts.append(f"at step {self.step}" if self.step else "in the start eval")
+            parts.append(f"(last checkpoint {self.checkpoint})" if self.checkpoint else "(no checkpoint yet)")
+        return " ".join(parts)
+
+
 @contextmanager
 def named_actor_failures(step: Callable[[], int], checkpoint: Callable[[], str | None]) -> Iterator[None]:
-    """Inside a controller's loop: a ``RayTaskError`` leaves as one ``ActorFailedError`` (``step()`` and
-    ``checkpoint()`` are read when it happens)."""
+    """Inside a controller's loop: a ``RayTaskError`` leaves as one ``ActorFailedError``, Ctrl-C as an
+    ``Interrupted`` (``step()`` and ``checkpoint()`` are read when it happens)."""
     try:
         yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(step(), checkpoint()) from None
     except RayTaskError as err:
         where, what = describe(err)
         last = checkpoint()

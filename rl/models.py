@@ -10,6 +10,7 @@ once into such a directory (``gguf_model_dir``); SmolLM2-135M-Instruct comes tha
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,17 @@ def load_tokenizer(name_or_path: str, require_chat_template: bool = True) -> Pre
     return tokenizer
 
 
+def quiet_deepspeed() -> None:
+    """``save_pretrained`` imports DeepSpeed (through accelerate), which warns "Setting accelerator to CPU" in
+    every process that saves on a machine without a GPU unless ``DS_ACCELERATOR`` says so."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, path: Path) -> None:
     """Save weights (safetensors) and tokenizer into ``path``."""
     path.mkdir(parents=True, exist_ok=True)
+    quiet_deepspeed()
     model.save_pretrained(path)  # type: ignore[operator]
     if tokenizer is not None:
         tokenizer.save_pretrained(path)

@@ -6,8 +6,11 @@ Tiny settings keep each run to tens of seconds; the full-size run (the pass@1 ga
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -217,6 +220,49 @@ def test_rerun_without_resume_refuses_to_overwrite_checkpoints(
     common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "run_name=default", "steps=3"]
     proc = run_job(job_env, *common, check=False)
     assert proc.returncode == 2 and "already has checkpoints; pass resume=true" in proc.stderr
+
+
+def test_ctrl_c_is_one_line_with_the_command_that_continues_the_run(
+    tiny_base: Path, tmp_path: Path, job_env: dict[str, str], default_run: Path
+) -> None:
+    # Ctrl-C at a terminal: SIGINT to the whole process group (the job, its reward workers, Ray's processes);
+    # W&B's own quieting is not set here: the job must keep the console quiet itself
+    shutil.copytree(default_run, tmp_path / "default")
+    env = {k: v for k, v in job_env.items() if k != "WANDB_SILENT"}
+    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "run_name=default", "steps=12"]
+    cmd = [sys.executable, "-m", "jobs.train_specialist", *TINY, *common, "resume=true"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    assert proc.stdout is not None
+    console = []
+    for line in proc.stdout:
+        console.append(line)
+        if " step 5/12 " in line:
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    console.append(out)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err + "".join(console), err[-3000:]
+    last = err.strip().splitlines()[-1]
+    got = re.match(r"interrupted at step (\d+) \(last checkpoint (\S+)\); continue with: ", last)
+    assert got, last
+    step = int(got[1])
+    assert step >= 5 and f"checkpoints/step_{step - 1:06d}" in last  # checkpoint_every=1
+    assert last.endswith(f"run_name=default runs_root={tmp_path} resume=true")
+    for noise in (
+        "Generating checksum",
+        "Setting accelerator to CPU",
+        "Token authentication",
+        "Loading weights",
+    ):
+        assert noise not in err + "".join(console), noise
+
+    again = last.split("continue with: ")[1].replace("python", sys.executable, 1)
+    done = subprocess.run(shlex.split(again), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming {tmp_path / 'default'} from step_{step - 1:06d}" in done.stdout
+    assert [m["step"] for m in metrics(tmp_path / "default")] == list(range(13))  # none lost or repeated
 
 
 def test_failing_rewards_score_zero_with_a_reason_and_too_many_stop_the_run(

@@ -27,7 +27,7 @@ from rl.config import TrainerConfig
 from rl.faults import maybe_kill
 from rl.fp4.qat import HostStaging, apply_qat, export_weights, fake_quant_weights, to_cpu
 from rl.memory import peak_gpu_gib
-from rl.models import load_model
+from rl.models import load_model, quiet_deepspeed
 from rl.trainer.objective import Objective
 from rl.trainer.optim import make_optimizer
 from rl.trainer.spec import TrainerSpec
@@ -250,6 +250,7 @@ class TorchTrainer:
         if self.dist.rank != 0:
             return
         out = Path(path)
+        quiet_deepspeed()
         self.model.save_pretrained(out)  # type: ignore[operator]
         state = {
             "optimizer": self.optimizer.state_dict(),
