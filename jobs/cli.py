@@ -7,6 +7,7 @@ them): ``job_main`` rejects bad input before they load, within about a second of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -239,6 +240,40 @@ def quiet_libraries() -> None:
         os.environ.setdefault("WANDB_SILENT", "true")
 
 
+class Tee:
+    """A text stream that also appends what it is given to a log file: the job's console (its own lines and
+    what Ray forwards from the actors) kept in the run directory beside Hydra's log."""
+
+    def __init__(self, stream: Any, log: Any):
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(
+            OSError, ValueError
+        ):  # a full disk or a closed log never stops the job's output
+            self.log.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        with contextlib.suppress(OSError, ValueError):
+            self.log.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...: the console's
+        return getattr(self.stream, name)
+
+
+def keep_console(log_path: Path) -> None:
+    """From here on, stdout and stderr also go to ``log_path`` (appended; Hydra's ``<job>.log`` in the run
+    directory, which otherwise holds only what the logging module wrote)."""
+    log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 -- open for the process's life
+    if isinstance(sys.stdout, Tee) and isinstance(sys.stderr, Tee):  # the next member of a -m sweep
+        sys.stdout.log.close()
+        sys.stdout.log = sys.stderr.log = log
+    else:
+        sys.stdout, sys.stderr = Tee(sys.stdout, log), Tee(sys.stderr, log)
+
+
 def job_main(
     config_name: str, schema: type[T], check: Callable[[T], None]
 ) -> Callable[[Callable[[T], None]], Callable[[], None]]:
@@ -256,8 +291,12 @@ def job_main(
 
         @functools.wraps(task)  # Hydra names the job and finds its configs from the wrapped function
         def hydra_task(dcfg: DictConfig) -> None:
+            from hydra.core.hydra_config import HydraConfig
+
             from rl.config import to_typed
 
+            hydra_cfg = HydraConfig.get()
+            keep_console(Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log")
             with user_errors(created=state["created"], resume=lambda: state["resume"]):
                 cfg = to_typed(dcfg, schema)
                 if hasattr(cfg, "runs_root"):  # a job with runs: Ctrl-C prints how to continue it

@@ -22,7 +22,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jobs.cli import job_main
 from jobs.common import check_model_path, check_writable
@@ -47,6 +47,7 @@ CHAT_TEMPLATE = (
 EVAL_MAX_NEW_TOKENS = {"math": 48, "code": 64, "agent": 48}
 AGENT_EVAL_TURNS = 4
 PROGRESS_EVERY = 50  # SFT steps between progress lines
+LOSS_EVERY = 10  # SFT steps between the points of base.json's loss curve (the report's and W&B's sft/loss)
 
 
 def mixed_recipe() -> BaseRecipe:
@@ -204,7 +205,8 @@ def build_base(recipe: BaseRecipe, out: Path) -> dict:
     examples = [encode_demo(tokenizer, d.task.prompt, list(d.segments)) for d in demos]
     stream = batches(examples, recipe.batch_size, token_id(tokenizer, "pad"), random.Random(recipe.seed))
     heldout = {domain: heldout_tasks(recipe, domain) for domain in recipe.domains}
-    curve, started, step, scores = [], time.perf_counter(), 0, {d: 0.0 for d in recipe.domains}
+    curve, losses, started, step = [], [], time.perf_counter(), 0
+    scores = {d: 0.0 for d in recipe.domains}
     model.train()
     for step in range(1, recipe.max_steps + 1):
         loss = sft_backward(model, *next(stream), micro_batches=recipe.micro_batches)
@@ -212,6 +214,8 @@ def build_base(recipe: BaseRecipe, out: Path) -> dict:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if step % LOSS_EVERY == 0 or step == 1:
+            losses.append([step, round(loss, 5)])
         if step % PROGRESS_EVERY == 0 and step % recipe.eval_every and step != recipe.max_steps:
             progress(step, recipe.max_steps, loss, time.perf_counter() - started)
         if step % recipe.eval_every == 0 or step == recipe.max_steps:
@@ -230,11 +234,26 @@ def build_base(recipe: BaseRecipe, out: Path) -> dict:
         "hash": recipe_hash(recipe),
         "sft_steps": step,
         "pass@1": scores,
-        "curve": curve,
+        "curve": curve,  # at every eval: the loss and the held-out pass@1 per domain
+        "loss_curve": losses,  # [step, loss] every LOSS_EVERY steps
         "seconds": time.perf_counter() - started,
     }
     save_base(model, tokenizer, report, out)
     return report
+
+
+def base_curve(built: dict[str, Any]) -> dict[int, dict[str, float]]:
+    """``base.json``'s SFT curve by step: the loss every ``LOSS_EVERY`` steps, the loss and held-out
+    pass@1 per domain at each eval (a base built before the loss curve existed has the eval points only)."""
+    points: dict[int, dict[str, float]] = {
+        step: {"sft/loss": loss} for step, loss in built.get("loss_curve", [])
+    }
+    for point in built.get("curve", []):
+        scores = point["pass@1"] if isinstance(point["pass@1"], dict) else {"math": point["pass@1"]}
+        points.setdefault(point["step"], {}).update(
+            {"sft/loss": point["loss"], **{f"eval/{d}/pass@1": v for d, v in scores.items()}}
+        )
+    return points
 
 
 def save_base(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, report: dict, out: Path) -> None:

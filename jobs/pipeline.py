@@ -46,7 +46,7 @@ from jobs.common import (
     prepare_run_dir,
 )
 from jobs.config import PipelineRunConfig
-from jobs.make_base import resolve_model_path
+from jobs.make_base import base_curve, resolve_model_path
 from rl.config import CONFIGS, ModelConfig, SpecialistRunConfig, to_typed, to_yaml
 from rl.failures import Interrupted
 
@@ -193,10 +193,8 @@ def base_stage(cfg: PipelineRunConfig, model: ModelConfig, group: str) -> dict[s
     logger = dataclasses.replace(cfg.logger, group=group)
     tracker = Tracker(run_dir, logger, {"model": dataclasses.asdict(model), "path": model_path,
                                         "recipe": built.get("recipe")}, "base", job_type="base")  # fmt: skip
-    for point in built.get("curve", []):
-        scores = point["pass@1"] if isinstance(point["pass@1"], dict) else {"math": point["pass@1"]}
-        tracker.log({"sft/loss": point["loss"], **{f"eval/{d}/pass@1": v for d, v in scores.items()}},
-                    step=point["step"])  # fmt: skip
+    for step, metrics in sorted(base_curve(built).items()):
+        tracker.log(metrics, step=step)
     artifact = tracker.log_model(model_path, base_artifact_name(model.name), "base", {"model": model.name})
     summary = {"path": model_path, "sft_steps": built.get("sft_steps"), "sft_seconds": built.get("seconds"),
                "pass@1": built.get("pass@1"), "wandb_run_id": tracker.run_id, "wandb_artifact": artifact}  # fmt: skip

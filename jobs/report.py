@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from jobs.config import PipelineRunConfig
 from rl.config import SpecialistRunConfig
@@ -105,62 +106,131 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
-def plot_bars(scores: dict[str, dict[str, Any]], path: Path) -> None:
-    """Per domain: base, the domain's specialist, the student."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    width = 0.27
-    for i, (label, key, color) in enumerate(
-        [
-            ("base", "base", "#9e9e9e"),
-            ("specialist", "specialist", "#1f77b4"),
-            ("student", "student", "#ff7f0e"),
-        ]
-    ):
-        xs = [d + (i - 1) * width for d in range(len(scores))]
-        values = [row[key] for row in scores.values()]
-        ax.bar(xs, values, width, label=label, color=color)
-        for x, v in zip(xs, values, strict=True):
-            ax.text(x, v + 0.01, f"{v:.2f}", ha="center", fontsize=7)
-    ax.set_xticks(range(len(scores)), list(scores))
-    ax.set_ylim(0, 1.25)
-    ax.set_ylabel("held-out greedy pass@1")
-    ax.legend(loc="upper left", fontsize=8, ncols=3)
+MODEL_COLORS = {"base": "#9e9e9e", "specialist": "#1f77b4", "student": "#ff7f0e"}
+
+
+def integer_steps(ax: Any) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+
+
+def save(fig: Any, path: Path) -> list[dict[str, Any]]:
+    """Write ``fig`` and close it; returns what each panel shows (title, axis labels, each series' points and
+    line style), which the tests read instead of pixels."""
+    panels = [{"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
+               "series": {line.get_label(): (len(line.get_xdata()), line.get_linestyle()) for line in ax.get_lines()}}
+              for ax in fig.axes]  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return panels
+
+
+def plot_bars(scores: dict[str, dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    """Left: per domain, the base, the domain's specialist and the student. Right: every model on every domain
+    (the cross table: what a specialist loses outside its domain, what the student keeps)."""
+    fig, (ax, grid) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.2, 1]})
+    width = 0.27
+    for i, (key, color) in enumerate(MODEL_COLORS.items()):
+        xs = [d + (i - 1) * width for d in range(len(scores))]
+        values = [row[key] for row in scores.values()]
+        ax.bar(xs, values, width, label=key, color=color)
+        for x, v in zip(xs, values, strict=True):
+            ax.text(x, v + 0.01, f"{v:.2f}", ha="center", fontsize=7)
+    ax.set_xticks(range(len(scores)), list(scores))
+    ax.set(ylim=(0, 1.25), ylabel="held-out greedy pass@1", xlabel="domain",
+           title="each domain: base, its specialist, the student")  # fmt: skip
+    ax.legend(loc="upper left", fontsize=8, ncols=3)
+    domains = list(scores)
+    names = list(next(iter(scores.values()))["teachers"])
+    rows = [("base", [scores[d]["base"] for d in domains])]
+    rows += [(f"{n} specialist", [scores[d]["teachers"][n] for d in domains]) for n in names]
+    rows.append(("student", [scores[d]["student"] for d in domains]))
+    grid.imshow([values for _, values in rows], cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for r, (_, values) in enumerate(rows):
+        for c, v in enumerate(values):
+            grid.text(c, r, f"{v:.3f}", ha="center", va="center", fontsize=8,
+                      color="white" if v > 0.6 else "black", weight="bold" if r - 1 < len(names) and r >= 1
+                      and names[r - 1] == scores[domains[c]]["specialist_name"] else "normal")  # fmt: skip
+    grid.set_xticks(range(len(domains)), domains)
+    grid.set_yticks(range(len(rows)), [label for label, _ in rows])
+    grid.set(xlabel="evaluated on", title="every model on every domain (greedy pass@1)")
+    return save(fig, path)
 
 
 def plot_curves(
     out: Path, base: dict[str, Any], specialists: dict[str, SpecialistRunConfig], path: Path
 ) -> None:
-    """One panel per stage: the base's SFT loss, each specialist's training reward (and eval points), the
-    distillation's per-teacher reverse KL."""
-    panels = 2 + len(specialists)
-    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3))
-    curve = base.get("curve", [])
-    axes[0].plot([p["step"] for p in curve], [p["loss"] for p in curve], marker="o")
-    axes[0].set(title="base: SFT loss", xlabel="SFT step")
+    """One panel per stage: the base's SFT loss (and held-out pass@1 at its evals), each specialist's training
+    reward and eval pass@1 (points, at every eval), the distillation's reverse KL per teacher, the student's
+    held-out pass@1 per domain at the distillation's evals."""
+    from jobs.make_base import base_curve
+
+    panels = 3 + len(specialists)
+    fig, axes = plt.subplots(1, panels, figsize=(3.3 * panels, 3.2))
+    curve = base_curve(base)
+    steps = sorted(curve)
+    axes[0].plot(steps, [curve[s]["sft/loss"] for s in steps], color="#555555", label="SFT loss")
+    axes[0].set(title="base: SFT", xlabel="SFT step", ylabel="loss (nats/token)")
+    evals = [s for s in steps if any(k.startswith("eval/") for k in curve[s])]
+    if evals:
+        right = axes[0].twinx()
+        for key in sorted({k for s in evals for k in curve[s] if k.startswith("eval/")}):
+            right.plot(evals, [curve[s].get(key) for s in evals], marker="o", linestyle="",
+                       label=key.split("/")[1])  # fmt: skip
+        right.set(ylabel="held-out pass@1", ylim=(0, 1.05))
+        right.legend(fontsize=7, loc="center right")
     for ax, (name, spec) in zip(axes[1:], specialists.items(), strict=False):
         rows = read_metrics(out / name)
-        ax.plot([r["step"] for r in rows if "reward/mean" in r], [r["reward/mean"] for r in rows if "reward/mean" in r],
-                label="train reward")  # fmt: skip
+        trained = [r for r in rows if "reward/mean" in r]
+        ax.plot(
+            [r["step"] for r in trained], [r["reward/mean"] for r in trained], label="train reward (mean)"
+        )
         evals = [(r["step"], r["eval/pass@1"]) for r in rows if "eval/pass@1" in r]
         if evals:
-            ax.plot(*zip(*evals, strict=True), marker="o", linestyle="--", label="eval pass@1")
+            ax.plot(*zip(*evals, strict=True), marker="o", linestyle="", label="held-out pass@1")
         label = name if name == spec.specialist.domain else f"{name} ({spec.specialist.domain})"
-        ax.set(title=f"{label} specialist", xlabel="RL step", ylim=(0, 1.05))
+        ax.set(title=f"{label} specialist", xlabel="RL step", ylabel="reward / pass@1", ylim=(0, 1.05))
         ax.legend(fontsize=7)
     rows = read_metrics(out / "distill")
+    kl, student = axes[-2], axes[-1]
     for name in specialists:
         points = [(r["step"], r[f"opd/kl/{name}"]) for r in rows if f"opd/kl/{name}" in r]
         if points:
-            axes[-1].plot(*zip(*points, strict=True), label=f"KL to {name}")
-    positive = any(v > 0 for line in axes[-1].get_lines() for v in line.get_ydata())
-    axes[-1].set(title="distillation: reverse KL", xlabel="OPD step", yscale="log" if positive else "linear")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+            kl.plot(*zip(*points, strict=True), label=f"to {name}")
+    positive = any(v > 0 for line in kl.get_lines() for v in line.get_ydata())
+    kl.set(title="distillation: reverse KL", xlabel="OPD step", ylabel="KL (nats/token)",
+           yscale="log" if positive else "linear")  # fmt: skip
+    domains = [spec.specialist.domain for spec in specialists.values()]
+    for domain in dict.fromkeys(domains):
+        key = f"eval/{domain}/pass@1"
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            student.plot(*zip(*points, strict=True), marker="o", linestyle="", label=domain)
+    student.set(title="distillation: student", xlabel="OPD step", ylabel="held-out pass@1", ylim=(0, 1.05))
+    for ax in (kl, student):
+        ax.legend(fontsize=7)
+    for ax in axes:
+        integer_steps(ax)
+    return save(fig, path)
+
+
+def plot_system(out: Path, stages: list[str], path: Path) -> list[dict[str, Any]]:
+    """Per step of every RL / distillation stage: the rollout-vs-trainer mismatch (KL k3 between the FP4
+    rollout's and the trainer's token probabilities) and the weight-sync time."""
+    fig, (mismatch, sync) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for stage in stages:
+        rows = read_metrics(out / stage)
+        for ax, key in ((mismatch, "mismatch/kl_k3"), (sync, "perf/weight_sync_s")):
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker=".", label=stage)
+    mismatch.set(title="rollout vs trainer mismatch", xlabel="step", ylabel="KL k3 (nats/token)")
+    sync.set(title="weight sync per step", xlabel="step", ylabel="seconds")
+    for ax in (mismatch, sync):
+        integer_steps(ax)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+    return save(fig, path)
 
 
 def machine() -> str:
@@ -180,6 +250,7 @@ def write(out: Path, cfg: PipelineRunConfig, specialists: dict[str, SpecialistRu
     base = json.loads(base_json.read_text()) if base_json.exists() else {}
     plot_bars(scores, out / "pass_at_1.png")
     plot_curves(out, base, specialists, out / "curves.png")
+    plot_system(out, [*specialists, "distill"], out / "system.png")
     table = table_md(scores)
     total = sum(seconds.values())
     report = {
@@ -193,7 +264,7 @@ def write(out: Path, cfg: PipelineRunConfig, specialists: dict[str, SpecialistRu
                             "wandb_artifact": summaries[n].get("wandb_artifact")} for n, s in specialists.items()},
         "student": {"checkpoint": summaries["distill"].get("checkpoint"),
                     "wandb_artifact": summaries["distill"].get("wandb_artifact")},
-        "plots": ["pass_at_1.png", "curves.png"],
+        "plots": ["pass_at_1.png", "curves.png", "system.png"],
         "report_md": str(out / "report.md"), "report_json": str(out / "report.json"),
     }  # fmt: skip
     write_json_atomic(out / "report.json", report)
@@ -223,11 +294,22 @@ intervals are 95% Wilson intervals over the n held-out tasks.
 
 {report["intervals_md"]}
 
+`pass_at_1.png`: left, each domain's base, specialist and student; right, every model on every domain.
+
 ![pass@1 per domain](pass_at_1.png)
 
 ## Learning curves
 
+`curves.png`, one panel per stage: the base's SFT loss (held-out pass@1 at its evals on the right axis), each
+specialist's mean training reward (line) and held-out pass@1 at its evals (points), the distillation's reverse KL
+to each teacher, and the student's held-out pass@1 per domain at the distillation's evals.
+
 ![curves](curves.png)
+
+`system.png`: per step of every stage, the KL between the FP4 rollout's and the trainer's token probabilities
+(what the importance correction has to cover) and the seconds the weight sync took.
+
+![system](system.png)
 
 ## Stages
 
@@ -250,7 +332,8 @@ def log_eval_run(out: Path, cfg: PipelineRunConfig, group: str, scores: dict[str
     columns = ["domain", "base", "specialist", "student", "recovered"]
     rows = [[d, r["base"], r["specialist"], r["student"], r["recovered"]] for d, r in scores.items()]
     tracker.log_media(tables={"pass@1": (columns, rows)},
-                      images={"plots/pass_at_1": out / "pass_at_1.png", "plots/curves": out / "curves.png"})  # fmt: skip
+                      images={"plots/pass_at_1": out / "pass_at_1.png", "plots/curves": out / "curves.png",
+                              "plots/system": out / "system.png"})  # fmt: skip
     summary = {
         f"{who}/{d}/pass@1": r[who] for d, r in scores.items() for who in ("base", "specialist", "student")
     }

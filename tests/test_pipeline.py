@@ -89,7 +89,7 @@ def check_report(out: Path, stdout: str) -> None:
     assert (
         "| domain | base | math specialist | code specialist | agent specialist | student | recovered |" in md
     )
-    for png in ("pass_at_1.png", "curves.png"):
+    for png in ("pass_at_1.png", "curves.png", "system.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 10_000
     assert report["table_md"] in stdout
 

@@ -3,6 +3,7 @@ table, length-sorted SFT micro-batches."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -10,7 +11,15 @@ import torch
 
 from jobs.config import PipelineRunConfig
 from jobs.pipeline import flatten, override_value, specialist_overrides, stage_configs
-from jobs.report import intervals_md, pass_at_1, table_md, wilson_interval
+from jobs.report import (
+    intervals_md,
+    pass_at_1,
+    plot_bars,
+    plot_curves,
+    plot_system,
+    table_md,
+    wilson_interval,
+)
 from jobs.submit import fixed_overrides, with_resume
 from rl.config import SpecialistConfig, SpecialistRunConfig
 from rl.sft import batch_order, batches, sft_backward, sft_loss
@@ -169,3 +178,41 @@ def test_stages_shorter_than_their_checkpoint_period_also_save_halfway(tmp_path)
                             overrides={"checkpoint_every": 50}, run_name="p", runs_root=str(tmp_path))  # fmt: skip
     specialists, distill = stage_configs(cfg)
     assert specialists["math"].checkpoint_every == 50 and distill.checkpoint_every == 50
+
+
+def test_the_report_figures_label_every_panel_and_draw_evals_as_points(tmp_path) -> None:
+    specialists = {n: SpecialistRunConfig(specialist=SpecialistConfig(domain=n)) for n in ("math", "code")}
+    base = {"loss_curve": [[1, 2.0], [10, 1.5], [20, 1.0]], "curve": [{"step": 20, "loss": 1.0,
+            "pass@1": {"math": 0.2, "code": 0.1}}]}  # fmt: skip
+    for stage, steps in (("math", 6), ("code", 4), ("distill", 4)):
+        (tmp_path / stage).mkdir()
+        lines = [{"step": 0, "eval/pass@1": 0.1, "eval/math/pass@1": 0.1, "eval/code/pass@1": 0.0}]
+        lines += [{"step": s, "reward/mean": 0.1 * s, "mismatch/kl_k3": 1e-3, "perf/weight_sync_s": 0.1,
+                   "opd/kl/math": 1 / s, "opd/kl/code": 2 / s} for s in range(1, steps + 1)]  # fmt: skip
+        lines[2] |= {
+            "eval/pass@1": 0.3,
+            "eval/math/pass@1": 0.3,
+            "eval/code/pass@1": 0.1,
+        }  # an eval_every point
+        (tmp_path / stage / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    curves = plot_curves(tmp_path, base, specialists, tmp_path / "curves.png")
+    system = plot_system(tmp_path, ["math", "code", "distill"], tmp_path / "system.png")
+    titled = [p for p in curves + system if p["title"]]
+    assert [p["title"] for p in titled] == ["base: SFT", "math specialist", "code specialist",
+                                            "distillation: reverse KL", "distillation: student",
+                                            "rollout vs trainer mismatch", "weight sync per step"]  # fmt: skip
+    assert all(p["xlabel"] and p["ylabel"] for p in titled)
+    panel = {p["title"]: p["series"] for p in titled}
+    assert panel["base: SFT"]["SFT loss"] == (3, "-")  # every logged SFT step, not only the evals
+    assert curves[-1] == {"title": "", "xlabel": "", "ylabel": "held-out pass@1",  # the base panel's right axis
+                          "series": {"math": (1, "None"), "code": (1, "None")}}  # fmt: skip
+    assert panel["distillation: student"]["math"] == (2, "None")  # held-out pass@1: points, not a line
+    assert panel["math specialist"] == {"train reward (mean)": (6, "-"), "held-out pass@1": (2, "None")}
+    assert panel["rollout vs trainer mismatch"]["distill"][0] == 4
+    assert set(panel["weight sync per step"]) == {"math", "code", "distill"}
+    panels = plot_bars(pass_at_1(specialists, {
+        "eval/math/pass@1_start": 0.1, "eval/math/pass@1": 0.4, "eval/math/math/pass@1": 0.5, "eval/code/math/pass@1": 0,
+        "eval/code/pass@1_start": 0.2, "eval/code/pass@1": 0.2, "eval/math/code/pass@1": 0.1,
+        "eval/code/code/pass@1": 0.3}), tmp_path / "pass_at_1.png")  # fmt: skip
+    assert panels[1]["title"] == "every model on every domain (greedy pass@1)"
+    assert (tmp_path / "pass_at_1.png").stat().st_size > 10_000
