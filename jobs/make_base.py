@@ -62,6 +62,19 @@ def mixed_recipe() -> BaseRecipe:
                       micro_batches=4, max_steps=1000, eval_every=500, num_eval_tasks=100, target_pass_at_1=1.0)  # fmt: skip
 
 
+def moe_recipe() -> BaseRecipe:
+    """``embedded:tiny-moe``: ``tiny-all``'s recipe on a Qwen3-MoE of the same shape whose MLPs are 8 routed
+    experts of width 128, each token going to 2 (about 2.4M parameters, 1.0M active per token)."""
+    return dataclasses.replace(mixed_recipe(), num_experts=8, experts_per_token=2, moe_intermediate_size=128)
+
+
+EMBEDDED_RECIPES = {
+    "embedded:tiny": BaseRecipe,
+    "embedded:tiny-all": mixed_recipe,
+    "embedded:tiny-moe": moe_recipe,
+}
+
+
 def domain_demos(recipe: BaseRecipe, domain: str, n: int | None = None, split: str = "train") -> list[Demo]:
     """The recipe's demonstrations of one domain (``n`` overrides the recipe's count)."""
     from specialists.domains import get_specialist
@@ -95,6 +108,8 @@ def _unused_fields(recipe: BaseRecipe) -> set[str]:
         unused |= {"num_agent_demos", "agent_boxed_share"}
     if recipe.domains == ["math"]:
         unused.add("domains")
+    if recipe.num_experts == 0:  # dense: the MoE settings do not apply
+        unused |= {"num_experts", "experts_per_token", "moe_intermediate_size"}
     return unused
 
 
@@ -178,9 +193,9 @@ def progress(step: int, steps: int, loss: float, elapsed: float) -> None:
 def build_base(recipe: BaseRecipe, out: Path) -> dict:
     """Train tokenizer and model, SFT until the target pass@1 (or ``max_steps``), save into ``out``."""
     import torch
-    from transformers import Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM, Qwen3MoeForCausalLM
 
-    from rl.models import tiny_qwen3_config, token_id
+    from rl.models import tiny_qwen3_config, tiny_qwen3_moe_config, token_id
     from rl.sft import batches, encode_demo, sft_backward
 
     if recipe.torch_threads > 0:
@@ -198,7 +213,13 @@ def build_base(recipe: BaseRecipe, out: Path) -> dict:
         eos_token_id=token_id(tokenizer, "eos"),
         pad_token_id=token_id(tokenizer, "pad"),
     )
-    model = Qwen3ForCausalLM(config)
+    if recipe.num_experts:
+        moe = tiny_qwen3_moe_config(
+            config, recipe.num_experts, recipe.experts_per_token, recipe.moe_intermediate_size
+        )
+        model: torch.nn.Module = Qwen3MoeForCausalLM(moe)
+    else:
+        model = Qwen3ForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(recipe.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
@@ -296,8 +317,8 @@ def resolve_model_path(model: ModelConfig) -> str:
     from rl.models import check_model, gguf_model_dir, smollm2_path
 
     check_model_path(model)
-    if model.path in ("embedded:tiny", "embedded:tiny-all"):
-        return str(ensure_base(mixed_recipe() if model.path == "embedded:tiny-all" else None))
+    if model.path in EMBEDDED_RECIPES:
+        return str(ensure_base(EMBEDDED_RECIPES[model.path]()))
     if model.path == "pypi:smollm2-135m":
         return str(smollm2_path())
     if (gguf := gguf_source(model.path, model.gguf_file)) is not None:

@@ -399,6 +399,11 @@ class BaseRecipe:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 384
+    # MoE (Qwen3-MoE from transformers): 0 = dense; else routed experts per layer, each token's top-k of them,
+    # each expert's width (a multiple of 32, so FP4 blocks fit both its matmuls) -- model=tiny-moe
+    num_experts: int = 0
+    experts_per_token: int = 2
+    moe_intermediate_size: int = 128
     # what the base sees; code and agent demos exist (recipe.domains=[math,code,agent]) but the default base
     # stays math-only until a mixed recipe that leaves every domain RL headroom is tuned
     domains: list[str] = field(default_factory=lambda: ["math"])
@@ -434,6 +439,8 @@ class BaseRecipe:
         check_fields("recipe", self, {
             "vocab_size": at_least(BASE_TOKENS), "hidden_size": at_least(1), "num_layers": at_least(1),
             "num_heads": at_least(1), "num_kv_heads": at_least(1), "intermediate_size": at_least(1),
+            "num_experts": at_least(0), "experts_per_token": within(1, self.num_experts) if self.num_experts else at_least(1),
+            "moe_intermediate_size": at_least(1),
             "domains": subset_of(CHOICES["specialist.domain"]), "num_demos": at_least(1), "boxed_share": within(0, 1),
             "num_code_demos": at_least(1), "code_fenced_share": within(0, 1), "num_agent_demos": at_least(1),
             "agent_boxed_share": within(0, 1), "batch_size": at_least(1), "micro_batches": within(1, self.batch_size),

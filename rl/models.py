@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    Qwen3Config,
+    Qwen3MoeConfig,
+)
 
 from rl.cache import cache_dir
 from rl.model_files import TOKENIZER_FILES, ModelLoadError, check_gguf_file, check_model_dir, is_local
@@ -105,6 +111,18 @@ def tiny_qwen3_config(
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
     )
+
+
+def tiny_qwen3_moe_config(
+    base: Qwen3Config, num_experts: int, experts_per_token: int, moe_intermediate_size: int
+) -> Qwen3MoeConfig:
+    """``base``'s shape as a Qwen3-MoE: every layer's MLP is ``num_experts`` routed experts of width
+    ``moe_intermediate_size``, each token going to its top ``experts_per_token`` (weights renormalized)."""
+    shape = {k: getattr(base, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
+             "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")}  # fmt: skip
+    return Qwen3MoeConfig(**shape, num_experts=num_experts, num_experts_per_tok=experts_per_token,
+                          moe_intermediate_size=moe_intermediate_size, norm_topk_prob=True, decoder_sparse_step=1)  # fmt: skip
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

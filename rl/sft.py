@@ -73,11 +73,19 @@ def batches(
 def sft_loss(
     model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
-    """Token-mean next-token cross-entropy over positions where ``mask`` marks the target token."""
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    """Token-mean next-token cross-entropy over positions where ``mask`` marks the target token; an MoE model
+    adds its router's load-balancing loss (``router_aux_loss_coef``), so SFT does not send every token to the
+    same few experts."""
+    config = getattr(model, "config", None)
+    moe = bool(getattr(config, "num_experts", 0))
+    out = model(input_ids=ids, attention_mask=attn, **({"output_router_logits": True} if moe else {}))
+    logits = out.logits[:, :-1].float()
     target_mask = mask[:, 1:]
     nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-    return (nll * target_mask).sum() / target_mask.sum().clamp_min(1)
+    loss = (nll * target_mask).sum() / target_mask.sum().clamp_min(1)
+    if moe and getattr(out, "aux_loss", None) is not None:
+        loss = loss + config.router_aux_loss_coef * out.aux_loss  # type: ignore[union-attr]
+    return loss
 
 
 def sft_backward(

@@ -1,4 +1,5 @@
-"""FP4 quantization-aware training: selected linears compute with ``dequant(quant(W))``, STE backward.
+"""FP4 quantization-aware training: selected linears, and MoE layers' routed experts, compute with
+``dequant(quant(W))``, STE backward.
 
 The forward uses ``W + sg(fake_quant(W) - W)``: its value is exactly the fake-quantized weight (the same
 function the rollout export uses, so sampled = trained), and its gradient with respect to ``W`` is the
@@ -16,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rl.fp4.experts import quantize_experts, ste_fake_quant_experts
 from rl.fp4.formats import BLOCK_SIZES, fake_quant, quantize
+from rl.moe import EXPERT_PARAMS, experts_forward, is_experts
 
-# Linears inside transformer blocks (HF Llama/Qwen naming); embeddings, norms and the LM head stay high
-# precision. For MoE models the routed experts' linears match too (``...mlp.experts.N.*_proj``).
+# Linears inside transformer blocks (HF Llama/Qwen naming) and MoE layers' fused routed experts
+# (``...mlp.experts``, 3-D weights); embeddings, norms, the LM head and MoE routers stay high precision.
 DEFAULT_TARGETS = r"(^|\.)layers\.\d+\..*"
 
 
@@ -29,13 +32,36 @@ def ste_fake_quant(weight: torch.Tensor, fmt: str) -> torch.Tensor:
 
 
 def qat_linear_names(model: nn.Module, fmt: str, targets: str = DEFAULT_TARGETS) -> list[str]:
-    """Names of the ``nn.Linear`` modules QAT applies to: matching ``targets`` and whole blocks wide."""
+    """Names of the modules QAT applies to, matching ``targets`` and whole blocks wide: in a dense model its
+    ``nn.Linear`` layers; in an MoE model only the fused routed-experts modules (``rl.moe.is_experts``) whose two
+    matmuls both reduce over whole blocks -- DeepSeek-V4's choice: attention, shared experts and the router keep
+    high precision."""
     pattern, block = re.compile(targets), BLOCK_SIZES[fmt]
-    return [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and pattern.search(name) and module.in_features % block == 0
-    ]
+    moe = any(is_experts(m) for m in model.modules())
+
+    def whole_blocks(module: nn.Module) -> bool:
+        if isinstance(module, nn.Linear) and not moe:
+            return module.in_features % block == 0
+        return is_experts(module) and all(getattr(module, p).shape[-1] % block == 0 for p in EXPERT_PARAMS)
+
+    return [name for name, module in model.named_modules() if pattern.search(name) and whole_blocks(module)]
+
+
+def skipped_experts(model: nn.Module, fmt: str) -> list[str]:
+    """Fused experts modules left in high precision because a matmul's input width is not whole blocks."""
+    block = BLOCK_SIZES[fmt]
+    return [name for name, module in model.named_modules()
+            if is_experts(module) and any(getattr(module, p).shape[-1] % block for p in EXPERT_PARAMS)]  # fmt: skip
+
+
+def quantized_params(module: nn.Module) -> tuple[str, ...]:
+    """The parameters of a QAT module that are FP4: an experts module's two stacked weights, a linear's weight."""
+    return EXPERT_PARAMS if is_experts(module) else ("weight",)
+
+
+def quantized_keys(model: nn.Module, qat_names: list[str]) -> list[str]:
+    """``model.state_dict()`` keys of the FP4 weights of the QAT modules ``qat_names``."""
+    return [f"{name}.{p}" for name in qat_names for p in quantized_params(model.get_submodule(name))]
 
 
 def _qat_forward(module: nn.Linear, fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -45,18 +71,29 @@ def _qat_forward(module: nn.Linear, fmt: str) -> Callable[[torch.Tensor], torch.
     return forward
 
 
+def _qat_experts_forward(module: nn.Module, fmt: str) -> Callable[..., torch.Tensor]:
+    def forward(hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        gate_up = ste_fake_quant_experts(module.gate_up_proj, fmt)  # type: ignore[arg-type]
+        down = ste_fake_quant_experts(module.down_proj, fmt)  # type: ignore[arg-type]
+        return experts_forward(hidden, top_k_index, top_k_weights, gate_up.shape[0],
+                               lambda e, x: F.linear(x, gate_up[e]), lambda e, x: F.linear(x, down[e]),
+                               module.act_fn)  # type: ignore[arg-type]  # fmt: skip
+
+    return forward
+
+
 def apply_qat(model: nn.Module, fmt: str, targets: str = DEFAULT_TARGETS) -> list[str]:
-    """Switch the targeted linears of ``model`` to fake-quantized forwards in place; returns their names."""
+    """Switch the targeted modules of ``model`` to fake-quantized forwards in place; returns their names."""
     names = qat_linear_names(model, fmt, targets)
     if not names:
         raise ValueError(
-            f"fp4={fmt}: no nn.Linear matches {targets!r} with in_features divisible by the block"
+            f"fp4={fmt}: no nn.Linear (or MoE experts module) matches {targets!r} with input widths divisible by "
+            "the block"
         )
-    modules = dict(model.named_modules())
     for name in names:
-        module = modules[name]
-        assert isinstance(module, nn.Linear)
-        module.forward = _qat_forward(module, fmt)  # type: ignore[method-assign]
+        module = model.get_submodule(name)
+        qat = _qat_experts_forward(module, fmt) if is_experts(module) else _qat_forward(module, fmt)  # type: ignore[arg-type]
+        module.forward = qat  # type: ignore[method-assign]
     return names
 
 
@@ -69,11 +106,16 @@ def export_weights(model: nn.Module, qat_names: list[str], fmt: str | None) -> d
     """
     if fmt is None:
         return {key: value.detach().clone() for key, value in model.state_dict().items()}
-    quantized = {f"{name}.weight" for name in qat_names}
+    quantized = set(quantized_keys(model, qat_names))
     state: dict[str, Any] = {}
     for key, value in model.state_dict().items():
-        state[key] = quantize(value.detach(), fmt) if key in quantized else value.detach().clone()
+        state[key] = quantize_param(value.detach(), fmt) if key in quantized else value.detach().clone()
     return state
+
+
+def quantize_param(weight: torch.Tensor, fmt: str) -> Any:
+    """A linear's weight [N, K] as one FP4 tensor; stacked experts [E, N, K] expert by expert."""
+    return quantize_experts(weight, fmt) if weight.dim() == 3 else quantize(weight, fmt)
 
 
 class HostStaging:
@@ -116,14 +158,16 @@ def to_cpu(state: dict[str, Any], staging: HostStaging | None = None) -> dict[st
 
 
 def fake_quant_weights(model: nn.Module, qat_names: list[str], fmt: str | None) -> dict[str, torch.Tensor]:
-    """What each QAT linear multiplies by in the trainer's forward (float32); none without a format."""
+    """What each QAT module multiplies by in the trainer's forward (float32), by weight key; none without a
+    format."""
     if fmt is None:
         return {}
-    modules = dict(model.named_modules())
-    return {
-        f"{name}.weight": ste_fake_quant(modules[name].weight.detach().float(), fmt)  # type: ignore[arg-type]
-        for name in qat_names
-    }
+    state = model.state_dict()
+    out = {}
+    for key in quantized_keys(model, qat_names):
+        weight = state[key].detach().float()
+        out[key] = ste_fake_quant_experts(weight, fmt) if weight.dim() == 3 else ste_fake_quant(weight, fmt)
+    return out
 
 
 def payload_nbytes(state: dict[str, Any]) -> int:

@@ -21,8 +21,7 @@ import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from rl.config import FP4, RolloutConfig
-from rl.fp4.formats import dequantize
-from rl.fp4.packed import PackedFP4Linear, pack_linears
+from rl.fp4.packed import PackedFP4Experts, PackedFP4Linear, PackedModule, pack_linears
 from rl.fp4.qat import qat_linear_names
 from rl.models import load_model, load_tokenizer, token_id
 from rl.rollout.sampling import sample_tokens
@@ -92,34 +91,38 @@ class HFEngine:
 
     def load_weights(self, state: dict[str, Any]) -> None:
         """Replace the weights in place: dense tensors by ``model.state_dict()`` name, FP4 entries (what the
-        trainer exports for its QAT linears) into the packed linears."""
+        trainer exports for its QAT linears and MoE experts) into the packed modules."""
         dense = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-        packed = {k.removesuffix(".weight"): v for k, v in state.items() if not isinstance(v, torch.Tensor)}
-        if set(packed) != set(self.packed_names):
-            raise ValueError(f"packed weights {sorted(packed)} do not match this engine's FP4 linears")
-        for name, quantized in packed.items():
-            self._packed(name).load_quantized(quantized)
+        packed = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+        expected = {f"{n}.{p}" for n in self.packed_names for p in self._packed(n).params}
+        if set(packed) != expected:
+            raise ValueError(f"packed weights {sorted(packed)} do not match this engine's FP4 modules")
+        for key, quantized in packed.items():
+            name, _, param = key.rpartition(".")
+            self._packed(name).load_quantized(quantized, param)
         missing, unexpected = self.model.load_state_dict(dense, strict=False)
-        missing = [k for k in missing if k.rpartition(".")[0] not in packed]
+        missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in self.packed_names)]
         if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
             raise ValueError(
                 f"weight update does not match the model: missing={missing}, unexpected={unexpected}"
             )
 
-    def _packed(self, name: str) -> PackedFP4Linear:
+    def _packed(self, name: str) -> PackedModule:
         module = self.model.get_submodule(name)
-        assert isinstance(module, PackedFP4Linear), name
+        assert isinstance(module, PackedFP4Linear | PackedFP4Experts), name
         return module
 
     def served_weights(self) -> dict[str, torch.Tensor]:
-        """What each FP4 linear multiplies by (float32), keyed like the trainer's weights."""
-        return {f"{n}.weight": dequantize(self._packed(n).quantized()) for n in self.packed_names}
+        """What each FP4 module multiplies by (float32), keyed like the trainer's weights."""
+        return {
+            f"{n}.{p}": self._packed(n).served(p) for n in self.packed_names for p in self._packed(n).params
+        }
 
     def memory_report(self) -> dict[str, int]:
-        """Bytes held by the FP4 linears, and what the same weights would take in bf16."""
-        shapes = [self._packed(n).quantized().shape for n in self.packed_names]
-        packed = sum(self._packed(n).weight_nbytes() for n in self.packed_names)
-        return {"packed_bytes": packed, "bf16_bytes": sum(2 * r * c for r, c in shapes)}
+        """Bytes held by the FP4 modules, and what the same weights would take in bf16."""
+        modules = [self._packed(n) for n in self.packed_names]
+        return {"packed_bytes": sum(m.weight_nbytes() for m in modules),
+                "bf16_bytes": sum(m.bf16_nbytes() for m in modules)}  # fmt: skip
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
