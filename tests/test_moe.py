@@ -3,18 +3,28 @@ rl/fp4/qat.py, rl/fp4/packed.py), on a tiny Qwen3-MoE from transformers."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import ray
 import torch
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
+from rl.algorithms.objective import PolicyObjective
+from rl.config import AlgorithmConfig, ClusterConfig, RolloutConfig, TrainerConfig
 from rl.fp4.experts import dequantize_experts, expert, fake_quant_experts, quantize_experts
 from rl.fp4.formats import dequantize, fake_quant, quantize
 from rl.fp4.packed import PackedFP4Experts, pack_linears
 from rl.fp4.qat import apply_qat, export_weights, fake_quant_weights, qat_linear_names, skipped_experts
 from rl.fp4.tensors import NVFP4Tensor
+from rl.models import load_model, load_tokenizer, save_model, tiny_qwen3_moe_config
 from rl.moe import dense_matmuls, experts_forward, is_experts
+from rl.rollout.group import RolloutGroup
+from rl.trainer.group import TrainerGroup
+from rl.trainer.spec import TrainerSpec
+from rl.types import SamplingParams, TrainBatch
+from tests.test_trainer import batch  # noqa: F401  (module fixture: a real rollout batch)
 
 
 def tiny_moe(moe_intermediate_size: int = 32, seed: int = 0) -> Qwen3MoeForCausalLM:
@@ -138,3 +148,52 @@ def test_experts_whose_width_is_not_whole_blocks_stay_high_precision() -> None:
     assert qat_linear_names(model, "nvfp4") == []
     with pytest.raises(ValueError, match=r"no nn.Linear \(or MoE experts module\)"):
         apply_qat(model, "nvfp4")
+
+
+@pytest.fixture(scope="module")
+def moe_dir(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny base's tokenizer and shape as an untrained Qwen3-MoE (8 experts of width 128, top-2)."""
+    torch.manual_seed(0)
+    config = tiny_qwen3_moe_config(load_model(str(tiny_base)).config, 8, 2, 128)  # type: ignore[arg-type]
+    out = tmp_path_factory.mktemp("moe") / "tiny-moe"
+    save_model(Qwen3MoeForCausalLM(config), load_tokenizer(str(tiny_base)), out)
+    return out
+
+
+def test_moe_trainer_and_rollout_actors_agree_bitwise_on_every_expert_after_a_step(
+    moe_dir: Path,
+    batch: TrainBatch,  # noqa: F811
+    ray_local,
+) -> None:
+    fmt = "nvfp4"  # a tensor scale per expert; MXFP4's stacking is the plain quantizer (the unit tests above)
+    cluster = ClusterConfig(actor_cpus=0.5, torch_threads=1)
+    trainer = TrainerGroup(TrainerSpec(str(moe_dir), TrainerConfig(lr=1e-3), 10, fp4=fmt),
+                           PolicyObjective(AlgorithmConfig()), cluster, {})  # fmt: skip
+    rollout = RolloutGroup(str(moe_dir), RolloutConfig(), cluster, {}, fp4=fmt, dtype="float32")
+    try:
+        trainer.train_step(batch, max_response_tokens=12)
+        sync = rollout.push_weights(trainer.export_weights())
+        worker = rollout.workers[0]
+        served = ray.get(worker.dequantized_weights.remote())
+        trained = trainer.fake_quant_weights()
+        assert (
+            sorted(served)
+            == sorted(trained)
+            == sorted(
+                f"model.layers.{i}.mlp.experts.{p}" for i in range(4) for p in ("gate_up_proj", "down_proj")
+            )
+        )
+        for key in trained:
+            assert torch.equal(served[key], trained[key]), key
+        before = load_model(str(moe_dir)).state_dict()
+        assert any(
+            not torch.equal(fake_quant_experts(before[k], fmt), trained[k]) for k in trained
+        )  # it moved
+        memory = ray.get(worker.memory_report.remote())
+        assert memory["packed_bytes"] <= 0.30 * memory["bf16_bytes"]  # the experts in the rollout
+        assert sync["perf/weight_sync_bytes"] > 0
+        (out,) = ray.get(worker.generate.remote([[1, 2, 3]], SamplingParams(max_new_tokens=4, temperature=0)))
+        assert len(out.response_ids) >= 1
+    finally:
+        trainer.shutdown()
+        rollout.shutdown()
