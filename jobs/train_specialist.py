@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from jobs.common import (
     prepare_run_dir,
 )
 from jobs.make_base import resolve_model_path
-from rl.config import FP4, SpecialistRunConfig, fp4_of, serving_dtype
+from rl.config import FP4, ModelConfig, SpecialistRunConfig, fp4_of, serving_dtype
 
 if TYPE_CHECKING:
     from rl.rollout.group import RolloutGroup
@@ -55,6 +56,17 @@ def check_context(tokenizer: Any, tasks: list, response_tokens: int, context: in
         )
 
 
+def is_moe(model: ModelConfig) -> bool:
+    """The embedded MoE base, or a local model directory whose config.json has routed experts."""
+    config = Path(model.path) / "config.json"
+    if model.path == "embedded:tiny-moe":
+        return True
+    if not config.is_file():
+        return False
+    raw = json.loads(config.read_text())  # the key differs by transformers version and family
+    return any(raw.get(k) for k in ("num_experts", "num_local_experts", "n_routed_experts"))
+
+
 def check_backends(cfg: SpecialistRunConfig | DistillRunConfig) -> None:
     """The packages the engine and backend need, and the DeepSpeed options -- before any actor starts.
     (Their names are checked by the schema.)"""
@@ -63,6 +75,9 @@ def check_backends(cfg: SpecialistRunConfig | DistillRunConfig) -> None:
         raise ValueError(
             f"{package} is not installed; `make` installs it (pip install -e '.[cpu]' on CPU, '.[gpu]' on GPU)"
         )
+    if cfg.rollout.engine == "vllm" and cfg.fp4 != "none" and is_moe(cfg.model):
+        raise ValueError(f"rollout=vllm does not serve FP4 MoE experts (model {cfg.model.name!r}); the packed "
+                         "experts are the hf engine's: use rollout=hf, or fp4=none")  # fmt: skip
     if cfg.trainer.backend == "deepspeed":
         from rl.trainer.deepspeed_backend import deepspeed_config
 
@@ -76,6 +91,7 @@ def check_inputs(cfg: SpecialistRunConfig) -> None:
     if cfg.registry:
         check_writable(Path(cfg.registry), "registry")
     check_model_path(cfg.model)
+    check_backends(cfg)
     check_data_files(cfg.specialist)
     check_resume(Path(cfg.runs_root) / cfg.run_name, cfg.resume)
     check_cluster(cfg.cluster)

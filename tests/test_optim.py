@@ -44,19 +44,59 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest() -> None:
     assert adamw == ["embed.weight", "proj.bias", "norm.weight", "norm.bias", "head.weight"]
 
 
-def test_a_qwen3_moe_router_and_fused_experts_stay_with_adamw() -> None:
+def tiny_moe() -> Qwen3MoeForCausalLM:
     config = Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
                             num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
                             num_experts=4, num_experts_per_tok=2, tie_word_embeddings=True)  # fmt: skip
-    model = Qwen3MoeForCausalLM(config)
+    return Qwen3MoeForCausalLM(config)
+
+
+def test_a_qwen3_moe_router_stays_with_adamw_and_the_fused_experts_go_to_muon() -> None:
+    model = tiny_moe()
     muon, adamw = muon_split(model)
     params = dict(model.named_parameters())
     assert set(muon) | set(adamw) == set(params) and not set(muon) & set(adamw)
     assert "model.layers.0.mlp.gate.weight" in adamw  # the router
     assert "model.embed_tokens.weight" in adamw  # tied to the head: one tensor, AdamW's
     assert {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.o_proj.weight"} <= set(muon)
-    assert all(params[n].ndim == 2 for n in muon)
+    assert {"model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj"} <= set(muon)
+    assert all(params[n].ndim == 2 or n.endswith(("gate_up_proj", "down_proj")) for n in muon)
     assert all(params[n].ndim != 2 or n.endswith("gate.weight") or "embed" in n for n in adamw)
+
+
+def test_fused_experts_step_as_torch_muon_on_each_expert_alone() -> None:
+    torch.manual_seed(0)
+    model = tiny_moe()
+    experts = model.model.layers[0].mlp.experts
+    fused = experts.gate_up_proj
+    before = fused.detach().clone()
+    cfg = TrainerConfig(optimizer="muon", lr=0.02, weight_decay=0.1)
+    opt = MuonWithAdamW(model, cfg)
+    grads = [torch.randn_like(fused) for _ in range(2)]
+    for g in grads:  # two steps: the momentum buffer per expert carries over
+        opt.zero_grad(set_to_none=True)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        fused.grad = g.clone()
+        opt.step()
+    for e in range(fused.shape[0]):
+        alone = torch.nn.Parameter(before[e].clone())
+        reference = torch.optim.Muon([alone], lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True,
+                                     adjust_lr_fn="match_rms_adamw")  # fmt: skip
+        for g in grads:
+            alone.grad = g[e].clone()
+            reference.step()
+        assert torch.equal(fused.detach()[e], alone.detach()), e
+    opt.zero_grad(set_to_none=True)
+    assert fused.grad is None and experts.down_proj.grad is None
+    state = opt.state_dict()  # a resumed run gets every expert's momentum back
+    other_model = tiny_moe()
+    other = MuonWithAdamW(other_model, cfg)
+    other.load_state_dict(state)
+    buffers = [s["momentum_buffer"] for s in other.muon.state.values()]
+    assert len(buffers) == len(opt.muon.state) and all(
+        torch.equal(a["momentum_buffer"], b) for a, b in zip(opt.muon.state.values(), buffers, strict=True)
+    )
 
 
 def test_one_step_equals_the_reference() -> None:

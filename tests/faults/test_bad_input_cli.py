@@ -90,6 +90,8 @@ CASES = [
          "specialist.domain=poetry"),
     case("unknown-dataset", "train_specialist", "unknown specialist.train_data 'gsm9k'; valid: synthetic, gsm8k",
          "specialist.train_data=gsm9k"),
+    case("vllm-fp4-moe", "train_specialist", "rollout=vllm does not serve FP4 MoE experts (model 'tiny-moe')",
+         "model=tiny-moe", "rollout=vllm"),
     case("zero-stage-4", "train_specialist", "trainer.zero_stage must be one of (1, 2, 3), got 4",
          "trainer=deepspeed", "trainer.zero_stage=4"),
     case("run-name-escapes", "train_specialist", "run_name must be a directory name under runs_root", "run_name=../up"),
