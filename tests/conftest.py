@@ -34,6 +34,21 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def moe_dir(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny base's tokenizer and shape as an untrained Qwen3-MoE (8 experts of width 128, top-2)."""
+    import torch
+    from transformers import Qwen3MoeForCausalLM
+
+    from rl.models import load_model, load_tokenizer, save_model, tiny_qwen3_moe_config
+
+    torch.manual_seed(0)
+    config = tiny_qwen3_moe_config(load_model(str(tiny_base)).config, 8, 2, 128)  # type: ignore[arg-type]
+    out = tmp_path_factory.mktemp("moe") / "tiny-moe"
+    save_model(Qwen3MoeForCausalLM(config), load_tokenizer(str(tiny_base)), out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """An in-process local Ray with 2 CPUs, shared by the tests that build actors directly."""
     import ray

@@ -146,6 +146,31 @@ def test_code_and_agent_specialists_run_as_jobs(
     assert load_tokenizer(summary["checkpoint"]).chat_template
 
 
+def test_an_moe_specialist_trains_fp4_experts_with_muon_and_resumes(
+    moe_dir: Path, tmp_path: Path, job_env: dict[str, str]
+) -> None:
+    # a Qwen3-MoE through the job: QAT on the experts, packed experts in the rollout worker, Muon per expert,
+    # the run stopped after 2 steps and resumed (every expert's momentum from the checkpoint)
+    common = [
+        f"model.path={moe_dir}",
+        f"runs_root={tmp_path}",
+        "run_name=moe",
+        "fp4=nvfp4",
+        "trainer.optimizer=muon",
+    ]
+    run_job(job_env, *common, "steps=2")
+    proc = run_job(job_env, *common, "steps=3", "resume=true")
+    assert "resuming" in proc.stdout and "step_000002" in proc.stdout
+    lines = metrics(tmp_path / "moe")
+    assert [m["step"] for m in lines] == [0, 1, 2, 3]
+    assert all(
+        line["mismatch/kl_k3"] < 1e-3 for line in lines[1:]
+    )  # the packed experts serve what was trained
+    summary = json.loads((tmp_path / "moe" / "summary.json").read_text())
+    config = json.loads((Path(summary["checkpoint"]) / "config.json").read_text())
+    assert config["model_type"] == "qwen3_moe"
+
+
 def test_nonfinite_losses_stop_the_run_with_the_last_good_checkpoint_intact(
     tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
 ) -> None:

@@ -18,7 +18,7 @@ from rl.fp4.formats import dequantize, fake_quant, quantize
 from rl.fp4.packed import PackedFP4Experts, pack_linears
 from rl.fp4.qat import apply_qat, export_weights, fake_quant_weights, qat_linear_names, skipped_experts
 from rl.fp4.tensors import NVFP4Tensor
-from rl.models import load_model, load_tokenizer, save_model, tiny_qwen3_moe_config
+from rl.models import load_model
 from rl.moe import dense_matmuls, experts_forward, is_experts
 from rl.rollout.group import RolloutGroup
 from rl.trainer.group import TrainerGroup
@@ -148,16 +148,6 @@ def test_experts_whose_width_is_not_whole_blocks_stay_high_precision() -> None:
     assert qat_linear_names(model, "nvfp4") == []
     with pytest.raises(ValueError, match=r"no nn.Linear \(or MoE experts module\)"):
         apply_qat(model, "nvfp4")
-
-
-@pytest.fixture(scope="module")
-def moe_dir(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny base's tokenizer and shape as an untrained Qwen3-MoE (8 experts of width 128, top-2)."""
-    torch.manual_seed(0)
-    config = tiny_qwen3_moe_config(load_model(str(tiny_base)).config, 8, 2, 128)  # type: ignore[arg-type]
-    out = tmp_path_factory.mktemp("moe") / "tiny-moe"
-    save_model(Qwen3MoeForCausalLM(config), load_tokenizer(str(tiny_base)), out)
-    return out
 
 
 def test_moe_trainer_and_rollout_actors_agree_bitwise_on_every_expert_after_a_step(
