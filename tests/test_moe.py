@@ -3,6 +3,7 @@ rl/fp4/qat.py, rl/fp4/packed.py), on a tiny Qwen3-MoE from transformers."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, cast
 
@@ -187,3 +188,14 @@ def test_moe_trainer_and_rollout_actors_agree_bitwise_on_every_expert_after_a_st
     finally:
         trainer.shutdown()
         rollout.shutdown()
+
+
+def test_the_moe_decode_benchmark_runs_on_cpu(tmp_path: Path) -> None:
+    from benchmarks.moe_decode import main
+
+    out = tmp_path / "moe_decode.json"
+    assert main(["--cpu", "--batch", "2", "--new", "4", "--layers", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["fp4_tokens_per_s"] > 0 and result["dense_tokens_per_s"] > 0
+    assert result["fp4_bytes_ratio"] < 0.30 / 2  # packed NVFP4 against float32 experts (0.30 of bf16)
+    assert 0.0 <= result["greedy_tokens_agreeing"] <= 1.0
