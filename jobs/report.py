@@ -159,7 +159,7 @@ def plot_bars(scores: dict[str, dict[str, Any]], path: Path) -> list[dict[str, A
 
 def plot_curves(
     out: Path, base: dict[str, Any], specialists: dict[str, SpecialistRunConfig], path: Path
-) -> None:
+) -> list[dict[str, Any]]:
     """One panel per stage: the base's SFT loss (and held-out pass@1 at its evals), each specialist's training
     reward and eval pass@1 (points, at every eval), the distillation's reverse KL per teacher, the student's
     held-out pass@1 per domain at the distillation's evals."""
