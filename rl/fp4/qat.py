@@ -86,10 +86,10 @@ def apply_qat(model: nn.Module, fmt: str, targets: str = DEFAULT_TARGETS) -> lis
     """Switch the targeted modules of ``model`` to fake-quantized forwards in place; returns their names."""
     names = qat_linear_names(model, fmt, targets)
     if not names:
-        raise ValueError(
-            f"fp4={fmt}: no nn.Linear (or MoE experts module) matches {targets!r} with input widths divisible by "
-            "the block"
-        )
+        skipped = skipped_experts(model, fmt)
+        why = f" (MoE experts whose widths are not whole blocks: {', '.join(skipped)})" if skipped else ""
+        raise ValueError(f"fp4={fmt}: no nn.Linear (or MoE experts module) matches {targets!r} with input widths "
+                         f"divisible by the block{why}; train it with fp4=none")  # fmt: skip
     for name in names:
         module = model.get_submodule(name)
         qat = _qat_experts_forward(module, fmt) if is_experts(module) else _qat_forward(module, fmt)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rl.algorithms.objective import token_logprobs
 from rl.config import TrainerConfig
 from rl.faults import maybe_kill
-from rl.fp4.qat import HostStaging, apply_qat, export_weights, fake_quant_weights, to_cpu
+from rl.fp4.qat import HostStaging, apply_qat, export_weights, fake_quant_weights, skipped_experts, to_cpu
 from rl.memory import peak_gpu_gib
 from rl.models import load_model, quiet_deepspeed
 from rl.trainer.objective import Objective
@@ -90,6 +90,9 @@ class TorchTrainer:
             self._init_process_group()
         self.model = load_model(spec.model_path, spec.dtype).to(self.device).train()
         self.qat_names = apply_qat(self.model, spec.fp4) if spec.fp4 else []
+        if spec.fp4 and self.dist.rank == 0 and (dense := skipped_experts(self.model, spec.fp4)):
+            print(f"fp4={spec.fp4}: {len(dense)} MoE experts module(s) stay high precision (an input width is not "
+                  f"whole {spec.fp4} blocks): {', '.join(dense)}", flush=True)  # fmt: skip
         self.objective = objective
         objective.attach(self)
         self._setup_optimizer(spec.total_steps * spec.cfg.num_minibatches)
