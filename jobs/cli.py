@@ -318,7 +318,7 @@ def job_main(
                 from jobs.help import print_help
 
                 with user_errors():
-                    print_help(config_name, schema)
+                    print_help(config_name, schema, compose(config_name, []))
                 return
             if not hydra_flags(argv):
                 with user_errors():

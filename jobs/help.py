@@ -76,11 +76,9 @@ def groups() -> dict[str, list[str]]:
             for d in sorted(CONFIGS.iterdir()) if d.is_dir()}  # fmt: skip
 
 
-def job_help(job: str, config_name: str, schema: type, doc: str) -> str:
-    """The help text of ``python -m jobs.<job>``: usage, what the job does, groups, settings."""
-    from jobs.cli import compose
-
-    defaults = compose(config_name, [])
+def job_help(job: str, schema: type, defaults: Any, doc: str) -> str:
+    """The help text of ``python -m jobs.<job>``: usage, what the job does, groups, settings (``defaults``: the
+    job's composed config without overrides)."""
     lines = [f"usage: python -m jobs.{job} [group=option ...] [key=value ...]   (-m key=a,b: a sweep)", ""]
     lines += [(doc or "").strip().split("\n\n")[0], ""]
     lines += ["config groups (group=option):"]
@@ -94,7 +92,7 @@ def job_help(job: str, config_name: str, schema: type, doc: str) -> str:
     return "\n".join(lines)
 
 
-def print_help(config_name: str, schema: type) -> None:
+def print_help(config_name: str, schema: type, defaults: Any) -> None:
     """``jobs.<config_name>``'s help (each job's config has the job's name), its summary from ``__main__``."""
     module = sys.modules.get("__main__")
-    print(job_help(config_name, config_name, schema, getattr(module, "__doc__", "") or ""), flush=True)
+    print(job_help(config_name, schema, defaults, getattr(module, "__doc__", "") or ""), flush=True)
