@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 import re
 import sys
 import typing
@@ -95,4 +96,7 @@ def job_help(job: str, schema: type, defaults: Any, doc: str) -> str:
 def print_help(config_name: str, schema: type, defaults: Any) -> None:
     """``jobs.<config_name>``'s help (each job's config has the job's name), its summary from ``__main__``."""
     module = sys.modules.get("__main__")
-    print(job_help(config_name, schema, defaults, getattr(module, "__doc__", "") or ""), flush=True)
+    try:
+        print(job_help(config_name, schema, defaults, getattr(module, "__doc__", "") or ""), flush=True)
+    except BrokenPipeError:  # `--help | head`: the reader left; no traceback (Python's documented recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
