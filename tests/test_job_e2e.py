@@ -146,11 +146,11 @@ def test_code_and_agent_specialists_run_as_jobs(
     assert load_tokenizer(summary["checkpoint"]).chat_template
 
 
-def test_an_moe_specialist_trains_fp4_experts_with_muon_and_resumes(
+def test_an_moe_specialist_trains_fp4_experts_with_muon(
     moe_dir: Path, tmp_path: Path, job_env: dict[str, str]
 ) -> None:
-    # a Qwen3-MoE through the job: QAT on the experts, packed experts in the rollout worker, Muon per expert,
-    # the run stopped after 2 steps and resumed (every expert's momentum from the checkpoint)
+    # a Qwen3-MoE through the job: QAT on the experts, packed experts in the rollout worker, Muon per expert
+    # (its state across a resume: tests/test_optim.py; the bitwise sync: tests/test_moe.py)
     common = [
         f"model.path={moe_dir}",
         f"runs_root={tmp_path}",
@@ -159,10 +159,8 @@ def test_an_moe_specialist_trains_fp4_experts_with_muon_and_resumes(
         "trainer.optimizer=muon",
     ]
     run_job(job_env, *common, "steps=2")
-    proc = run_job(job_env, *common, "steps=3", "resume=true")
-    assert "resuming" in proc.stdout and "step_000002" in proc.stdout
     lines = metrics(tmp_path / "moe")
-    assert [m["step"] for m in lines] == [0, 1, 2, 3]
+    assert [m["step"] for m in lines] == [0, 1, 2]
     assert all(
         line["mismatch/kl_k3"] < 1e-3 for line in lines[1:]
     )  # the packed experts serve what was trained
