@@ -190,12 +190,28 @@ def progress(step: int, steps: int, loss: float, elapsed: float) -> None:
           f"eta {elapsed / step * (steps - step):.0f}s", flush=True)  # fmt: skip
 
 
-def build_base(recipe: BaseRecipe, out: Path) -> dict:
-    """Train tokenizer and model, SFT until the target pass@1 (or ``max_steps``), save into ``out``."""
-    import torch
+def base_model(recipe: BaseRecipe, tokenizer: PreTrainedTokenizerFast) -> torch.nn.Module:
+    """The untrained base: a tiny Qwen3 of the recipe's shape, or its Qwen3-MoE twin when ``num_experts`` > 0."""
     from transformers import Qwen3ForCausalLM, Qwen3MoeForCausalLM
 
     from rl.models import tiny_qwen3_config, tiny_qwen3_moe_config, token_id
+
+    config = tiny_qwen3_config(len(tokenizer), recipe.hidden_size, recipe.num_layers, recipe.num_heads,
+                               recipe.num_kv_heads, recipe.intermediate_size, eos_token_id=token_id(tokenizer, "eos"),
+                               pad_token_id=token_id(tokenizer, "pad"))  # fmt: skip
+    if not recipe.num_experts:
+        return Qwen3ForCausalLM(config)
+    moe = tiny_qwen3_moe_config(
+        config, recipe.num_experts, recipe.experts_per_token, recipe.moe_intermediate_size
+    )
+    return Qwen3MoeForCausalLM(moe)
+
+
+def build_base(recipe: BaseRecipe, out: Path) -> dict:
+    """Train tokenizer and model, SFT until the target pass@1 (or ``max_steps``), save into ``out``."""
+    import torch
+
+    from rl.models import token_id
     from rl.sft import batches, encode_demo, sft_backward
 
     if recipe.torch_threads > 0:
@@ -203,23 +219,7 @@ def build_base(recipe: BaseRecipe, out: Path) -> dict:
     demos = [demo for domain in recipe.domains for demo in domain_demos(recipe, domain)]
     tokenizer = train_tokenizer([demo_text(d) for d in demos], recipe.vocab_size)
     torch.manual_seed(recipe.seed)
-    config = tiny_qwen3_config(
-        len(tokenizer),
-        recipe.hidden_size,
-        recipe.num_layers,
-        recipe.num_heads,
-        recipe.num_kv_heads,
-        recipe.intermediate_size,
-        eos_token_id=token_id(tokenizer, "eos"),
-        pad_token_id=token_id(tokenizer, "pad"),
-    )
-    if recipe.num_experts:
-        moe = tiny_qwen3_moe_config(
-            config, recipe.num_experts, recipe.experts_per_token, recipe.moe_intermediate_size
-        )
-        model: torch.nn.Module = Qwen3MoeForCausalLM(moe)
-    else:
-        model = Qwen3ForCausalLM(config)
+    model = base_model(recipe, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(recipe.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))

@@ -146,11 +146,13 @@ def plot_bars(scores: dict[str, dict[str, Any]], path: Path) -> list[dict[str, A
     rows += [(f"{n} specialist", [scores[d]["teachers"][n] for d in domains]) for n in names]
     rows.append(("student", [scores[d]["student"] for d in domains]))
     grid.imshow([values for _, values in rows], cmap="Blues", vmin=0, vmax=1, aspect="auto")
-    for r, (_, values) in enumerate(rows):
+    own = {
+        (f"{scores[d]['specialist_name']} specialist", d) for d in domains
+    }  # bold: a specialist on its domain
+    for r, (label, values) in enumerate(rows):
         for c, v in enumerate(values):
-            grid.text(c, r, f"{v:.3f}", ha="center", va="center", fontsize=8,
-                      color="white" if v > 0.6 else "black", weight="bold" if r - 1 < len(names) and r >= 1
-                      and names[r - 1] == scores[domains[c]]["specialist_name"] else "normal")  # fmt: skip
+            grid.text(c, r, f"{v:.3f}", ha="center", va="center", fontsize=8, color="white" if v > 0.6 else "black",
+                      weight="bold" if (label, domains[c]) in own else "normal")  # fmt: skip
     grid.set_xticks(range(len(domains)), domains)
     grid.set_yticks(range(len(rows)), [label for label, _ in rows])
     grid.set(xlabel="evaluated on", title="every model on every domain (greedy pass@1)")

@@ -65,6 +65,14 @@ def test_a_packed_linear_on_cpu_dequantizes_once_per_weight_update() -> None:
     )
 
 
+def fp4_actors(model_dir: Path, fmt: str) -> tuple[TrainerGroup, RolloutGroup]:
+    """A QAT trainer rank and a packed rollout worker of ``model_dir`` as Ray actors (CPU, float32)."""
+    cluster = ClusterConfig(actor_cpus=0.5, torch_threads=1)
+    trainer = TrainerGroup(TrainerSpec(str(model_dir), TrainerConfig(lr=1e-3), 10, fp4=fmt),
+                           PolicyObjective(AlgorithmConfig()), cluster, {})  # fmt: skip
+    return trainer, RolloutGroup(str(model_dir), RolloutConfig(), cluster, {}, fp4=fmt, dtype="float32")
+
+
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 def test_rollout_weights_bitwise_equal_trainer_fake_quant_after_a_step(
     tiny_base: Path,
@@ -72,10 +80,7 @@ def test_rollout_weights_bitwise_equal_trainer_fake_quant_after_a_step(
     ray_local,
     fmt: str,
 ) -> None:
-    cluster = ClusterConfig(actor_cpus=0.5, torch_threads=1)
-    trainer = TrainerGroup(TrainerSpec(str(tiny_base), TrainerConfig(lr=1e-3), 10, fp4=fmt),
-                           PolicyObjective(AlgorithmConfig()), cluster, {})  # fmt: skip
-    rollout = RolloutGroup(str(tiny_base), RolloutConfig(), cluster, {}, fp4=fmt, dtype="float32")
+    trainer, rollout = fp4_actors(tiny_base, fmt)
     try:
         trainer.train_step(batch, max_response_tokens=12)
         sync = rollout.push_weights(trainer.export_weights())

@@ -12,8 +12,6 @@ import ray
 import torch
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-from rl.algorithms.objective import PolicyObjective
-from rl.config import AlgorithmConfig, ClusterConfig, RolloutConfig, TrainerConfig
 from rl.fp4.experts import dequantize_experts, expert, fake_quant_experts, quantize_experts
 from rl.fp4.formats import dequantize, fake_quant, quantize
 from rl.fp4.packed import PackedFP4Experts, pack_linears
@@ -21,10 +19,8 @@ from rl.fp4.qat import apply_qat, export_weights, fake_quant_weights, qat_linear
 from rl.fp4.tensors import NVFP4Tensor
 from rl.models import load_model
 from rl.moe import dense_matmuls, experts_forward, is_experts
-from rl.rollout.group import RolloutGroup
-from rl.trainer.group import TrainerGroup
-from rl.trainer.spec import TrainerSpec
 from rl.types import SamplingParams, TrainBatch
+from tests.test_fp4_rollout import fp4_actors
 from tests.test_trainer import batch  # noqa: F401  (module fixture: a real rollout batch)
 
 
@@ -157,10 +153,7 @@ def test_moe_trainer_and_rollout_actors_agree_bitwise_on_every_expert_after_a_st
     ray_local,
 ) -> None:
     fmt = "nvfp4"  # a tensor scale per expert; MXFP4's stacking is the plain quantizer (the unit tests above)
-    cluster = ClusterConfig(actor_cpus=0.5, torch_threads=1)
-    trainer = TrainerGroup(TrainerSpec(str(moe_dir), TrainerConfig(lr=1e-3), 10, fp4=fmt),
-                           PolicyObjective(AlgorithmConfig()), cluster, {})  # fmt: skip
-    rollout = RolloutGroup(str(moe_dir), RolloutConfig(), cluster, {}, fp4=fmt, dtype="float32")
+    trainer, rollout = fp4_actors(moe_dir, fmt)
     try:
         trainer.train_step(batch, max_response_tokens=12)
         sync = rollout.push_weights(trainer.export_weights())

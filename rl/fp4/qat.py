@@ -19,7 +19,7 @@ from torch import nn
 
 from rl.fp4.experts import quantize_experts, ste_fake_quant_experts
 from rl.fp4.formats import BLOCK_SIZES, fake_quant, quantize
-from rl.moe import EXPERT_PARAMS, experts_forward, is_experts
+from rl.moe import EXPERT_PARAMS, dense_matmuls, experts_forward, is_experts
 
 # Linears inside transformer blocks (HF Llama/Qwen naming) and MoE layers' fused routed experts
 # (``...mlp.experts``, 3-D weights); embeddings, norms, the LM head and MoE routers stay high precision.
@@ -75,9 +75,8 @@ def _qat_experts_forward(module: nn.Module, fmt: str) -> Callable[..., torch.Ten
     def forward(hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
         gate_up = ste_fake_quant_experts(module.gate_up_proj, fmt)  # type: ignore[arg-type]
         down = ste_fake_quant_experts(module.down_proj, fmt)  # type: ignore[arg-type]
-        return experts_forward(hidden, top_k_index, top_k_weights, gate_up.shape[0],
-                               lambda e, x: F.linear(x, gate_up[e]), lambda e, x: F.linear(x, down[e]),
-                               module.act_fn)  # type: ignore[arg-type]  # fmt: skip
+        matmuls = dense_matmuls(gate_up, down)
+        return experts_forward(hidden, top_k_index, top_k_weights, gate_up.shape[0], *matmuls, module.act_fn)  # type: ignore[arg-type]
 
     return forward
 
