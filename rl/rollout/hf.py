@@ -101,7 +101,8 @@ class HFEngine:
             name, _, param = key.rpartition(".")
             self._packed(name).load_quantized(quantized, param)
         missing, unexpected = self.model.load_state_dict(dense, strict=False)
-        missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in self.packed_names)]
+        inside_packed = tuple(f"{n}." for n in self.packed_names)  # their codes and scales came above
+        missing = [k for k in missing if not k.startswith(inside_packed)]
         if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
             raise ValueError(
                 f"weight update does not match the model: missing={missing}, unexpected={unexpected}"
