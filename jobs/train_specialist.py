@@ -84,6 +84,26 @@ def check_backends(cfg: SpecialistRunConfig | DistillRunConfig) -> None:
         deepspeed_config(cfg.trainer, cfg.model.dtype, cfg.trainer.num_ranks)
 
 
+def check_routing_replay(cfg: SpecialistRunConfig) -> None:
+    """``algorithm.routing_replay`` needs an MoE whose router replay can rebuild, and an engine that records."""
+    if not cfg.algorithm.routing_replay:
+        return
+    if not is_moe(cfg.model):
+        raise ValueError(
+            f"algorithm.routing_replay=true needs an MoE model; model {cfg.model.name!r} is dense"
+        )
+    if cfg.rollout.engine != "hf":
+        raise ValueError("algorithm.routing_replay=true: rollout=vllm does not return the experts it routed each "
+                         "token to; use rollout=hf")  # fmt: skip
+    from rl.moe import REPLAYABLE_MODEL_TYPES
+
+    config = Path(cfg.model.path) / "config.json"
+    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else "qwen3_moe"
+    if model_type not in REPLAYABLE_MODEL_TYPES:
+        raise ValueError(f"algorithm.routing_replay=true: model_type {model_type!r} has a router replay cannot "
+                         f"rebuild; supported: {', '.join(REPLAYABLE_MODEL_TYPES)}")  # fmt: skip
+
+
 def check_inputs(cfg: SpecialistRunConfig) -> None:
     """What can be checked before any work, cheaply: where it writes, what it reads, the checkpoint it
     resumes, the cluster it joins (the config's values were checked by its schema)."""
@@ -92,6 +112,7 @@ def check_inputs(cfg: SpecialistRunConfig) -> None:
         check_writable(Path(cfg.registry), "registry")
     check_model_path(cfg.model)
     check_backends(cfg)
+    check_routing_replay(cfg)
     check_data_files(cfg.specialist)
     check_resume(Path(cfg.runs_root) / cfg.run_name, cfg.resume)
     check_cluster(cfg.cluster)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rl.moe import NOT_ROUTED, ROUTING_DTYPE
 from rl.types import Rollout, Task, TrainBatch
 
 
@@ -65,4 +66,17 @@ def build_train_batch(rollouts: Sequence[Rollout], advantages: Sequence[float], 
         mask[b, p : p + n] = torch.tensor(r.trained_mask(), dtype=torch.float32)
         adv[b, p : p + n] = a * mask[b, p : p + n]
         logprobs[b, p : p + n] = torch.tensor(r.logprobs)
-    return TrainBatch(ids, attention, mask, adv, logprobs)
+    return TrainBatch(ids, attention, mask, adv, logprobs, routing_BTLK=routing_batch(rollouts, width))
+
+
+def routing_batch(rollouts: Sequence[Rollout], width: int) -> torch.Tensor | None:
+    """The rollouts' recorded experts right-padded with -1 to [B, width, L, K]; None unless every rollout has them."""
+    if not rollouts or any(r.routing is None for r in rollouts):
+        return None
+    first = rollouts[0].routing
+    assert first is not None
+    out = torch.full((len(rollouts), width, *first.shape[1:]), NOT_ROUTED, dtype=ROUTING_DTYPE)
+    for b, r in enumerate(rollouts):
+        assert r.routing is not None and len(r.routing) == len(r.prompt_ids) + len(r.response_ids), b
+        out[b, : len(r.routing)] = r.routing
+    return out

@@ -271,6 +271,8 @@ class AlgorithmConfig:
     geo_low: float = 0.5  # geo_mask keeps a sequence iff geo_low <= geometric-mean pi_old / mu <= geo_high
     geo_high: float = 2.0  # upper end of the geo_mask band
     opsm_delta: float = 1e-3  # OPSM (DeepSeek-V3.2) masks A < 0 sequences with mean log(mu / pi_old) > delta
+    # MoE: the trainer routes each token to the experts the rollout chose (R3), with its own gate weights there
+    routing_replay: bool = False
 
     def __post_init__(self) -> None:
         check_fields("algorithm", self, {

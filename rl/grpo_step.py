@@ -162,7 +162,9 @@ class GRPOStep:
         batch = build_train_batch(rollouts, advantages_NG.flatten().tolist(), token_id(self.tokenizer, "pad"))
         n_mb = self.cfg.trainer.num_minibatches
         if n_mb > 1:  # later mini-batches are off-policy: fix pi_old before the first update
-            batch = replace(batch, old_logprobs_BT=self.trainer.forward_logprobs(batch))
+            batch = replace(
+                batch, old_logprobs_BT=self.trainer.forward_logprobs(batch, self.cfg.algorithm.routing_replay)
+            )
         rows_per_mb = -(-batch.num_sequences // n_mb)
         for start in range(0, batch.num_sequences, rows_per_mb):
             mb = batch.select(slice(start, start + rows_per_mb))

@@ -7,7 +7,7 @@ and on padding. Masks are 1 where a token is trained (generated response tokens)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -54,6 +54,9 @@ class Rollout:
     turns: int = 1  # model turns in the episode
     tool_calls: int = 0  # turns that ended in a tool call
     tool_errors: int = 0  # tool calls the environment answered with an error
+    # MoE models: the experts the rollout routed each position to, [prompt + response, MoE layers, top-k] int16,
+    # -1 where it routed none (the last sampled token); None for dense models and engines that do not record
+    routing: torch.Tensor | None = field(default=None, compare=False)
 
     def trained_mask(self) -> tuple[int, ...]:
         """``loss_mask``, with the single-turn default (every response token trained) spelled out."""
@@ -71,6 +74,8 @@ class TrainBatch:
     rollout_logprobs_BT: torch.Tensor  # float32, sampler's log-probs on response tokens, 0 elsewhere
     old_logprobs_BT: torch.Tensor | None = None  # trainer's log-probs before this step's first update;
     # None = fully on-policy (one optimizer step per batch): the current forward, detached, is used
+    routing_BTLK: torch.Tensor | None = None  # int16 [B, T, MoE layers, top-k]: the rollout's experts per
+    # token (Rollout.routing), -1 on padding and unrouted positions; None for dense models
 
     @property
     def num_sequences(self) -> int:
@@ -90,6 +95,7 @@ class TrainBatch:
             advantages_BT=self.advantages_BT.to(device),
             rollout_logprobs_BT=self.rollout_logprobs_BT.to(device),
             old_logprobs_BT=None if self.old_logprobs_BT is None else self.old_logprobs_BT.to(device),
+            routing_BTLK=None if self.routing_BTLK is None else self.routing_BTLK.to(device),
         )
 
     def select(self, index: slice | torch.Tensor) -> TrainBatch:
@@ -101,6 +107,7 @@ class TrainBatch:
             advantages_BT=self.advantages_BT[index],
             rollout_logprobs_BT=self.rollout_logprobs_BT[index],
             old_logprobs_BT=None if self.old_logprobs_BT is None else self.old_logprobs_BT[index],
+            routing_BTLK=None if self.routing_BTLK is None else self.routing_BTLK[index],
         )
 
 

@@ -19,6 +19,7 @@ from rl.algorithms.mismatch import apply_correction, mismatch_metrics
 from rl.algorithms.policy_loss import get_policy_loss_fn
 from rl.config import AlgorithmConfig
 from rl.models import load_model
+from rl.moe import RoutingTap, router_agreement
 from rl.types import LossNormalizer, TrainBatch
 
 
@@ -41,6 +42,34 @@ def token_logprobs(
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     zero = logprobs.new_zeros((logprobs.shape[0], 1))
     return torch.cat([zero, logprobs], 1), torch.cat([zero, entropy], 1)
+
+
+def routed_logprobs(
+    model: torch.nn.Module, forward: torch.nn.Module, batch: TrainBatch, temperature: float, replay: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``token_logprobs`` of ``batch`` through ``forward`` (``model`` or its DDP wrapper), routed to the
+    rollout's experts where ``replay`` (and the batch has them), and the routers' own top-k [B * T, L, K]
+    (None for a dense model or a batch without routing)."""
+    if batch.routing_BTLK is None:
+        return *token_logprobs(forward, batch.input_ids_BT, batch.attention_mask_BT, temperature), None
+    with RoutingTap(model, batch.routing_BTLK.flatten(0, 1) if replay else None) as tap:
+        logprobs, entropy = token_logprobs(forward, batch.input_ids_BT, batch.attention_mask_BT, temperature)
+    return logprobs, entropy, tap.calls[0]
+
+
+def routing_metrics(
+    own_NLK: torch.Tensor, batch: TrainBatch, logprobs_no_replay_BT: torch.Tensor | None
+) -> dict[str, float]:
+    """``mismatch/router_agreement``: the share of (response token, MoE layer) pairs where the trainer's own
+    top-k set is the rollout's; with replay on, the mismatch of the forward *without* it
+    (``mismatch/no_replay/*``), what replay is there to remove."""
+    assert batch.routing_BTLK is not None
+    same, compared = router_agreement(own_NLK, batch.routing_BTLK.flatten(0, 1), batch.loss_mask_BT.flatten())
+    metrics = {"mismatch/router_agreement": same / compared} if compared else {}
+    if logprobs_no_replay_BT is not None:
+        raw = mismatch_metrics(logprobs_no_replay_BT, batch.rollout_logprobs_BT, batch.loss_mask_BT)
+        metrics |= {k.replace("mismatch/", "mismatch/no_replay/"): v for k, v in raw.items()}
+    return metrics
 
 
 class PolicyObjective:
@@ -68,8 +97,9 @@ class PolicyObjective:
         self, trainer: Any, micro: tuple[TrainBatch, LossNormalizer]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         batch, norm = micro
-        logprobs, entropy = token_logprobs(
-            trainer.forward_module, batch.input_ids_BT, batch.attention_mask_BT, trainer.spec.temperature
+        replay = self.algo.routing_replay
+        logprobs, entropy, own_routing = routed_logprobs(
+            trainer.model, trainer.forward_module, batch, trainer.spec.temperature, replay
         )
         old = batch.old_logprobs_BT if batch.old_logprobs_BT is not None else logprobs.detach()
         mask = batch.loss_mask_BT
@@ -85,6 +115,8 @@ class PolicyObjective:
         tokens = float(mask.sum())
         if tokens:
             pg_metrics |= correction_metrics | mismatch_metrics(old, batch.rollout_logprobs_BT, mask)
+            if own_routing is not None:
+                pg_metrics |= self._routing_metrics(trainer, batch, own_routing)
         metrics = {f"{k}_sum": v * tokens for k, v in pg_metrics.items()}
         if self.ref_model is not None:
             with torch.no_grad():
@@ -99,6 +131,17 @@ class PolicyObjective:
         metrics["train/tokens"] = tokens
         metrics["train/sequences"] = float(batch.num_sequences)
         return loss * trainer.dist.world_size, metrics
+
+    def _routing_metrics(self, trainer: Any, batch: TrainBatch, own_NLK: torch.Tensor) -> dict[str, float]:
+        """Router agreement, and with replay on, the mismatch without it -- one more forward, no gradient: the
+        trainer's own routing under replay follows the replayed layers before it, so it is not the answer."""
+        if not self.algo.routing_replay:
+            return routing_metrics(own_NLK, batch, None)
+        with torch.no_grad():
+            logprobs, _, own = routed_logprobs(trainer.model, trainer.model, batch, trainer.spec.temperature,
+                                               replay=False)  # fmt: skip
+        assert own is not None
+        return routing_metrics(own, batch, logprobs)
 
     def finish(self, sums: dict[str, float]) -> dict[str, float]:
         """Token means of the ``*_sum`` figures; the loss summed over micro-batches."""

@@ -14,6 +14,7 @@ Both sample through ``rl.rollout.sampling`` (filtering, the draw, the recorded l
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +25,7 @@ from rl.config import FP4, RolloutConfig
 from rl.fp4.packed import PackedFP4Experts, PackedFP4Linear, PackedModule, pack_linears
 from rl.fp4.qat import qat_linear_names
 from rl.models import load_model, load_tokenizer, token_id
+from rl.moe import RoutingTap, decode_routing, routers
 from rl.rollout.sampling import sample_tokens
 from rl.rollout.static_decode import StaticDecoder, supports
 from rl.types import Rollout, SamplingParams
@@ -36,7 +38,8 @@ class HFEngine:
     """Samples completions from a transformers model held in this process.
 
     With FP4 (``from_path(..., fp4=...)``) the linears inside transformer blocks hold packed codes + scales
-    only and compute with a dequantizing matmul (``fp4_mode == "packed"``).
+    only and compute with a dequantizing matmul (``fp4_mode == "packed"``). An MoE model's rollouts record the
+    experts each token was routed to (``Rollout.routing``, for the trainer's routing replay).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class HFEngine:
             token_id(tokenizer, "pad") if tokenizer.pad_token_id is not None else token_id(tokenizer, "eos")
         )
         self.decode = self._decode_mode(decode)
+        self.records_routing = bool(routers(model))  # MoE: each rollout carries its experts (routing replay)
         self.static = StaticDecoder(model, self.pad_id, self.eos_ids) if self.decode == "static" else None
 
     def _decode_mode(self, decode: str) -> str:
@@ -152,6 +156,23 @@ class HFEngine:
     def _generate_batch(
         self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator
     ) -> list[Rollout]:
+        tap = RoutingTap(self.model) if self.records_routing else None
+        with tap or nullcontext():
+            tokens, logprobs, finish = self._decode(prompts, params, generator)
+        routing = (
+            decode_routing(tap.calls, [len(p) for p in prompts], [len(t) for t in tokens])
+            if tap
+            else [None] * len(prompts)
+        )
+        return [
+            self._rollout(p, t, lp, f, r)
+            for p, t, lp, f, r in zip(prompts, tokens, logprobs, finish, routing, strict=True)
+        ]
+
+    def _decode(
+        self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator
+    ) -> tuple[list[list[int]], list[list[float]], list[str]]:
+        """The dynamic loop: (tokens, log-probs, finish reason) per prompt."""
         batch, width = len(prompts), max(len(p) for p in prompts)
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((batch, width), dtype=torch.long)
@@ -195,9 +216,7 @@ class HFEngine:
                 use_cache=True,
             )
             next_pos = next_pos + 1
-        return [
-            self._rollout(p, t, lp, f) for p, t, lp, f in zip(prompts, tokens, logprobs, finish, strict=True)
-        ]
+        return tokens, logprobs, finish
 
     def _stop_reason(self, tokens: list[int], params: SamplingParams) -> str | None:
         """Why a completion ends at its last token: EOS (unless ignored), a stop string, or not at all."""
@@ -209,13 +228,21 @@ class HFEngine:
                 return "stop"
         return None
 
-    def _rollout(self, prompt: list[int], tokens: list[int], logprobs: list[float], finish: str) -> Rollout:
+    def _rollout(
+        self,
+        prompt: list[int],
+        tokens: list[int],
+        logprobs: list[float],
+        finish: str,
+        routing: torch.Tensor | None = None,
+    ) -> Rollout:
         return Rollout(
             prompt_ids=tuple(prompt),
             response_ids=tuple(tokens),
             logprobs=tuple(logprobs),
             finish_reason=finish,
             text=str(self.tokenizer.decode(tokens, skip_special_tokens=True)),
+            routing=routing,
         )
 
 

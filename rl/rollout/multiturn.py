@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
+from rl.moe import pad_routing
 from rl.types import Rollout, SamplingParams
 
 
@@ -47,6 +49,7 @@ class Episode:
     tool_calls: int = 0
     tool_errors: int = 0
     finish: str = ""
+    routing: torch.Tensor | None = None  # MoE: the last turn's (its prefill covers the earlier turns)
 
     @property
     def done(self) -> bool:
@@ -55,6 +58,7 @@ class Episode:
     def act(self, out: Rollout, tokenizer: PreTrainedTokenizerBase, room: int) -> None:
         """Take one model turn, step the environment, append its observation (if the episode goes on)."""
         self.tokens += out.response_ids
+        self.routing = out.routing
         self.logprobs += out.logprobs
         self.mask += [1] * len(out.response_ids)
         self.turns += 1
@@ -84,6 +88,9 @@ class Episode:
             turns=self.turns,
             tool_calls=self.tool_calls,
             tool_errors=self.tool_errors,
+            routing=None
+            if self.routing is None
+            else pad_routing(self.routing, len(self.prompt) + len(self.tokens)),
         )
 
 

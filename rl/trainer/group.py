@@ -76,9 +76,12 @@ class TrainerGroup:
         bounds = [batch.num_sequences * i // n for i in range(n + 1)]
         return [batch.select(slice(bounds[i], bounds[i + 1])) for i in range(n)]
 
-    def forward_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+    def forward_logprobs(self, batch: TrainBatch, replay: bool = False) -> torch.Tensor:
         parts = self._get(
-            [r.forward_logprobs.remote(s) for r, s in zip(self.ranks, self.shards(batch), strict=True)]
+            [
+                r.forward_logprobs.remote(s, replay)
+                for r, s in zip(self.ranks, self.shards(batch), strict=True)
+            ]
         )
         return torch.cat(parts)
 

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from rl.algorithms.objective import token_logprobs
+from rl.algorithms.objective import routed_logprobs
 from rl.config import TrainerConfig
 from rl.faults import maybe_kill
 from rl.fp4.qat import HostStaging, apply_qat, export_weights, fake_quant_weights, skipped_experts, to_cpu
@@ -167,16 +167,13 @@ class TorchTrainer:
         )
 
     @torch.no_grad()
-    def forward_logprobs(self, batch: TrainBatch) -> torch.Tensor:
-        """Current policy's per-token log-probs [B, T] (no gradient), micro-batched."""
+    def forward_logprobs(self, batch: TrainBatch, replay: bool = False) -> torch.Tensor:
+        """Current policy's per-token log-probs [B, T] (no gradient), micro-batched; an MoE routed to the
+        rollout's experts where ``replay``."""
         out, batch = [], batch.to(self.device)
         for start in range(0, batch.num_sequences, self.cfg.micro_batch_size):
             micro = batch.select(slice(start, start + self.cfg.micro_batch_size))
-            out.append(
-                token_logprobs(
-                    self.model, micro.input_ids_BT, micro.attention_mask_BT, self.spec.temperature
-                )[0]
-            )
+            out.append(routed_logprobs(self.model, self.model, micro, self.spec.temperature, replay)[0])
         return torch.cat(out).cpu()
 
     def _release_cache(self) -> None:
