@@ -146,10 +146,11 @@ def test_code_and_agent_specialists_run_as_jobs(
     assert load_tokenizer(summary["checkpoint"]).chat_template
 
 
-def test_an_moe_specialist_trains_fp4_experts_with_muon(
+def test_an_moe_specialist_trains_fp4_experts_with_muon_and_routing_replay(
     moe_dir: Path, tmp_path: Path, job_env: dict[str, str]
 ) -> None:
-    # a Qwen3-MoE through the job: QAT on the experts, packed experts in the rollout worker, Muon per expert
+    # a Qwen3-MoE through the job: QAT on the experts, packed experts in the rollout worker, Muon per expert,
+    # the trainer routed to the rollout's experts
     # (its state across a resume: tests/test_optim.py; the bitwise sync: tests/test_moe.py)
     common = [
         f"model.path={moe_dir}",
@@ -157,13 +158,15 @@ def test_an_moe_specialist_trains_fp4_experts_with_muon(
         "run_name=moe",
         "fp4=nvfp4",
         "trainer.optimizer=muon",
+        "algorithm.routing_replay=true",
     ]
     run_job(job_env, *common, "steps=2")
     lines = metrics(tmp_path / "moe")
     assert [m["step"] for m in lines] == [0, 1, 2]
-    assert all(
-        line["mismatch/kl_k3"] < 1e-3 for line in lines[1:]
-    )  # the packed experts serve what was trained
+    for line in lines[1:]:
+        assert line["mismatch/kl_k3"] < 1e-3  # the packed experts serve what was trained
+        # routing replay: the rollout's experts travelled with the batch; same weights, so the routers agree
+        assert line["mismatch/router_agreement"] > 0.99 and line["mismatch/no_replay/kl_k3"] < 1e-3
     summary = json.loads((tmp_path / "moe" / "summary.json").read_text())
     config = json.loads((Path(summary["checkpoint"]) / "config.json").read_text())
     assert config["model_type"] == "qwen3_moe"

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from rl.algorithms.objective import token_logprobs
 from rl.models import load_model, load_tokenizer
 from rl.rollout.hf import HFEngine
 from rl.rollout.sampling import filter_logits, sample_tokens
 from rl.sft import chat_prompt_ids
-from rl.trainer.torch_backend import token_logprobs
 from rl.types import SamplingParams
 from specialists.synthetic import math_tasks
 

@@ -10,7 +10,7 @@ import pytest
 import ray
 import torch
 
-from rl.algorithms.objective import PolicyObjective
+from rl.algorithms.objective import PolicyObjective, token_logprobs
 from rl.config import AlgorithmConfig, ClusterConfig, RolloutConfig, TrainerConfig
 from rl.models import load_model, load_tokenizer
 from rl.rollout.group import RolloutGroup
@@ -19,7 +19,6 @@ from rl.rollout.vllm_engine import finish_reason, merged_sizes, request_seed, sp
 from rl.sft import chat_prompt_ids
 from rl.trainer.group import TrainerGroup
 from rl.trainer.spec import TrainerSpec
-from rl.trainer.torch_backend import token_logprobs
 from rl.types import Rollout, SamplingParams, TrainBatch
 from specialists.synthetic import math_tasks
 from tests.test_trainer import batch  # noqa: F401  (module fixture: a real rollout batch)

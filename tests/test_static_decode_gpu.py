@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import Qwen3ForCausalLM
 
+from rl.algorithms.objective import token_logprobs
 from rl.fp4.packed import pack_linears
 from rl.fp4.qat import qat_linear_names
 from rl.models import tiny_qwen3_config
 from rl.rollout.static_decode import StaticDecoder
-from rl.trainer.torch_backend import token_logprobs
 from rl.types import SamplingParams
 
 pytestmark = pytest.mark.gpu
