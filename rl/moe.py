@@ -86,13 +86,13 @@ REPLAYABLE_MODEL_TYPES = ("qwen3_moe", "qwen2_moe", "olmoe", "mixtral")
 
 
 def routers(model: nn.Module) -> list[nn.Module]:
-    """Each MoE block's router, in layer order: the ``gate`` beside a routed-experts module, which returns
+    """Each MoE block's router, in layer order: the ``gate`` beside an ``experts`` module, which returns
     ``(router_logits, top_k_weights, top_k_index)`` (transformers' ``Qwen3MoeTopKRouter`` and its kin)."""
     found = []
-    for block in model.modules():
+    for block in model.modules():  # the experts may be packed FP4 (rl.fp4.packed) in a rollout worker
         experts, gate = getattr(block, "experts", None), getattr(block, "gate", None)
-        if isinstance(experts, nn.Module) and is_experts(experts) and isinstance(gate, nn.Module):
-            found += [gate] if hasattr(gate, "top_k") else []
+        if isinstance(experts, nn.Module) and isinstance(gate, nn.Module) and hasattr(gate, "top_k"):
+            found.append(gate)
     return found
 
 
