@@ -180,3 +180,26 @@ def test_a_replay_that_does_not_match_the_batch_is_an_error() -> None:
         RoutingTap(model, wrong),
     ):
         model(input_ids=ids)
+
+
+def test_the_benchmark_summary_reads_the_kl_without_replay_from_the_loss_when_replay_is_off() -> None:
+    from benchmarks.routing_replay import summarize
+
+    summary = {"eval/pass@1_start": 0.0, "eval/pass@1": 0.5}
+    off = [{"step": 0}, {"mismatch/kl_k3": 2e-4, "mismatch/router_agreement": 0.9},
+           {"mismatch/kl_k3": 4e-4, "mismatch/router_agreement": 0.8}]  # fmt: skip
+    on = [
+        {"step": 0},
+        {"mismatch/kl_k3": 1e-4, "mismatch/no_replay/kl_k3": 3e-4, "mismatch/router_agreement": 0.9},
+    ]
+    assert summarize(off, summary) == pytest.approx(
+        {
+            "router_agreement": 0.85,
+            "kl_k3": 3e-4,
+            "kl_k3_no_replay": 3e-4,
+            "pass_at_1_start": 0.0,
+            "pass_at_1": 0.5,
+        }
+    )
+    assert summarize(on, summary)["kl_k3_no_replay"] == pytest.approx(3e-4)
+    assert summarize(on, summary)["kl_k3"] == pytest.approx(1e-4)
