@@ -94,6 +94,9 @@ class DistillRunConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     seed: int = 0  # sampling and data-order seed
     resume: bool = False  # continue from the run directory's latest checkpoint
+    verbose: bool = (
+        False  # the whole console: library progress bars, W&B info lines (or DISTILLERY_VERBOSE=1)
+    )
 
     def __post_init__(self) -> None:
         check_fields("", self, {

@@ -230,14 +230,27 @@ def check_sweep(config_name: str, schema: type[T], check: Callable[[T], None], a
     check_launcher(config_name, members[0])
 
 
-def quiet_libraries() -> None:
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "WANDB_SILENT": "true"}
+_quieted: set[str] = set()  # the variables quiet_libraries set (a user's own settings are left alone)
+
+
+def quiet_libraries(verbose: bool = False) -> None:
     """Library progress bars (transformers' "Loading weights", "Writing model shards" at every actor start and
     checkpoint) and W&B's info lines ("Generating checksum ..." for every artifact; they go to W&B's own log in
     the run directory) off, in this process and, through the forwarded ``HF_*`` / ``WANDB_*`` environment, in
-    every actor; the step lines are the job's progress. ``DISTILLERY_VERBOSE=1`` keeps them."""
-    if os.environ.get("DISTILLERY_VERBOSE", "") not in ("1", "true"):
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("WANDB_SILENT", "true")
+    every actor; the step lines are the job's progress. ``verbose=true`` (or ``DISTILLERY_VERBOSE=1``) keeps
+    them: called again with ``verbose`` once the config is read, it undoes what it set."""
+    if verbose:
+        os.environ["DISTILLERY_VERBOSE"] = "1"
+    if os.environ.get("DISTILLERY_VERBOSE", "") in ("1", "true"):
+        for key in _quieted:
+            os.environ.pop(key, None)
+        _quieted.clear()
+        return
+    for key, value in QUIET_ENV.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            _quieted.add(key)
 
 
 class Tee:
@@ -299,6 +312,7 @@ def job_main(
             keep_console(Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log")
             with user_errors(created=state["created"], resume=lambda: state["resume"]):
                 cfg = to_typed(dcfg, schema)
+                quiet_libraries(verbose=getattr(cfg, "verbose", False))
                 if hasattr(cfg, "runs_root"):  # a job with runs: Ctrl-C prints how to continue it
                     module = getattr(sys.modules["__main__"].__spec__, "name", f"jobs.{config_name}")
                     pins = {k: getattr(cfg, k) for k in ("run_name", "runs_root")}

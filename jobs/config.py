@@ -29,6 +29,9 @@ class MakeBaseConfig:
     recipe: BaseRecipe = field(default_factory=BaseRecipe)
     output: str = ""  # where to write the base; "" = the cache directory keyed by the recipe hash
     force: bool = False  # rebuild even if a base for this recipe is cached
+    verbose: bool = (
+        False  # the whole console: library progress bars, W&B info lines (or DISTILLERY_VERBOSE=1)
+    )
 
 
 @dataclass
@@ -56,6 +59,9 @@ class PipelineRunConfig:
     run_name: str = "pipeline"  # the pipeline's directory under runs_root (and its W&B group)
     runs_root: str = "runs"
     resume: bool = False  # skip finished stages, continue the interrupted one from its checkpoint
+    verbose: bool = (
+        False  # the whole console: library progress bars, W&B info lines (or DISTILLERY_VERBOSE=1)
+    )
 
     def __post_init__(self) -> None:
         models = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))

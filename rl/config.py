@@ -379,6 +379,9 @@ class SpecialistRunConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     seed: int = 0  # seeds model init-free randomness: sampling, data order
     resume: bool = False  # continue from the run directory's latest checkpoint
+    verbose: bool = (
+        False  # the whole console: library progress bars, W&B info lines (or DISTILLERY_VERBOSE=1)
+    )
     registry: str = (
         ""  # specialist registry (JSON) the finished run is recorded in; "" = <runs_root>/registry.json
     )

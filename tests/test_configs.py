@@ -276,3 +276,24 @@ def test_every_job_has_help_from_its_schema(job: str, expected: str) -> None:
     line = next(x for x in out.splitlines() if x.strip().startswith(expected))
     assert len(line.split()) > 1, line  # a description beside the default
     assert "powered by Hydra" not in out and "--hydra-help" in out
+
+
+def test_verbose_undoes_the_quieting_and_leaves_a_users_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobs import cli
+
+    monkeypatch.delenv("DISTILLERY_VERBOSE", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "false")  # the user's own choice
+    monkeypatch.setattr(cli, "_quieted", set())
+    cli.quiet_libraries()
+    assert cli.os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and cli.os.environ["WANDB_SILENT"] == "false"
+    cli.quiet_libraries(verbose=True)  # verbose=true read from the config
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in cli.os.environ and cli.os.environ["WANDB_SILENT"] == "false"
+    assert cli.os.environ["DISTILLERY_VERBOSE"] == "1"  # the pipeline's stages, in this process, stay verbose
+    cli.quiet_libraries()
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in cli.os.environ
+
+
+@pytest.mark.parametrize("schema", [SpecialistRunConfig, DistillRunConfig, PipelineRunConfig, MakeBaseConfig])
+def test_every_job_takes_verbose(schema: type) -> None:
+    assert {f.name for f in dataclasses.fields(schema)} >= {"verbose"}
