@@ -83,9 +83,9 @@ def main() -> None:
     for name, figures in results.items():
         print(name, " ".join(f"{k} {v:.5g}" for k, v in figures.items()))
     if args.out:
-        Path(args.out).write_text(
-            json.dumps({"command": " ".join(sys.argv), "runs": results}, indent=1) + "\n"
-        )
+        command = " ".join(["python -m benchmarks.routing_replay", *sys.argv[1:]])
+        record = {"command": command, "machine": f"{os.cpu_count()} CPU cores", "runs": results}
+        Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
