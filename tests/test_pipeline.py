@@ -38,10 +38,12 @@ def artifacts(run_dir: Path) -> list[dict]:
             and not r["artifact"]["type"].startswith("run_table")]  # fmt: skip
 
 
-def test_the_pipeline_resumes_after_a_killed_trainer_and_reports_every_stage(
-    tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
+def test_the_pipeline_on_an_moe_base_resumes_after_a_killed_trainer_and_reports_every_stage(
+    moe_dir: Path, tmp_path: Path, job_env: dict[str, str]
 ) -> None:
-    common = [f"runs_root={tmp_path}", "run_name=p", f"+overrides.model.path={tiny_base}"]
+    # the base is a Qwen3-MoE (FP4 QAT and packed rollouts on its experts): specialists and student are MoE too;
+    # the dense pipeline is `make run`'s
+    common = [f"runs_root={tmp_path}", "run_name=p", f"+overrides.model.path={moe_dir}"]
     # a real fault: the trainer SIGKILLs itself at its 3rd step -- step 3 of the code stage (math has 2)
     killed = pipeline(job_env | {"DISTILLERY_FAULT_KILL": f"trainer:3:{tmp_path / 'killed'}"}, *common)
     assert killed.returncode == 3, killed.stdout[-3000:] + killed.stderr[-3000:]
@@ -70,6 +72,8 @@ def test_the_pipeline_resumes_after_a_killed_trainer_and_reports_every_stage(
     )
     check_report(out, resumed.stdout)
     check_wandb(out)
+    student = json.loads((out / "distill" / "summary.json").read_text())["checkpoint"]
+    assert json.loads((Path(student) / "config.json").read_text())["model_type"] == "qwen3_moe"
 
 
 def check_report(out: Path, stdout: str) -> None:
