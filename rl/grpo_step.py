@@ -101,7 +101,8 @@ class GRPOStep:
         while len(kept) < wanted and rounds <= (algo.max_refill_rounds if algo.dynamic_sampling else 0):
             tasks = self.stream.take(wanted - len(kept))
             expanded = [t for t in tasks for _ in range(g)]
-            rollouts = self.generate(expanded, self.sampling(rollout_seed(self.cfg.seed, step, rounds)))
+            params = replace(self.sampling(rollout_seed(self.cfg.seed, step, rounds)), record_routing=True)
+            rollouts = self.generate(expanded, params)  # MoE: with their experts, for the trainer
             rewards = self.score(expanded, rollouts)
             check_error_rate(rewards, self.cfg.specialist.max_reward_error_rate, f"step {step}")
             groups = [

@@ -37,6 +37,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # stop strings (checked on decoded text); EOS always stops
     seed: int = 0  # seeds the engine's sampling generator for this call
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks); stop strings still stop
+    record_routing: bool = False  # MoE models: each rollout carries its tokens' experts (training rollouts)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ computes the rollout model's log-probs exactly when it replays (top-1, renormali
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -100,9 +101,9 @@ def test_the_engine_records_what_a_full_forward_of_the_same_model_routes(moe_dir
             weight.normal_(0, 0.5)
     engine = HFEngine(model, load_tokenizer(str(moe_dir)), max_batch_size=8)
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
-    outs = engine.generate(
-        prompts, SamplingParams(max_new_tokens=6, temperature=1.0, seed=3, ignore_eos=True)
-    )
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=3, ignore_eos=True)
+    assert all(r.routing is None for r in engine.generate(prompts, params))  # evals: nothing recorded
+    outs = engine.generate(prompts, replace(params, record_routing=True))
     for prompt, out in zip(prompts, outs, strict=True):
         ids = list(prompt) + list(out.response_ids)
         assert out.routing is not None and tuple(out.routing.shape) == (len(ids), 4, 2)  # 4 MoE layers, top-2

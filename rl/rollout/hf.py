@@ -39,7 +39,8 @@ class HFEngine:
 
     With FP4 (``from_path(..., fp4=...)``) the linears inside transformer blocks hold packed codes + scales
     only and compute with a dequantizing matmul (``fp4_mode == "packed"``). An MoE model's rollouts record the
-    experts each token was routed to (``Rollout.routing``, for the trainer's routing replay).
+    experts each token was routed to (``Rollout.routing``, for the trainer's routing replay) when asked
+    (``SamplingParams.record_routing``: training rollouts, not evals).
     """
 
     def __init__(
@@ -64,7 +65,7 @@ class HFEngine:
             token_id(tokenizer, "pad") if tokenizer.pad_token_id is not None else token_id(tokenizer, "eos")
         )
         self.decode = self._decode_mode(decode)
-        self.records_routing = bool(routers(model))  # MoE: each rollout carries its experts (routing replay)
+        self.records_routing = bool(routers(model))  # MoE: rollouts can carry their experts (routing replay)
         self.static = StaticDecoder(model, self.pad_id, self.eos_ids) if self.decode == "static" else None
 
     def _decode_mode(self, decode: str) -> str:
@@ -156,7 +157,7 @@ class HFEngine:
     def _generate_batch(
         self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator
     ) -> list[Rollout]:
-        tap = RoutingTap(self.model) if self.records_routing else None
+        tap = RoutingTap(self.model) if self.records_routing and params.record_routing else None
         with tap or nullcontext():
             tokens, logprobs, finish = self._decode(prompts, params, generator)
         routing = (
