@@ -6,6 +6,7 @@ is what varies between tests, not a stand-in for an engine); the engine tests ru
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,32 @@ def test_the_hf_engine_runs_episodes_whose_masks_align_with_its_tokens(tiny_base
         assert 1 <= r.turns <= 3 and len(r.loss_mask) == len(r.response_ids) <= 120 + 24
         assert r.finish_reason in {"eos", "length", "turn_limit"}
         assert sum(r.loss_mask) >= r.turns  # every turn produced at least one policy token
+
+
+def test_moe_episodes_carry_the_experts_of_every_position_the_last_turn_routed(tokenizer) -> None:
+    """The last turn's prefill routes every earlier turn and observation, so an episode keeps that turn's routing,
+    padded with -1 over what came after it (the last token, a final observation). Here an engine's routing is
+    coded by position: position t routed to expert t."""
+    import torch
+
+    generate, turns, by_prompt = scripted(tokenizer, [])
+    task = agent_tasks(1, "train", seed=3, levels=(2,))[0]
+    prompt = chat_prompt_ids(tokenizer, task.prompt)
+    by_prompt[tuple(prompt)], turns[tuple(prompt)] = scripted_actions(task), 0
+    fed: list[int] = []
+
+    def with_routing(prompts: list[list[int]], params: SamplingParams) -> list[Rollout]:
+        assert params.record_routing
+        outs = generate(prompts, params)
+        fed.append(len(prompts[0]) + len(outs[0].response_ids) - 1)  # positions this call routed
+        routing = torch.arange(fed[-1] + 1, dtype=torch.int16)[:, None, None]
+        return [
+            replace(outs[0], routing=torch.cat([routing[:-1], torch.full((1, 1, 1), -1, dtype=torch.int16)]))
+        ]
+
+    params = SamplingParams(max_new_tokens=64, temperature=1.0, record_routing=True)
+    (r,) = multi_turn_rollouts(with_routing, tokenizer, [prompt], [make_env(task)], params, 6, TOOL_STOP, 400)
+    assert r.turns == len(fed) >= 2 and r.routing is not None
+    assert len(r.routing) == len(r.prompt_ids) + len(r.response_ids)
+    assert r.routing[: fed[-1], 0, 0].tolist() == list(range(fed[-1]))  # the last turn's routing, whole
+    assert bool((r.routing[fed[-1] :] == -1).all())
