@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+os.environ.pop("DISTILLERY_VERBOSE", None)  # the console tests check the quieted console a job has by default
 
 
 @pytest.fixture(scope="session")

@@ -281,8 +281,9 @@ def test_every_job_has_help_from_its_schema(job: str, expected: str) -> None:
 def test_verbose_undoes_the_quieting_and_leaves_a_users_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from jobs import cli
 
-    monkeypatch.delenv("DISTILLERY_VERBOSE", raising=False)
-    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    for key in ("DISTILLERY_VERBOSE", *cli.QUIET_ENV):  # set, then deleted: monkeypatch restores them afterwards
+        monkeypatch.setenv(key, "0")  # (a bare delenv of an unset variable records nothing, and verbose leaked)
+        monkeypatch.delenv(key)
     monkeypatch.setenv("WANDB_SILENT", "false")  # the user's own choice
     monkeypatch.setattr(cli, "_quieted", set())
     cli.quiet_libraries()
