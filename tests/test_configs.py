@@ -281,8 +281,10 @@ def test_every_job_has_help_from_its_schema(job: str, expected: str) -> None:
 def test_verbose_undoes_the_quieting_and_leaves_a_users_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from jobs import cli
 
-    for key in ("DISTILLERY_VERBOSE", *cli.QUIET_ENV):  # set, then deleted: monkeypatch restores them afterwards
-        monkeypatch.setenv(key, "0")  # (a bare delenv of an unset variable records nothing, and verbose leaked)
+    # set, then deleted, so that monkeypatch restores them afterwards (a bare delenv of an unset variable records
+    # nothing, and DISTILLERY_VERBOSE=1 leaked into the job tests after this one)
+    for key in ("DISTILLERY_VERBOSE", *cli.QUIET_ENV):
+        monkeypatch.setenv(key, "0")
         monkeypatch.delenv(key)
     monkeypatch.setenv("WANDB_SILENT", "false")  # the user's own choice
     monkeypatch.setattr(cli, "_quieted", set())
