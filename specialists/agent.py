@@ -1,4 +1,5 @@
-"""The agent specialist: multi-turn tool use in the built-in lookup + calc environment.
+"""The agent specialist: multi-turn tool use in the built-in lookup + calc environment, or function calling on
+BFCL (``specialist=bfcl``: ``specialists/bfcl.py``, one turn, tools declared by the model's chat template).
 
 Each rollout is an episode (``rl/rollout/multiturn.py``): the model calls tools as
 ``<tool>{"name": ..., "arg": ...}</tool>``, the environment's answers come back as ``<obs>...</obs>``
@@ -10,16 +11,19 @@ from __future__ import annotations
 
 from rl.config import BaseRecipe, SpecialistConfig
 from rl.types import Reward, Rollout, Task
-from specialists.agent_env import TOOL_STOP, agent_demos, agent_tasks, make_env, score_agent
+from specialists import bfcl
+from specialists.agent_env import TOOL_STOP, LookupCalcEnv, agent_demos, agent_tasks, make_env, score_agent
 from specialists.domains import Demo, Domain
 
 DOMAIN = "agent"
-SOURCES = ("synthetic",)
+SOURCES = ("synthetic", bfcl.SOURCE)
 
 
 def _tasks(name: str, split: str, n: int, cfg: SpecialistConfig) -> list[Task]:
     if name not in SOURCES:
         raise ValueError(f"unknown agent task source {name!r}; valid: {', '.join(SOURCES)}")
+    if name == bfcl.SOURCE:  # every category; specialist.levels are the synthetic generator's
+        return bfcl.bfcl_tasks(n, split, cfg.data_seed)
     return agent_tasks(n, split, cfg.data_seed, tuple(cfg.levels), cfg.tool_prompt)
 
 
@@ -38,9 +42,15 @@ def demos(recipe: BaseRecipe, n: int | None, split: str) -> list[Demo]:
 
 
 def score(task: Task, rollout: Rollout) -> Reward:
+    if task.source == bfcl.SOURCE:
+        return bfcl.score_bfcl(task, rollout.text)
     return score_agent(task, rollout.text)
 
 
+def episode(task: Task) -> bfcl.BFCLEnv | LookupCalcEnv:
+    return bfcl.BFCLEnv(task) if task.source == bfcl.SOURCE else make_env(task)
+
+
 SPECIALIST = Domain(
-    DOMAIN, SOURCES, train_tasks, eval_tasks, score, demos, make_env=make_env, tool_stop=TOOL_STOP
+    DOMAIN, SOURCES, train_tasks, eval_tasks, score, demos, make_env=episode, tool_stop=TOOL_STOP
 )
