@@ -171,3 +171,16 @@ def wandb_records(run_dir: Path) -> list[dict]:
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
         records += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return records
+
+
+# `make test` runs the suite on two xdist workers (`--dist loadgroup`): the tests that share an expensive session
+# fixture go to one worker, so that it is built once (a `ray start --head`; the default specialist run).
+SHARED_FIXTURES = ("ray_head", "default_run")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in SHARED_FIXTURES:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+                break

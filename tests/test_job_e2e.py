@@ -41,16 +41,31 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def killed_copy(run_dir: Path, name: str, step: int) -> Path:
+    """A copy of a finished run as a kill would leave it had it come after the last step was logged but before
+    any checkpoint past ``step`` was written: every step in metrics.jsonl and W&B, the checkpoints up to ``step``
+    (the run must keep them: ``keep_checkpoints``). Resuming it redoes the later steps, one run saved."""
+    copy = run_dir.parent / name
+    shutil.copytree(run_dir, copy)
+    root = copy / "checkpoints"
+    for checkpoint in root.glob("step_*"):
+        if int(checkpoint.name.removeprefix("step_")) > step:
+            shutil.rmtree(checkpoint)
+    (root / "latest").write_text(f"step_{step:06d}")
+    assert (root / f"step_{step:06d}").is_dir(), sorted(p.name for p in root.iterdir())
+    return copy
+
+
 def test_job_runs_with_two_ddp_ranks_and_resumes_like_an_uninterrupted_run(
     tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
 ) -> None:
-    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "trainer.num_ranks=2"]
+    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "trainer.num_ranks=2", "keep_checkpoints=3"]
     run_job(job_env, *common, "run_name=straight", "steps=4")
-    run_job(job_env, *common, "run_name=resumed", "steps=2")
+    straight = tmp_path / "straight"
+    resumed = killed_copy(straight, "resumed", step=2)
     proc = run_job(job_env, *common, "run_name=resumed", "steps=4", "resume=true")
     assert "resuming" in proc.stdout and "step_000002" in proc.stdout
 
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     for run_dir in (straight, resumed):
         assert (run_dir / "config.yaml").read_text().count("num_ranks: 2") == 1
         assert [m["step"] for m in metrics(run_dir)] == [0, 1, 2, 3, 4]  # no step lost or repeated
@@ -76,13 +91,13 @@ def test_vllm_and_deepspeed_backends_give_the_default_backends_outputs_and_resum
 ) -> None:
     common = [f"model.path={tiny_base}", f"runs_root={tmp_path}"]
     production = ["rollout=vllm", "trainer=deepspeed", "trainer.zero_stage=3", "trainer.num_ranks=2",
-                  "trainer.lr=1e-3"]  # fmt: skip
+                  "trainer.lr=1e-3", "keep_checkpoints=3"]  # fmt: skip
     run_job(job_env, *common, *production, "run_name=production", "steps=3")
-    run_job(job_env, *common, *production, "run_name=resumed", "steps=2")
+    default, production_dir = default_run, tmp_path / "production"
+    resumed = killed_copy(production_dir, "resumed", step=2)
     proc = run_job(job_env, *common, *production, "run_name=resumed", "steps=3", "resume=true")
     assert "resuming" in proc.stdout and "step_000002" in proc.stdout
 
-    default, production_dir, resumed = default_run, tmp_path / "production", tmp_path / "resumed"
     summaries = {
         d.name: json.loads((d / "summary.json").read_text()) for d in (default, production_dir, resumed)
     }
