@@ -164,3 +164,16 @@ def test_an_episode_of_the_agent_specialist_on_bfcl_is_one_turn_scored_by_the_ch
     rewards = [AGENT.score(t, r) for t, r in zip(tasks, rollouts, strict=True)]
     assert [(r.score, r.reason) for r in rewards] == [(1.0, "correct"), (0.0, "no_tool_call")]
     assert rollouts[0].tool_calls == 0 and rollouts[0].loss_mask == (1,) * len(rollouts[0].response_ids)
+
+
+def test_bfcl_without_its_package_is_one_clear_line_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobs import common
+    from rl.config import SpecialistConfig
+
+    spec = SpecialistConfig(domain="agent", train_data="bfcl", eval_data="bfcl")
+    common.check_data_files(spec)  # installed: nothing to say
+    monkeypatch.setattr(common.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(
+        common.InputError, match=r"specialist\.train_data=bfcl needs the bfcl-eval package: pip "
+    ):
+        common.check_data_files(spec)
