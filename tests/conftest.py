@@ -23,15 +23,22 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.pop("DISTILLERY_VERBOSE", None)  # the console tests check the quieted console a job has by default
 
 
+def run_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This run's temporary root, shared by its xdist workers (each has a folder of its own below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny base built by the real make_base path with a short recipe (about 20 s on 2 cores)."""
+    """A tiny base built by the real make_base path with a short recipe (about 20 s on 2 cores), once per run:
+    the first xdist worker to need it builds it, the other waits on ensure_base's lock and finds it built."""
     from jobs.make_base import ensure_base
     from rl.config import BaseRecipe
 
     recipe = BaseRecipe(num_demos=2000, num_code_demos=400, num_agent_demos=400, max_steps=30, eval_every=30,
                         num_eval_tasks=16, target_pass_at_1=1.0)  # fmt: skip
-    return ensure_base(recipe, output=str(tmp_path_factory.mktemp("base") / "tiny"))
+    return ensure_base(recipe, output=str(run_temp(tmp_path_factory) / "base" / "tiny"))
 
 
 @pytest.fixture(scope="session")
@@ -173,14 +180,24 @@ def wandb_records(run_dir: Path) -> list[dict]:
     return records
 
 
-# `make test` runs the suite on two xdist workers (`--dist loadgroup`): the tests that share an expensive session
-# fixture go to one worker, so that it is built once (a `ray start --head`; the default specialist run).
+# `make test` runs the suite on two xdist workers (`--dist loadgroup`). Tests that share an expensive fixture go to
+# one worker, so that it is built once: a session fixture below (a `ray start --head`; the default specialist run),
+# or any module-scoped one (the bad-input cases, a module's model or actors): the whole module then.
 SHARED_FIXTURES = ("ray_head", "default_run")
+
+
+def xdist_group(item: pytest.Item) -> str | None:
+    names = getattr(item, "fixturenames", ())
+    for name in SHARED_FIXTURES:
+        if name in names:
+            return name
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    if any(defs and defs[-1].scope == "module" for defs in definitions.values()):
+        return item.nodeid.split("::")[0]
+    return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        for name in SHARED_FIXTURES:
-            if name in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(name))
-                break
+        if (group := xdist_group(item)) is not None:
+            item.add_marker(pytest.mark.xdist_group(group))

@@ -272,8 +272,10 @@ def test_ctrl_c_is_one_line_with_the_command_that_continues_the_run(
     env = {k: v for k, v in job_env.items() if k != "WANDB_SILENT"}
     common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "run_name=default", "steps=12"]
     cmd = [sys.executable, "-m", "jobs.train_specialist", *TINY, *common, "resume=true"]
+    # a terminal's SIGINT disposition: an xdist worker ignores SIGINT, and an ignored signal stays ignored in a child
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     assert proc.stdout is not None
     console = []
     for line in proc.stdout:
