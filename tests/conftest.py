@@ -180,8 +180,8 @@ def wandb_records(run_dir: Path) -> list[dict]:
     return records
 
 
-# `make test` runs the suite on two xdist workers (`--dist loadgroup`). Tests that share an expensive fixture go to
-# one worker, so that it is built once: a session fixture below (a `ray start --head`; the default specialist run),
+# `pytest tests -n 2 --dist loadgroup` runs the suite on two xdist workers. Tests that share an expensive fixture go
+# to one worker, so that it is built once: a session fixture below (a `ray start --head`; the default specialist run),
 # or any module-scoped one (the bad-input cases, a module's model or actors): the whole module then.
 SHARED_FIXTURES = ("ray_head", "default_run")
 
