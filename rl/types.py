@@ -24,9 +24,8 @@ class Task:
     answer: str  # reference the reward checks against (a math answer, tests, a goal)
     source: str  # dataset name, e.g. "synthetic", "gsm8k", "math500"
     level: int = 0  # difficulty level where the source has one (synthetic: 1..3)
-    tools: str = (
-        ""  # function-calling tasks: a JSON list of the tools' schemas, declared by the chat template
-    )
+    # function-calling tasks: a JSON list of the tools' schemas, declared by the chat template
+    tools: str = ""
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from typing import Any, Protocol, runtime_checkable
 from rewards.math import extract_boxed
 from rl.types import Reward, Task
 from specialists.synthetic import check_generator_args, split_of
+from specialists.tool_calls import echo, model_json
 
 TOOL_OPEN = "<tool>"
 TOOL_STOP = "</tool>"
@@ -89,7 +90,6 @@ _ITEMS = (
 _PRICES = (1, 20)
 _QUANTITIES = (2, 9)
 _STORE_SIZE = (3, 6)
-_MAX_ECHO = 40  # characters of the model's text an error message repeats
 
 Segment = tuple[str, bool]  # (text, is_model): a model turn, or an environment observation
 
@@ -148,12 +148,6 @@ def format_observation(result: str) -> str:
     return f"\n{OBS_OPEN}{result}{OBS_CLOSE}\n"
 
 
-def _echo(text: str) -> str:
-    # Model text repeated in an error stays short and cannot forge an observation's tags.
-    text = text.replace("<", "").replace(">", "")
-    return repr(text if len(text) <= _MAX_ECHO else text[:_MAX_ECHO] + "...")
-
-
 def parse_tool_call(text: str, tools: Iterable[str] | None = None) -> ToolCall | ToolCallError:
     """The tool call in ``text`` (up to its first ``</tool>``), or why there is none.
 
@@ -167,7 +161,7 @@ def parse_tool_call(text: str, tools: Iterable[str] | None = None) -> ToolCall |
     if start < 0:
         return ToolCallError("no_open_tag", f"error: a tool call is {TOOL_OPEN}{{...}}{TOOL_STOP}")
     try:
-        obj = json.loads(text[start + len(TOOL_OPEN) : end])
+        obj = model_json(text[start + len(TOOL_OPEN) : end])
     except json.JSONDecodeError as e:
         return ToolCallError("bad_json", f"error: bad JSON in tool call: {e.msg}")
     if not isinstance(obj, dict):
@@ -182,10 +176,10 @@ def _check_call(obj: dict[str, Any], tools: tuple[str, ...] | None) -> ToolCall 
         if not isinstance(obj[key], str):
             return ToolCallError(f"bad_{key}", f"error: {key!r} must be a string")
     if extra := sorted(set(obj) - {"name", "arg"}):
-        return ToolCallError("extra_keys", f"error: unexpected keys {', '.join(map(_echo, extra))}")
+        return ToolCallError("extra_keys", f"error: unexpected keys {', '.join(map(echo, extra))}")
     if tools is not None and obj["name"] not in tools:
         known = ", ".join(tools)
-        return ToolCallError("unknown_tool", f"error: unknown tool {_echo(obj['name'])}; tools: {known}")
+        return ToolCallError("unknown_tool", f"error: unknown tool {echo(obj['name'])}; tools: {known}")
     return ToolCall(obj["name"], obj["arg"])
 
 
@@ -216,7 +210,7 @@ def calc(expression: str) -> int:
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except (SyntaxError, ValueError):  # ValueError: null bytes
-        raise ToolError(f"invalid expression {_echo(expression)}") from None
+        raise ToolError(f"invalid expression {echo(expression)}") from None
     return _eval(tree.body)
 
 
@@ -231,7 +225,7 @@ def _eval(node: ast.expr) -> int:
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
         return _bounded(_BINARY_OPS[type(node.op)](_eval(node.left), _eval(node.right)))
     if isinstance(node, ast.Name):
-        raise ToolError(f"names are not allowed: {_echo(node.id)}")
+        raise ToolError(f"names are not allowed: {echo(node.id)}")
     raise ToolError("only integers, + - * / and parentheses are allowed")
 
 
@@ -253,7 +247,7 @@ def lookup(store: dict[str, int], key: str) -> int:
     """The value of ``key`` (case and surrounding spaces ignored); ``ToolError`` naming the keys if absent."""
     normalized = key.strip().lower()
     if normalized not in store:
-        raise ToolError(f"unknown key {_echo(key)}; keys: {', '.join(store)}")
+        raise ToolError(f"unknown key {echo(key)}; keys: {', '.join(store)}")
     return store[normalized]
 
 

@@ -25,7 +25,6 @@ import importlib
 import importlib.resources
 import json
 import random
-import re
 import sys
 import types
 from collections.abc import Callable
@@ -93,7 +92,7 @@ def _json_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 def tool_name(name: str) -> str:
     """A function's name as the model sees and calls it (dots are not allowed in tool names)."""
-    return re.sub(r"\.", "_", name)
+    return name.replace(".", "_")
 
 
 def tools_of(functions: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -114,13 +113,10 @@ def _question(item: dict[str, Any]) -> str:
     return str(users[0])
 
 
-def bfcl_tasks(n: int, split: str, seed: int = 0, levels: tuple[int, ...] = tuple(CATEGORIES)) -> list[Task]:
-    """``n`` items of ``split`` (0: all of them) from the categories of ``levels``, shuffled by ``seed``."""
-    if unknown := set(levels) - set(CATEGORIES):
-        raise ValueError(f"unknown BFCL levels {sorted(unknown)}; valid: {sorted(CATEGORIES)} ({CATEGORIES})")
+def bfcl_tasks(n: int, split: str, seed: int = 0) -> list[Task]:
+    """``n`` items of ``split`` (0: all of them) from every category, shuffled by ``seed``."""
     tasks = []
-    for level in sorted(levels):
-        category = CATEGORIES[level]
+    for level, category in CATEGORIES.items():
         for item in load_items(category):
             if split_of(item["id"]) != split:
                 continue
@@ -144,13 +140,18 @@ def _spec(task: Task) -> dict[str, Any]:
 
 def score_bfcl(task: Task, text: str) -> Reward:
     """BFCL's AST verdict on the calls of ``text`` (one model turn)."""
+    return _scored(task, text)[0]
+
+
+def _scored(task: Task, text: str) -> tuple[Reward, int]:
+    """The reward of ``text`` and how many well-formed calls it made."""
     if len(text) > MAX_TEXT_CHARS:
-        return Reward(0.0, "too_long")
+        return Reward(0.0, "too_long"), 0
     spec = _spec(task)
     names = [tool["function"]["name"] for tool in json.loads(task.tools)]
     calls = parse_tool_calls(text, names)
     if isinstance(calls, CallError):
-        return Reward(0.0, calls.reason)
+        return Reward(0.0, calls.reason), 0
     ast_checker, python = _checker()
     output = [{call.name: call.arguments} for call in calls]
     try:
@@ -158,10 +159,10 @@ def score_bfcl(task: Task, text: str) -> Reward:
             spec["functions"], output, spec["ground_truth"], python, spec["category"], SOURCE
         )
     except Exception as err:  # the checker meeting a shape it does not expect is the model's miss
-        return Reward(0.0, f"checker_error: {type(err).__name__}")
+        return Reward(0.0, f"checker_error: {type(err).__name__}"), len(calls)
     if verdict.get("valid"):
-        return Reward(1.0, "correct")
-    return Reward(0.0, str(verdict.get("error_type", "invalid")).replace(":", "_"))
+        return Reward(1.0, "correct"), len(calls)
+    return Reward(0.0, str(verdict.get("error_type", "invalid")).replace(":", "_")), len(calls)
 
 
 def _first_allowed(options: list[Any], required: bool) -> Any:
@@ -207,9 +208,7 @@ class BFCLEnv:
         return self.task.prompt
 
     def step(self, action: str) -> StepResult:
-        reward = score_bfcl(self.task, action)
-        calls = parse_tool_calls(action[:MAX_TEXT_CHARS])
-        made = 0 if isinstance(calls, CallError) else len(calls)
+        reward, made = _scored(self.task, action)
         error = reward.reason if reward.score == 0 else ""
         info = {"turn": 1, "tool": None, "tool_error": False, "error": error, "reason": reward.reason,
                 "format_reward": 0.0, "tool_calls": made, "tool_errors": 0}  # fmt: skip

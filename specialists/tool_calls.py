@@ -38,9 +38,20 @@ class CallError:
     message: str
 
 
-def _echo(text: str) -> str:
-    text = text.replace("<", "").replace(">", "")  # an echo cannot forge a tag
+def echo(text: str) -> str:
+    """Model text repeated in an error message: short, and unable to forge a tag (an observation's, a call's)."""
+    text = text.replace("<", "").replace(">", "")
     return repr(text if len(text) <= _MAX_ECHO else text[:_MAX_ECHO] + "...")
+
+
+def model_json(text: str) -> Any:
+    """``json.loads`` of model output: JSON nested too deeply to parse is bad JSON like any other (json raises a
+    RecursionError there, which would escape a parser as an exception: a reward error the policy could provoke
+    at will, and enough of them stop a run)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
 
 
 def call_blocks(text: str) -> list[str] | CallError:
@@ -65,7 +76,7 @@ def parse_call(block: str, tools: tuple[str, ...] | None = None) -> Call | CallE
     if len(block) > MAX_CALL_CHARS:
         return CallError("too_long", f"error: a tool call longer than {MAX_CALL_CHARS} characters")
     try:
-        obj = json.loads(block)
+        obj = model_json(block)
     except json.JSONDecodeError as e:
         return CallError("bad_json", f"error: bad JSON in tool call: {e.msg}")
     if not isinstance(obj, dict):
@@ -79,18 +90,18 @@ def parse_call(block: str, tools: tuple[str, ...] | None = None) -> Call | CallE
     if "arguments" not in obj:
         return CallError("missing_arguments", "error: tool call has no 'arguments'")
     if extra := sorted(set(obj) - {"name", "arguments"}):
-        return CallError("extra_keys", f"error: unexpected keys {', '.join(map(_echo, extra))}")
+        return CallError("extra_keys", f"error: unexpected keys {', '.join(map(echo, extra))}")
     arguments = obj["arguments"]
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments)
+            arguments = model_json(arguments)
         except json.JSONDecodeError:
             arguments = None
     if not isinstance(arguments, dict):
         return CallError("bad_arguments", "error: 'arguments' must be a JSON object")
     if tools is not None and obj["name"] not in tools:
         return CallError(
-            "unknown_tool", f"error: unknown tool {_echo(obj['name'])}; tools: {', '.join(tools)}"
+            "unknown_tool", f"error: unknown tool {echo(obj['name'])}; tools: {', '.join(tools)}"
         )
     return Call(obj["name"], arguments)
 

@@ -63,6 +63,7 @@ def test_parse_good_calls_with_text_around(text: str, expected: object) -> None:
         ('{"name": "calc", "arg": "1"}</tool>', "no_open_tag"),
         ('<tool>{"name": "calc", "arg": "1"</tool>', "bad_json"),
         ("<tool>{'name': 'calc', 'arg': '1'}</tool>", "bad_json"),
+        ("<tool>" + "[" * 5000 + "</tool>", "bad_json"),  # json's RecursionError, not an exception out of here
         ('<tool>["calc", "1"]</tool>', "not_an_object"),
         ('<tool>{"arg": "1"}</tool>', "missing_name"),
         ('<tool>{"name": "calc"}</tool>', "missing_arg"),

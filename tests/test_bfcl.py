@@ -43,6 +43,8 @@ def test_calls_parse_one_or_several_and_arguments_written_as_a_json_string() -> 
         ("the answer is 4", "no_tool_call"),
         ('<tool_call>{"name": "f", "arguments": {}}', "unclosed_call"),
         ("<tool_call>{name: f}</tool_call>", "bad_json"),
+        ("<tool_call>" + "[" * 5000 + "</tool_call>", "bad_json"),  # nested past json's recursion limit
+        ('<tool_call>{"name": "f", "arguments": "' + "[" * 5000 + '"}</tool_call>', "bad_arguments"),
         ("<tool_call>[1, 2]</tool_call>", "not_an_object"),
         ('<tool_call>{"arguments": {}}</tool_call>', "missing_name"),
         ('<tool_call>{"name": 3, "arguments": {}}</tool_call>', "bad_name"),
