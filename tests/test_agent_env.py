@@ -63,7 +63,8 @@ def test_parse_good_calls_with_text_around(text: str, expected: object) -> None:
         ('{"name": "calc", "arg": "1"}</tool>', "no_open_tag"),
         ('<tool>{"name": "calc", "arg": "1"</tool>', "bad_json"),
         ("<tool>{'name': 'calc', 'arg': '1'}</tool>", "bad_json"),
-        ("<tool>" + "[" * 5000 + "</tool>", "bad_json"),  # json's RecursionError, not an exception out of here
+        # nested past json's recursion limit: bad_json, not a RecursionError out of the reward
+        ("<tool>" + "[" * 5000 + "</tool>", "bad_json"),
         ('<tool>["calc", "1"]</tool>', "not_an_object"),
         ('<tool>{"arg": "1"}</tool>', "missing_name"),
         ('<tool>{"name": "calc"}</tool>', "missing_arg"),
