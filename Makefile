@@ -37,7 +37,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/pyright
 
 test: lint typecheck
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) outputs runs multirun

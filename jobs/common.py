@@ -82,6 +82,11 @@ def check_reachable(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> N
         ) from None
 
 
+# A job's own Ray starts no idle workers ahead of time: every actor of a job carries a runtime_env (its env_vars),
+# so none could take one over, and each would cost an interpreter's start-up on the job's cores.
+LOCAL_RAY_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
+
+
 def init_ray(cluster: ClusterConfig) -> None:
     """Join ``cluster.address`` (or the Ray job's cluster), else start a local Ray of the job's own: also where a
     Ray head already runs on this machine, or a killed one left its address file behind (Ray would try to join
@@ -103,7 +108,7 @@ def init_ray(cluster: ClusterConfig) -> None:
     else:  # Ray's default token authentication, without its warning that it is on, at every start
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", num_cpus=cluster.num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=True)  # fmt: skip
+                 log_to_driver=True, _system_config=LOCAL_RAY_CONFIG)  # fmt: skip
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, config: object) -> Path | None:

@@ -270,7 +270,7 @@ def test_ctrl_c_is_one_line_with_the_command_that_continues_the_run(
     # W&B's own quieting is not set here: the job must keep the console quiet itself
     shutil.copytree(default_run, tmp_path / "default")
     env = {k: v for k, v in job_env.items() if k != "WANDB_SILENT"}
-    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "run_name=default", "steps=12"]
+    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "run_name=default", "steps=7"]
     cmd = [sys.executable, "-m", "jobs.train_specialist", *TINY, *common, "resume=true"]
     # a terminal's SIGINT disposition: an xdist worker ignores SIGINT, and an ignored signal stays ignored in a child
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -280,7 +280,7 @@ def test_ctrl_c_is_one_line_with_the_command_that_continues_the_run(
     console = []
     for line in proc.stdout:
         console.append(line)
-        if " step 5/12 " in line:
+        if " step 4/7 " in line:
             os.killpg(proc.pid, signal.SIGINT)
             break
     out, err = proc.communicate(timeout=120)
@@ -291,7 +291,7 @@ def test_ctrl_c_is_one_line_with_the_command_that_continues_the_run(
     got = re.match(r"interrupted at step (\d+) \(last checkpoint (\S+)\); continue with: ", last)
     assert got, last
     step = int(got[1])
-    assert step >= 5 and f"checkpoints/step_{step - 1:06d}" in last  # checkpoint_every=1
+    assert step >= 4 and f"checkpoints/step_{step - 1:06d}" in last  # checkpoint_every=1
     assert last.endswith(f"run_name=default runs_root={tmp_path} resume=true")
     for noise in (
         "Generating checksum",
@@ -305,7 +305,7 @@ def test_ctrl_c_is_one_line_with_the_command_that_continues_the_run(
     done = subprocess.run(shlex.split(again), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resuming {tmp_path / 'default'} from step_{step - 1:06d}" in done.stdout
-    assert [m["step"] for m in metrics(tmp_path / "default")] == list(range(13))  # none lost or repeated
+    assert [m["step"] for m in metrics(tmp_path / "default")] == list(range(8))  # none lost or repeated
 
 
 def test_failing_rewards_score_zero_with_a_reason_and_too_many_stop_the_run(

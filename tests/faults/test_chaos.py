@@ -4,6 +4,7 @@ run with the same seed, every step logged once, in one W&B run."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from rl.faults import chaos_hit, chaos_schedule
 from specialists.registry import SpecialistEntry, register
-from tests.conftest import ROOT, RayHead
+from tests.conftest import ROOT, RayHead, run_temp
 from tests.test_checkpoint_tracking import wandb_history
 from tests.test_job_e2e import metrics
 
@@ -89,22 +90,30 @@ def register_teacher(runs_root: Path, base: Path) -> None:
 
 
 def reference_run(base: Path, root: Path) -> Path:
-    """The undisturbed run on a local Ray, run once per session (this module and test_node_loss compare to it)."""
+    """The undisturbed run on a local Ray, run once per test run (this module and test_node_loss compare to it;
+    under xdist the first worker to need it runs it while the other waits on the lock)."""
     run_dir = root / "straight"
-    if not (run_dir / "summary.json").exists():
-        register_teacher(root, base)
-        cmd = [sys.executable, "-m", "jobs.distill", *DISTILL, f"model.path={base}", f"runs_root={root}",
-               "run_name=straight"]  # fmt: skip
-        proc = subprocess.run(
-            cmd, cwd=ROOT, env=job_env(root / "cache"), capture_output=True, text=True, timeout=600
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run_dir / "summary.json").exists():
+            run_straight(base, root)
     return run_dir
+
+
+def run_straight(base: Path, root: Path) -> None:
+    register_teacher(root, base)
+    cmd = [sys.executable, "-m", "jobs.distill", *DISTILL, f"model.path={base}", f"runs_root={root}",
+           "run_name=straight"]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=job_env(root / "cache"), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return reference_run(tiny_base, tmp_path_factory.getbasetemp() / "distill-reference")
+    return reference_run(tiny_base, run_temp(tmp_path_factory) / "distill-reference")
 
 
 def compared(run_dir: Path) -> list[dict]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from rl.placement import node_preferences, node_with
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, run_temp
 from tests.faults.test_chaos import DISTILL, assert_one_run_like, job_env, reference_run, register_teacher
 from tests.test_job_e2e import metrics
 
@@ -129,7 +129,7 @@ def two_nodes(tmp_path: Path) -> Iterator[TwoNodes]:
 @pytest.fixture(scope="module")
 def reference(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The undisturbed run, shared with test_chaos (the same job, settings and seed)."""
-    return reference_run(tiny_base, tmp_path_factory.getbasetemp() / "distill-reference")
+    return reference_run(tiny_base, run_temp(tmp_path_factory) / "distill-reference")
 
 
 @pytest.mark.slow

@@ -94,47 +94,51 @@ def test_a_teacher_killed_during_prefill_is_restarted_and_its_batch_redone(
 def test_a_job_survives_a_killed_rollout_worker_and_a_killed_trainer_stops_it_for_a_resume(
     tiny_base: Path, tmp_path: Path, job_env: dict[str, str], default_run: Path
 ) -> None:
-    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "steps=3"]  # default_run's settings
-    env = {**job_env, "DISTILLERY_FAULT_KILL": f"rollout:3:{tmp_path / 'rollout-killed'}"}
-    proc = run_job(env, *common, "run_name=killed")
-    assert "rollout worker(s) [0] died" in proc.stdout and (tmp_path / "rollout-killed").exists()
-    lines, straight = metrics(tmp_path / "killed"), metrics(default_run)  # undisturbed, same seeds
-    assert [m["step"] for m in lines] == [0, 1, 2, 3]  # same number of steps, none duplicated
-    assert lines[-1]["rollout/worker_restarts"] == 1.0
-    assert [m.get("reward/mean") for m in lines] == [
-        m.get("reward/mean") for m in straight
-    ]  # the batch was redone
+    """Three faults in one run, three attempts: a rollout worker killed (replaced, its batch redone), an exception
+    inside an actor (a CUDA error's text: one line, exit 3), a trainer killed (exit 3); each resumed attempt
+    continues from the last checkpoint and the finished run matches the undisturbed one step for step."""
+    common = [
+        f"model.path={tiny_base}",
+        f"runs_root={tmp_path}",
+        "steps=3",
+        "run_name=faults",
+    ]  # default_run's
+    straight, run_dir = metrics(default_run), tmp_path / "faults"  # undisturbed, same seeds
 
-    env = {**job_env, "DISTILLERY_FAULT_KILL": f"trainer:2:{tmp_path / 'trainer-killed'}"}
-    proc = run_job(env, *common, "run_name=trainer", check=False)
-    assert proc.returncode == 3 and "error: trainer rank(s) [0] of 1 died" in proc.stderr
-    assert [m["step"] for m in metrics(tmp_path / "trainer")] == [0, 1]  # step 2 never logged
-    proc = run_job(job_env, *common, "run_name=trainer", "resume=true")  # the resubmitted job
-    assert "resuming" in proc.stdout
-    lines = metrics(tmp_path / "trainer")
-    assert [m["step"] for m in lines] == [0, 1, 2, 3]  # nothing lost beyond the checkpoint, nothing repeated
-    logged = [
-        h["_step"] for h in wandb_history(tmp_path / "trainer") if "train/loss" in h or "eval/pass@1" in h
-    ]
-    assert sorted(logged) == [0, 1, 2, 3]  # the W&B run (both attempts' offline files): each step once
-    assert [m.get("reward/mean") for m in lines] == [m.get("reward/mean") for m in straight]
-
-    # an exception inside an actor (a CUDA error's text): one line naming the actor, its method, the step and
-    # the checkpoint; exit 3, so jobs.submit resubmits with resume=true, which continues from that checkpoint
+    # rollout calls: start eval greedy + sampled, step 1 (killed: the worker is replaced and step 1's batch redone);
+    # the replacement counts its own calls: step 1, step 2, step 3 (raises)
     env = {
         **job_env,
-        "DISTILLERY_FAULT_RAISE": "rollout:4",
-    }  # calls: start eval greedy + sampled, step 1, step 2
-    proc = run_job(env, *common, "run_name=raised", check=False)
-    checkpoint = tmp_path / "raised" / "checkpoints" / "step_000001"
+        "DISTILLERY_FAULT_KILL": f"rollout:3:{tmp_path / 'rollout-killed'}",
+        "DISTILLERY_FAULT_RAISE": "rollout:3",
+    }
+    proc = run_job(env, *common, check=False)
+    assert "rollout worker(s) [0] died" in proc.stdout and (tmp_path / "rollout-killed").exists()
+    checkpoint = run_dir / "checkpoints" / "step_000002"
     assert proc.returncode == 3, proc.stderr[-3000:]
-    # the one error line (actors' own output, forwarded by Ray, may still arrive after it)
+    # the one error line (actors' own output, forwarded by Ray, may still arrive after it): the actor, its method,
+    # the step and the checkpoint; exit 3, so jobs.submit resubmits with resume=true
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
-        f"error: RolloutWorker.generate failed at step 2: RuntimeError: {INJECTED}; the last good checkpoint "
+        f"error: RolloutWorker.generate failed at step 3: RuntimeError: {INJECTED}; the last good checkpoint "
         f"is {checkpoint} (resume=true continues from it)"
     ]
-    assert [m["step"] for m in metrics(tmp_path / "raised")] == [0, 1]
-    run_job(job_env, *common, "run_name=raised", "resume=true")
-    assert [m.get("reward/mean") for m in metrics(tmp_path / "raised")] == [
-        m.get("reward/mean") for m in straight
-    ]
+    lines = metrics(run_dir)
+    assert [m["step"] for m in lines] == [0, 1, 2]  # same number of steps, none duplicated
+    assert lines[-1]["rollout/worker_restarts"] == 1.0
+    assert [m.get("reward/mean") for m in lines] == [m.get("reward/mean") for m in straight[:3]]  # redone
+
+    env = {
+        **job_env,
+        "DISTILLERY_FAULT_KILL": f"trainer:1:{tmp_path / 'trainer-killed'}",
+    }  # the resumed step 3
+    proc = run_job(env, *common, "resume=true", check=False)
+    assert proc.returncode == 3 and "error: trainer rank(s) [0] of 1 died" in proc.stderr, proc.stderr[-3000:]
+    assert [m["step"] for m in metrics(run_dir)] == [0, 1, 2]  # step 3 never logged
+
+    proc = run_job(job_env, *common, "resume=true")  # the resubmitted job
+    assert "resuming" in proc.stdout
+    lines = metrics(run_dir)
+    assert [m["step"] for m in lines] == [0, 1, 2, 3]  # nothing lost beyond the checkpoint, nothing repeated
+    logged = [h["_step"] for h in wandb_history(run_dir) if "train/loss" in h or "eval/pass@1" in h]
+    assert sorted(logged) == [0, 1, 2, 3]  # the W&B run (all three attempts' offline files): each step once
+    assert [m.get("reward/mean") for m in lines] == [m.get("reward/mean") for m in straight]
