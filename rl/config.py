@@ -274,6 +274,8 @@ class AlgorithmConfig:
     opsm_delta: float = 1e-3  # OPSM (DeepSeek-V3.2) masks A < 0 sequences with mean log(mu / pi_old) > delta
     # MoE: the trainer routes each token to the experts the rollout chose (R3), with its own gate weights there
     routing_replay: bool = False
+    # asynchronous RL: step t + k is sampled while step t trains, with weights k versions old; 0 = synchronous
+    max_staleness: int = 0
 
     def __post_init__(self) -> None:
         check_fields("algorithm", self, {
@@ -283,8 +285,13 @@ class AlgorithmConfig:
             "group_size": at_least(2), "kl_coef": at_least(0), "kl_estimator": registered("algorithm.kl_estimator"),
             "max_refill_rounds": at_least(0), "correction": registered("algorithm.correction"),
             "tis_cap": above(0), "geo_low": above(0), "geo_high": at_least(self.geo_low if _number(self.geo_low) else 0),
-            "opsm_delta": at_least(0),
+            "opsm_delta": at_least(0), "max_staleness": at_least(0),
         })  # fmt: skip
+        if self.max_staleness > 0 and self.correction == "none":  # decoupled PPO: the behaviour correction
+            raise ConfigValueError(
+                f"algorithm.max_staleness={self.max_staleness} trains on samples from older weights: set "
+                "algorithm.correction=tis (or geo_mask / opsm), which weighs them towards the trainer's policy"
+            )
 
 
 @dataclass

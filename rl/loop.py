@@ -6,6 +6,8 @@ Runs in the job's driver. Each step waits on the rollout workers (generation), s
 every trainer rank (its optimizer steps), then on the rollout workers again (weight load) before the next step
 samples, so every rollout comes from the newest weights (synchronous, on-policy). Rollout seeds derive from
 ``(seed, step)`` (``rl.episodes.rollout_seed``), so a resumed run samples what an uninterrupted one would have.
+With ``max_staleness = k > 0`` step ``t + k`` is sampled on a background thread while step ``t`` trains
+(``rl.ahead``: the versions stay deterministic; the loss corrects for them, ``algorithm.correction``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+from rl.ahead import SampleAhead, staleness
 from rl.checkpoint import load_state, save_checkpoint
 from rl.failures import named_actor_failures
 from rl.memory import gpu_memory
@@ -119,11 +122,13 @@ class LoopSettings:
     checkpoint_every: int
     keep_checkpoints: int
     max_nonfinite_steps: int
+    max_staleness: int = 0  # steps sampled ahead of training (``algorithm.max_staleness``; distillation: 0)
 
     @classmethod
     def of(cls, cfg: Any) -> LoopSettings:
+        ahead = getattr(getattr(cfg, "algorithm", None), "max_staleness", 0)
         return cls(cfg.steps, cfg.eval_every, cfg.checkpoint_every, cfg.keep_checkpoints,
-                   cfg.trainer.max_nonfinite_steps)  # fmt: skip
+                   cfg.trainer.max_nonfinite_steps, ahead)  # fmt: skip
 
 
 class Loop:
@@ -139,7 +144,12 @@ class Loop:
         self.guard = NonFiniteGuard(settings.max_nonfinite_steps)
         self.last_checkpoint: str | None = None
         self.step = 0  # the step running (0: the start eval)
+        self.version = state.step  # the step whose weights the rollout workers hold
         self._step_times: list[float] = []  # seconds of each step this process ran (for the ETA)
+        self._ahead: SampleAhead | None = None
+        self._position: dict[str, Any] | None = (
+            None  # sampled ahead: the stream's position after the last step
+        )
 
     def resume(self, checkpoint: Path) -> None:
         """Load ``checkpoint`` into the workers and the data stream(s); cut the metrics and samples back to its
@@ -149,7 +159,7 @@ class Loop:
         self.step_fn.seek(self.state.data)
         for log in ("metrics.jsonl", "samples.jsonl"):
             truncate_metrics(self.run_dir / log, self.state.step)
-        self.last_checkpoint = str(checkpoint)
+        self.last_checkpoint, self.version = str(checkpoint), self.state.step
         print(f"resuming {self.run_dir} from {checkpoint.name} (step {self.state.step})", flush=True)
 
     def run(self) -> dict[str, Any]:
@@ -158,32 +168,64 @@ class Loop:
             if self.state.step == 0:
                 self.state.eval_start = self.step_fn.evaluate(0)
                 self.tracker.log(self.state.eval_start, 0)
-            for step in range(self.state.step + 1, self.cfg.steps + 1):
-                self.step = step
-                metrics = self.one_step(step)
-                self.tracker.log(metrics, step)
-                self.state.last_step = {
-                    k: v for k, v in metrics.items() if k.startswith(self.step_fn.summary_prefixes)
-                }
-                self._progress(step, metrics)
-                if step == self.cfg.steps or step % self.cfg.checkpoint_every == 0:
-                    self.checkpoint(step)
+            if self.cfg.max_staleness:
+                self._ahead = SampleAhead(self.step_fn.sample, self.step_fn.data_position)
+            try:
+                for step in range(self.state.step + 1, self.cfg.steps + 1):
+                    self.step = step
+                    metrics = self.one_step(step)
+                    self.tracker.log(metrics, step)
+                    self.state.last_step = {
+                        k: v for k, v in metrics.items() if k.startswith(self.step_fn.summary_prefixes)
+                    }
+                    self._progress(step, metrics)
+                    if step == self.cfg.steps or step % self.cfg.checkpoint_every == 0:
+                        self.checkpoint(step)
+            finally:
+                if self._ahead is not None:
+                    self._ahead.close()
         return self.summary()
 
     def one_step(self, step: int) -> dict[str, float]:
         started = time.perf_counter()
-        batch, metrics = self.step_fn.sample(step)
+        batch, metrics, sample_s = self.sample(step)
+        train_started = time.perf_counter()
         metrics |= self.step_fn.train(batch, lambda m: self.guard.update(bool(m["train/nonfinite"]), step,
                                                                          self.last_checkpoint))  # fmt: skip
+        train_s = time.perf_counter() - train_started
+        if self._ahead is not None:  # what samples on the current weights finishes before they change
+            metrics["async/wait_s"] = self._ahead.wait_all()
+            sample_s = self._ahead.drain_busy()
         metrics |= self.rollout.push_weights(self.trainer.export_weights())
-        metrics["perf/step_s"] = time.perf_counter() - started
+        self.version = step
+        metrics["perf/step_s"] = step_s = time.perf_counter() - started
+        # the share of the step each side had nothing to do (sampling includes the driver's reward scoring)
+        metrics["perf/rollout_idle"] = max(0.0, 1 - sample_s / step_s)
+        metrics["perf/trainer_idle"] = max(0.0, 1 - train_s / step_s)
         if step == self.cfg.steps or (self.cfg.eval_every and step % self.cfg.eval_every == 0):
             metrics |= self.step_fn.evaluate(step)
             self.state.eval_last = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         return metrics
 
+    def sample(self, step: int) -> tuple[Any, dict[str, float], float]:
+        """The step's batch, its metrics and the seconds spent sampling it: sampled now (synchronous), or taken
+        from the sampler after submitting the steps up to ``step + max_staleness`` on the current weights."""
+        if self._ahead is None:
+            started = time.perf_counter()
+            batch, metrics = self.step_fn.sample(step)
+            return batch, metrics, time.perf_counter() - started
+        for ahead in range(step, min(step + self.cfg.max_staleness, self.cfg.steps) + 1):
+            if not self._ahead.submitted(ahead):
+                self._ahead.submit(ahead, self.version)
+        sampled = self._ahead.take(step)
+        self._position = sampled.position
+        stale = staleness(step, sampled.version)
+        assert 0 <= stale <= self.cfg.max_staleness, (step, sampled.version)  # by the submission rule
+        return sampled.batch, sampled.metrics | {"async/staleness": float(stale)}, 0.0
+
     def checkpoint(self, step: int) -> None:
-        self.state.step, self.state.data = step, self.step_fn.data_position()
+        position = self._position if self._position is not None else self.step_fn.data_position()
+        self.state.step, self.state.data = step, position
         self.state.wandb_run_id = self.tracker.run_id
         state = self.state.to_json()
         del state["step"]  # save_checkpoint adds it

@@ -129,12 +129,12 @@ def test_vllm_and_deepspeed_backends_give_the_default_backends_outputs_and_resum
 @pytest.mark.parametrize(
     ("domain", "extra", "keys"),
     [
-        (
+        (  # sampled one step ahead: step 2's episodes run while step 1 trains (tests/test_ahead.py)
             "agent",
-            ["specialist.max_turns=3"],
-            {"rollout/turns_mean", "reward/tool_error_rate", "eval/rollout/turns_mean"},
+            ["specialist.max_turns=3", "algorithm.max_staleness=1", "algorithm.correction=tis"],
+            {"rollout/turns_mean", "reward/tool_error_rate", "eval/rollout/turns_mean", "async/staleness"},
         ),
-        ("code", ["rollout.max_new_tokens=32"], {"reward/mean", "eval/pass@1/level_3"}),
+        ("code", ["rollout.max_new_tokens=32"], {"reward/mean", "eval/pass@1/level_3", "perf/trainer_idle"}),
     ],
 )
 def test_code_and_agent_specialists_run_as_jobs(
@@ -155,6 +155,11 @@ def test_code_and_agent_specialists_run_as_jobs(
     assert 0.0 <= summary["eval/pass@1"] <= 1.0 and "eval/pass@1_gain" in summary
     if domain == "agent":  # multi-turn: observation tokens are masked, so turns and tool calls are counted
         assert lines[1]["rollout/turns_mean"] >= 1.0
+        # step 1 on its own weights' samples, step 2 on samples of the start weights, corrected towards them
+        assert [m["async/staleness"] for m in lines[1:]] == [
+            0.0,
+            1.0,
+        ] and "mismatch/tis_weight_mean" in lines[2]
     # a checkpoint is a loadable model directory, tokenizer included (what a distillation teacher needs)
     from rl.models import load_tokenizer
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
 from rl.config import ClusterConfig
@@ -68,3 +71,21 @@ def test_distillation_counts_each_teachers_gpu_share() -> None:
         check_resources(needs, total={"CPU": 16.0, "GPU": 1.0})
     check_resources(resource_needs(DistillRunConfig(cluster=ClusterConfig(actor_cpus=1, actor_gpus=0.2)), routes),  # type: ignore[arg-type]
                     total={"CPU": 16.0, "GPU": 1.0})  # fmt: skip
+
+
+def test_a_rendezvous_port_is_drawn_outside_the_kernels_ephemeral_range(tmp_path: Path) -> None:
+    """bind(0) returns an ephemeral port, which any connection opened before rank 0 binds it can take (two jobs
+    on one machine hit EADDRINUSE so); ours come from below the ephemeral range and above Ray's worker ports."""
+    from rl.trainer.torch_backend import free_port, rendezvous_ports
+
+    (tmp_path / "range").write_text("32768\t60999\n")
+    assert rendezvous_ports(str(tmp_path / "range")) == range(20000, 32768)
+    (tmp_path / "range").write_text("25000 60999\n")
+    assert rendezvous_ports(str(tmp_path / "range")) == range(20000, 25000)
+    assert rendezvous_ports(str(tmp_path / "missing")) == range(20000, 32768)
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(20000 <= free_port() < ephemeral for _ in range(20))
+    with socket.socket() as taken:  # the only candidate is in use: the kernel's choice instead
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        assert free_port(range(port, port + 1)) != port

@@ -13,7 +13,7 @@ import math
 import os
 import random
 import socket
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,9 +45,39 @@ class DistInfo:
     master_port: int = 29500
 
 
-def free_port() -> int:
-    """A TCP port free on this host right now (for a process group's rendezvous)."""
-    with socket.socket() as s:
+# Ray's worker processes listen on ports 10002-19999 by default; the kernel hands out ephemeral ports (every
+# outgoing connection's) from ip_local_port_range, 32768-60999 by default
+RENDEZVOUS_PORTS = (20000, 32768)
+PORT_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def rendezvous_ports(port_range_file: str = PORT_RANGE_FILE) -> range:
+    """Ports a process group's rendezvous may take: above Ray's worker ports and below the ephemeral range (read
+    from the kernel where it says), so no connection another process opens meanwhile can be given it."""
+    low, high = RENDEZVOUS_PORTS
+    with suppress(OSError, ValueError, IndexError):
+        high = min(high, int(Path(port_range_file).read_text().split()[0]))
+    return range(low, high)
+
+
+def free_port(candidates: range | None = None, rng: random.Random | None = None) -> int:
+    """A TCP port free on this host right now, for a process group's rendezvous, which binds it seconds later
+    (once the ranks have started). Drawn at random outside the ephemeral range: a port the kernel chose
+    (``bind(0)``) is an ephemeral one, which any new connection on the host -- a Ray cluster makes many -- could
+    take before rank 0 binds it (EADDRINUSE, seen with two jobs on one machine)."""
+    candidates = rendezvous_ports() if candidates is None else candidates
+    rng = rng or random.SystemRandom()
+    for _ in range(100 if len(candidates) else 0):
+        port = rng.choice(candidates)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with (
+        socket.socket() as s
+    ):  # none free outside the ephemeral range (an odd kernel setting): the kernel's pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
