@@ -177,7 +177,7 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     from rl.grpo_step import GRPOStep, response_budget
     from rl.loop import Loop, LoopSettings, RunState
     from rl.models import load_tokenizer, model_context
-    from rl.placement import share_gpus
+    from rl.placement import share_gpus, split_threads
     from rl.tracking import Tracker
     from specialists.domains import get_specialist
 
@@ -193,9 +193,11 @@ def run(cfg: SpecialistRunConfig) -> dict[str, Any]:
     )  # written only once the data, model and context are known good
     checkpoint = prepare_run_dir(run_dir, cfg.resume, cfg)
     init_ray(cfg.cluster)
-    cfg = dataclasses.replace(
-        cfg, cluster=share_gpus(cfg.cluster, cfg.rollout.num_workers + cfg.trainer.num_ranks)
-    )
+    cluster = share_gpus(cfg.cluster, cfg.rollout.num_workers + cfg.trainer.num_ranks)
+    if cfg.algorithm.max_staleness:  # the rollout workers sample while the trainer ranks train
+        why = f" (algorithm.max_staleness={cfg.algorithm.max_staleness})"
+        cluster = split_threads(cluster, cfg.rollout.num_workers + cfg.trainer.num_ranks, why=why)
+    cfg = dataclasses.replace(cfg, cluster=cluster)
     check_memory(cfg, model_path, cfg.prompts_per_step * cfg.algorithm.group_size, budget)
     trainer, rollout = start_workers(cfg, model_path)
     stream = TaskStream(train_tasks, seed=cfg.specialist.data_seed)

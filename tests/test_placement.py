@@ -89,3 +89,14 @@ def test_a_rendezvous_port_is_drawn_outside_the_kernels_ephemeral_range(tmp_path
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
         assert free_port(range(port, port + 1)) != port
+
+
+def test_cpu_actors_that_compute_at_once_split_the_cores_unless_told() -> None:
+    from rl.placement import split_threads
+
+    cpus = {"CPU": 8.0}
+    assert split_threads(ClusterConfig(), 2, cpus).torch_threads == 4  # sampling ahead: rollout + trainer
+    assert split_threads(ClusterConfig(), 3, {"CPU": 2.0}).torch_threads == 1  # at least one each
+    assert split_threads(ClusterConfig(torch_threads=3), 2, cpus).torch_threads == 3  # as given
+    assert split_threads(ClusterConfig(), 1, cpus).torch_threads == 0  # alone: all cores (torch's default)
+    assert split_threads(ClusterConfig(actor_gpus=0.5), 2, cpus).torch_threads == 0  # GPU actors: untouched
