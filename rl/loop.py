@@ -147,9 +147,8 @@ class Loop:
         self.version = state.step  # the step whose weights the rollout workers hold
         self._step_times: list[float] = []  # seconds of each step this process ran (for the ETA)
         self._ahead: SampleAhead | None = None
-        self._position: dict[str, Any] | None = (
-            None  # sampled ahead: the stream's position after the last step
-        )
+        # sampling ahead: the data stream's position after the step last taken (the stream itself is further on)
+        self._position: dict[str, Any] | None = None
 
     def resume(self, checkpoint: Path) -> None:
         """Load ``checkpoint`` into the workers and the data stream(s); cut the metrics and samples back to its
