@@ -178,6 +178,16 @@ def check_data_files(spec: SpecialistConfig) -> None:
         if source == "bfcl" and importlib.util.find_spec("bfcl_eval") is None:
             raise InputError(f"specialist.{key}_data=bfcl needs the bfcl-eval package: "
                              "pip install --no-deps bfcl-eval==2026.3.23 (make installs it)")  # fmt: skip
+        if source == "textworld" and importlib.util.find_spec("textworld") is None:
+            raise InputError(f"specialist.{key}_data=textworld needs the textworld package: "
+                             "pip install textworld==1.7.0 (make installs it)")  # fmt: skip
+        if source == "env":
+            from specialists.user_env import EnvClassError, env_class  # here: it imports torch
+
+            try:
+                env_class(spec.env)
+            except EnvClassError as err:
+                raise InputError(str(err)) from None
         if source in BUILTIN_SOURCES:
             continue
         if not path:

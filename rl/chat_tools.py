@@ -59,3 +59,40 @@ def tool_messages(
     if template_takes_tools(tokenizer):
         return [{"role": "user", "content": prompt}], tools
     return [{"role": "user", "content": tools_preamble(tools) + prompt}], None
+
+
+_RESULT = "distillery-tool-result"
+_CALL = f'{CALL_OPEN}\n{{"name": "distillery_probe_tool", "arguments": {{}}}}\n{CALL_CLOSE}'
+_RESULT_FORMS: dict[str, tuple[str, str]] = {}  # chat template text -> the text around a tool result
+FALLBACK_RESULT_FORM = ("\n<tool_response>\n", "\n</tool_response>\n")
+
+
+def tool_result_form(tokenizer: Any) -> tuple[str, str]:
+    """What the chat template writes between an assistant turn's tool calls and the tool's result, and after the
+    result up to the next assistant turn (Qwen2.5: ``<|im_end|>\\n<|im_start|>user\\n<tool_response>\\n`` and
+    ``\\n</tool_response><|im_end|>\\n<|im_start|>assistant\\n``), read off the template once per template; a
+    template that cannot render a ``tool`` message gets ``FALLBACK_RESULT_FORM``."""
+    template = str(getattr(tokenizer, "chat_template", "") or "")
+    if template not in _RESULT_FORMS:
+        messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _CALL},
+                    {"role": "tool", "content": _RESULT}]  # fmt: skip
+        try:
+            text = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        except Exception:  # a template that raises on a tool message
+            text = ""
+        at = text.rfind(_CALL)
+        tail = text[at + len(_CALL) :] if at >= 0 else ""
+        before, found, after = tail.partition(_RESULT)
+        _RESULT_FORMS[template] = (before, after) if found else FALLBACK_RESULT_FORM
+    return _RESULT_FORMS[template]
+
+
+def tool_result_text(tokenizer: Any, result: str, turn_ended: bool) -> str:
+    """The text that follows a model turn of tool calls: ``result`` as the template's tool message, then the
+    next assistant turn's header. ``turn_ended``: the turn already holds its end-of-turn token (it stopped at
+    EOS), which the template's form would otherwise write a second time."""
+    before, after = tool_result_form(tokenizer)
+    eos = str(getattr(tokenizer, "eos_token", "") or "")
+    if turn_ended and eos and before.startswith(eos):
+        before = before[len(eos) :]
+    return f"{before}{result}{after}"

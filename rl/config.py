@@ -8,6 +8,7 @@ once (``to_typed``); nothing below an entry point sees an untyped config.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,15 +41,18 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "specialist.domain": ("math", "code", "agent"),  # specialists/domains.py SPECIALISTS
     "specialist.levels": (1, 2, 3),  # specialists.synthetic.LEVELS
     "specialist.tool_prompt": ("short", "full"),  # specialists.agent_env.TOOL_PROMPTS
+    "specialist.tool_format": ("compact", "template"),  # specialists.agent_env.TOOL_FORMATS
     "logger.mode": ("offline", "online", "disabled"),  # rl.tracking.WANDB_MODES
     "fp4": ("mxfp4", "nvfp4"),  # rl.fp4.formats.FORMATS, besides "none"
 }
 # data sources per specialist domain (specialists/<domain>.py SOURCES); all but these read a JSONL file
-BUILTIN_SOURCES = ("synthetic", "bfcl")  # generated, or shipped in a package (bfcl: the bfcl-eval wheel)
+# generated, or shipped in a package (bfcl: the bfcl-eval wheel; textworld: games compiled from seeds; env: the
+# environment class named by specialist.env)
+BUILTIN_SOURCES = ("synthetic", "bfcl", "textworld", "env")
 DATA_SOURCES: dict[str, tuple[str, ...]] = {
     "math": ("synthetic", "gsm8k", "math500", "math"),
     "code": ("synthetic", "mbpp", "mbpp_sanitized", "humaneval"),
-    "agent": ("synthetic", "bfcl"),
+    "agent": ("synthetic", "bfcl", "textworld", "env"),
 }
 BASE_TOKENS = 256 + 3  # the byte-level alphabet and the 3 special tokens of the embedded base's tokenizer
 
@@ -311,6 +315,15 @@ class SpecialistConfig:
     # agent: the instruction under each question: short (the tool names; what the embedded base was SFT'd on) |
     # full (the call and observation formats spelled out, for a pretrained model new to the environment)
     tool_prompt: str = "short"
+    # agent: how tools reach the model: compact (<tool>{"name", "arg"}</tool> and <obs>, what the embedded base was
+    # SFT'd on) | template (declared by the chat template, called and answered in its format: Qwen's <tool_call>)
+    tool_format: str = "compact"
+    dense_reward: bool = (
+        False  # textworld: the share of the game's points earned, instead of 1 for a won game
+    )
+    env: str = (
+        ""  # train_data/eval_data=env: your environment class, "package.module:Class" (README "Your own")
+    )
     reward_timeout_s: float = 10.0  # a reward still running after this gets 0 ("reward_error: timeout")
     max_reward_error_rate: float = (
         0.25  # share of a step's rewards that may raise or hang before the run stops
@@ -322,9 +335,13 @@ class SpecialistConfig:
         check_fields("specialist", self, {
             "train_data": one_of(sources), "eval_data": one_of(sources), "num_train_tasks": at_least(0),
             "num_eval_tasks": at_least(0), "levels": subset_of(CHOICES["specialist.levels"]), "max_turns": at_least(1),
-            "tool_prompt": registered("specialist.tool_prompt"),
+            "tool_prompt": registered("specialist.tool_prompt"), "tool_format": registered("specialist.tool_format"),
             "reward_timeout_s": above(0), "max_reward_error_rate": within(0, 1),
         })  # fmt: skip
+        uses_env = "env" in (self.train_data, self.eval_data)
+        if uses_env and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.env):
+            raise ConfigValueError(f"specialist.env must name your environment class as package.module:Class "
+                                   f"(specialist.train_data/eval_data=env), got {self.env!r}")  # fmt: skip
 
 
 @dataclass

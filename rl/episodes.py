@@ -7,13 +7,15 @@ per-sample reward, optionally a batch reward (programs run together in a sandbox
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from rewards.guard import guarded_scores
+from rl.chat_tools import tool_result_text
 from rl.config import RolloutConfig, SpecialistConfig
-from rl.rollout.multiturn import EnvLike, Generate, multi_turn_rollouts
+from rl.rollout.multiturn import EnvLike, Generate, Render, multi_turn_rollouts
 from rl.sft import chat_prompt_ids
 from rl.types import Reward, Rollout, SamplingParams, Task
 
@@ -110,12 +112,23 @@ def specialist_rollouts(
     max_response_tokens: int,
 ) -> list[Rollout]:
     """One completion per task with any engine's ``generate``: a single generation, or, for a specialist with
-    an environment (``make_env``), a multi-turn episode."""
+    an environment (``make_env``), a multi-turn episode: in the chat template's tool format where the tasks
+    declare their tools (``Task.tools``), else in the compact format (``specialist.tool_stop``)."""
     if specialist.make_env is None:
         return generate(prompts, params)
     envs = [specialist.make_env(t) for t in tasks]
+    render: Render = functools.partial(tool_result_text, tokenizer)
+    renders = [render if t.tools else None for t in tasks]
     return multi_turn_rollouts(generate, tokenizer, prompts, envs, params, max_turns, specialist.tool_stop,
-                               max_response_tokens)  # fmt: skip
+                               max_response_tokens, renders)  # fmt: skip
+
+
+def env_score(task: Task, rollout: Rollout) -> Reward:
+    """The reward of an environment scored by its own episode: its last answer's reward and reason
+    (``Rollout.env_reward``); a sample that never met its environment scores 0."""
+    if rollout.env_reward is None:
+        return Reward(0.0, "no_episode")
+    return Reward(rollout.env_reward, rollout.env_reason)
 
 
 def specialist_scores(

@@ -57,6 +57,10 @@ class Rollout:
     turns: int = 1  # model turns in the episode
     tool_calls: int = 0  # turns that ended in a tool call
     tool_errors: int = 0  # tool calls the environment answered with an error
+    # the environment's own verdict on the episode (its last StepResult): the reward, and why (``turn_limit``
+    # or ``length`` where the episode was cut before the environment ended it); None for single-turn samples
+    env_reward: float | None = None
+    env_reason: str = ""
     # MoE models: the experts the rollout routed each position to, [prompt + response, MoE layers, top-k] int16,
     # -1 where it routed none (the last sampled token); None for dense models and engines that do not record
     routing: torch.Tensor | None = field(default=None, compare=False)

@@ -1,22 +1,28 @@
-"""The agent specialist: multi-turn tool use in the built-in lookup + calc environment, or function calling on
-BFCL (``specialist=bfcl``: ``specialists/bfcl.py``, one turn, tools declared by the model's chat template).
+"""The agent specialist: multi-turn tool use in the built-in lookup + calc environment, function calling on
+BFCL (``specialist=bfcl``: ``specialists/bfcl.py``, one turn), TextWorld games (``specialist=textworld``:
+``specialists/text_games.py``) or an environment of your own (``specialist.env``: ``specialists/user_env.py``).
 
-Each rollout is an episode (``rl/rollout/multiturn.py``): the model calls tools as
-``<tool>{"name": ..., "arg": ...}</tool>``, the environment's answers come back as ``<obs>...</obs>``
-observation tokens (masked out of the loss), until a ``\\boxed{}`` final answer or ``specialist.max_turns``.
-The reward is 1 for the right final answer (tools are needed: every episode has its own hidden store).
+Each rollout is an episode (``rl/rollout/multiturn.py``). In the compact format (the embedded base's) the model
+calls tools as ``<tool>{"name": ..., "arg": ...}</tool>`` and the environment's answers come back as
+``<obs>...</obs>`` observation tokens (masked out of the loss); with ``specialist.tool_format=template`` the tools
+are declared by the chat template and called and answered in its format. The built-in task's reward is 1 for the
+right final answer (tools are needed: every episode has its own hidden store); TextWorld's and your own
+environment's is the environment's own verdict on the episode (``rl.episodes.env_score``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from rl.config import BaseRecipe, SpecialistConfig
+from rl.episodes import env_score
 from rl.types import Reward, Rollout, Task
-from specialists import bfcl
-from specialists.agent_env import TOOL_STOP, LookupCalcEnv, agent_demos, agent_tasks, make_env, score_agent
+from specialists import bfcl, text_games, user_env
+from specialists.agent_env import TOOL_STOP, agent_demos, agent_tasks, make_env, score_agent
 from specialists.domains import Demo, Domain
 
 DOMAIN = "agent"
-SOURCES = ("synthetic", bfcl.SOURCE)
+SOURCES = ("synthetic", bfcl.SOURCE, text_games.SOURCE, user_env.SOURCE)
 
 
 def _tasks(name: str, split: str, n: int, cfg: SpecialistConfig) -> list[Task]:
@@ -24,7 +30,14 @@ def _tasks(name: str, split: str, n: int, cfg: SpecialistConfig) -> list[Task]:
         raise ValueError(f"unknown agent task source {name!r}; valid: {', '.join(SOURCES)}")
     if name == bfcl.SOURCE:  # every category; specialist.levels are the synthetic generator's
         return bfcl.bfcl_tasks(n, split, cfg.data_seed)
-    return agent_tasks(n, split, cfg.data_seed, tuple(cfg.levels), cfg.tool_prompt)
+    template = cfg.tool_format == "template"
+    if name == text_games.SOURCE:
+        return text_games.textworld_tasks(
+            n, split, cfg.data_seed, tuple(cfg.levels), template, cfg.dense_reward
+        )
+    if name == user_env.SOURCE:
+        return user_env.env_tasks(cfg.env, n, split, cfg.data_seed)
+    return agent_tasks(n, split, cfg.data_seed, tuple(cfg.levels), cfg.tool_prompt, template)
 
 
 def train_tasks(cfg: SpecialistConfig) -> list[Task]:
@@ -44,11 +57,19 @@ def demos(recipe: BaseRecipe, n: int | None, split: str) -> list[Demo]:
 def score(task: Task, rollout: Rollout) -> Reward:
     if task.source == bfcl.SOURCE:
         return bfcl.score_bfcl(task, rollout.text)
-    return score_agent(task, rollout.text)
+    if task.source == "synthetic" and not task.tools:  # the compact transcript is replayed
+        return score_agent(task, rollout.text)
+    return env_score(task, rollout)
 
 
-def episode(task: Task) -> bfcl.BFCLEnv | LookupCalcEnv:
-    return bfcl.BFCLEnv(task) if task.source == bfcl.SOURCE else make_env(task)
+def episode(task: Task) -> Any:
+    if task.source == bfcl.SOURCE:
+        return bfcl.BFCLEnv(task)
+    if task.source == text_games.SOURCE:
+        return text_games.TextWorldEnv(task)
+    if task.source == user_env.SOURCE:
+        return user_env.make_user_env(task)
+    return make_env(task)
 
 
 SPECIALIST = Domain(

@@ -45,12 +45,13 @@ import operator
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from rewards.math import extract_boxed
+from rl.chat_tools import CALL_OPEN
 from rl.types import Reward, Task
 from specialists.synthetic import check_generator_args, split_of
-from specialists.tool_calls import echo, model_json
+from specialists.tool_calls import CallError, echo, model_json, parse_tool_calls
 
 TOOL_OPEN = "<tool>"
 TOOL_STOP = "</tool>"
@@ -76,6 +77,10 @@ FULL_INSTRUCTION = (
     "Question: "
 )
 TOOL_PROMPTS = ("short", "full")  # specialist.tool_prompt: INSTRUCTION after the question, or this
+# specialist.tool_format=template: the tools declared by the chat template, the calls in its format
+TEMPLATE_TOOLS = {"lookup": ("The price of one item, e.g. 'pens'.", "item"),
+                  "calc": ("Integer arithmetic with + - * / and parentheses, e.g. '2 * 7 + 3 * 4'.", "expression")}  # fmt: skip
+TEMPLATE_INSTRUCTION = "Prices are known only through the lookup tool. Put the final answer in \\boxed{}."
 # Every final reason of an episode (StepResult.info["reason"]) and of score_agent.
 REASONS = ("correct", "wrong_answer", "unparsable_answer", "no_answer", "turn_limit", "transcript_mismatch")
 
@@ -183,6 +188,32 @@ def _check_call(obj: dict[str, Any], tools: tuple[str, ...] | None) -> ToolCall 
     return ToolCall(obj["name"], obj["arg"])
 
 
+def read_call(text: str, tools: dict[str, str]) -> ToolCall | ToolCallError:
+    """The first tool call of a turn in either format: the chat template's ``<tool_call>`` blocks (where the
+    turn has one) or the compact ``<tool>`` call. ``tools``: each tool's name -> the name of its one string
+    argument (the template format's ``arguments`` key; the compact format's ``arg``). A turn of several template
+    calls runs its first."""
+    if CALL_OPEN not in text:
+        return parse_tool_call(text, tuple(tools))
+    calls = parse_tool_calls(text, tuple(tools))
+    if isinstance(calls, CallError):
+        return ToolCallError(calls.reason, calls.message)
+    name, arguments = calls[0].name, calls[0].arguments
+    value = arguments.get(tools[name])
+    if set(arguments) != {tools[name]} or not isinstance(value, str):
+        return ToolCallError("bad_arg", f"error: {name} takes one string argument, {tools[name]!r}")
+    return ToolCall(name, value)
+
+
+def tool_schemas(tools: dict[str, tuple[str, str]]) -> str:
+    """JSON schemas (``Task.tools``) of tools that take one string argument: name -> (description, argument)."""
+    return json.dumps([
+        {"type": "function", "function": {"name": name, "description": about, "parameters": {
+            "type": "object", "properties": {arg: {"type": "string"}}, "required": [arg]}}}
+        for name, (about, arg) in tools.items()
+    ])  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------------ tools
 
 
@@ -273,14 +304,24 @@ def _judge(text: str, target: int) -> tuple[float, str]:
 
 
 class LookupCalcEnv:
-    """One episode of the built-in task: answer ``prompt`` using ``lookup`` into ``store`` and ``calc``."""
+    """One episode of the built-in task: answer ``prompt`` using ``lookup`` into ``store`` and ``calc``.
+    ``template``: calls come in the chat template's format and observations are the bare results (the rollout
+    driver writes them as the template's tool messages)."""
 
-    TOOLS = ("lookup", "calc")
+    TOOLS: ClassVar = {"lookup": "item", "calc": "expression"}  # tool -> its argument in the template format
 
-    def __init__(self, prompt: str, store: dict[str, int], target: int, max_turns: int = MAX_TURNS) -> None:
+    def __init__(
+        self,
+        prompt: str,
+        store: dict[str, int],
+        target: int,
+        max_turns: int = MAX_TURNS,
+        template: bool = False,
+    ) -> None:
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         self.prompt, self.store, self.target, self.max_turns = prompt, dict(store), target, max_turns
+        self.template = template
         self.reset()
 
     def reset(self) -> str:
@@ -291,7 +332,7 @@ class LookupCalcEnv:
         if self.done:
             raise RuntimeError("step() after the episode ended; call reset() first")
         self.turn += 1
-        if TOOL_STOP not in action:
+        if TOOL_STOP not in action and CALL_OPEN not in action:
             return self._finish(*_judge(action, self.target), answered=True)
         if self.turn >= self.max_turns:  # a tool call on the last turn: no turn is left to answer
             return self._finish(0.0, "turn_limit", answered=False)
@@ -299,7 +340,7 @@ class LookupCalcEnv:
 
     def _call(self, action: str) -> StepResult:
         self.tool_calls += 1
-        call = parse_tool_call(action, self.TOOLS)
+        call = read_call(action, self.TOOLS)
         name = call.name if isinstance(call, ToolCall) else None
         if isinstance(call, ToolCallError):
             result, error = call.message, call.reason
@@ -311,7 +352,8 @@ class LookupCalcEnv:
                 result, error = f"error: {e}", "bad_arg"
         self.tool_errors += bool(error)
         info = {"turn": self.turn, "tool": name, "tool_error": bool(error), "error": error}
-        return StepResult(format_observation(result), done=False, reward=0.0, info=info)
+        observation = result if self.template else format_observation(result)
+        return StepResult(observation, done=False, reward=0.0, info=info)
 
     def _finish(self, reward: float, reason: str, answered: bool) -> StepResult:
         self.done = True
@@ -343,7 +385,7 @@ def _spec(task: Task) -> dict[str, Any]:
 def make_env(task: Task, max_turns: int = MAX_TURNS) -> LookupCalcEnv:
     """The episode ``task`` describes (its answer JSON); the same task always gives the same episode."""
     spec = _spec(task)
-    return LookupCalcEnv(task.prompt, spec["store"], spec["target"], max_turns)
+    return LookupCalcEnv(task.prompt, spec["store"], spec["target"], max_turns, template=bool(task.tools))
 
 
 def scripted_actions(task: Task) -> list[str]:
@@ -482,13 +524,23 @@ def agent_demos(
 
 
 def agent_tasks(
-    n: int, split: str = "train", seed: int = 0, levels: tuple[int, ...] = LEVELS, tool_prompt: str = "short"
+    n: int,
+    split: str = "train",
+    seed: int = 0,
+    levels: tuple[int, ...] = LEVELS,
+    tool_prompt: str = "short",
+    template: bool = False,
 ) -> list[Task]:
     """``n`` seeded tool-use tasks (no transcripts) for RL and evaluation; ``tool_prompt=full`` puts
-    FULL_INSTRUCTION before each question instead of INSTRUCTION after it: the same tasks either way."""
+    FULL_INSTRUCTION before each question instead of INSTRUCTION after it; ``template``: the tools declared by
+    the chat template (``TEMPLATE_TOOLS``) and TEMPLATE_INSTRUCTION after the question. The same tasks either way."""
     if tool_prompt not in TOOL_PROMPTS:
         raise ValueError(f"unknown tool_prompt {tool_prompt!r}; valid: {', '.join(TOOL_PROMPTS)}")
     tasks = [demo.task for demo in agent_demos(n, split, seed, levels)]
+    if template:
+        tools = tool_schemas(TEMPLATE_TOOLS)
+        return [dataclasses.replace(t, prompt=f"{t.prompt.split(chr(10))[0]}\n{TEMPLATE_INSTRUCTION}", tools=tools)
+                for t in tasks]  # fmt: skip
     if tool_prompt == "short":
         return tasks
     return [dataclasses.replace(t, prompt=FULL_INSTRUCTION + t.prompt.split("\n")[0]) for t in tasks]

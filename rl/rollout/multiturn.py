@@ -6,11 +6,18 @@ unfinished episodes at once, stopping at the tool-call stop string; each turn's 
 ``env.step``; an observation is tokenized and appended to the context with log-prob 0 and ``loss_mask`` 0, so
 it conditions later turns but is never trained. The context is built from token ids (never re-tokenized), so
 the trainer's forward sees exactly the tokens the sampler saw.
+
+Two formats. Compact (the embedded base's): a turn stops at the tool-call stop string and the observation is the
+environment's text as is (``<obs>...</obs>``). Template (``render``; tasks whose tools the chat template declares):
+a turn runs to its end-of-turn token like any assistant message, and the observation is written as the template's
+tool message followed by the next assistant header (``rl.chat_tools.tool_result_text``). Each rollout carries
+the environment's last reward and reason (``Rollout.env_reward``), the verdict of environments scored by their
+own episode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -24,6 +31,7 @@ from rl.types import Rollout, SamplingParams
 class StepLike(Protocol):
     observation: str
     done: bool
+    reward: float
     info: dict[str, Any]
 
 
@@ -34,6 +42,7 @@ class EnvLike(Protocol):
 
 
 Generate = Callable[[list[list[int]], SamplingParams], list[Rollout]]
+Render = Callable[[str, bool], str]  # (tool result, the turn ended at EOS) -> the observation's text
 
 
 @dataclass
@@ -50,6 +59,8 @@ class Episode:
     tool_errors: int = 0
     finish: str = ""
     routing: torch.Tensor | None = None  # MoE: the last turn's (its prefill covers the earlier turns)
+    render: Render | None = None  # template format: how a tool result is written; None: as the env wrote it
+    last: StepLike | None = None  # the environment's last answer
 
     @property
     def done(self) -> bool:
@@ -62,20 +73,29 @@ class Episode:
         self.logprobs += out.logprobs
         self.mask += [1] * len(out.response_ids)
         self.turns += 1
-        result = self.env.step(out.text)
+        result = self.last = self.env.step(out.text)
         if result.info.get("tool") is not None or result.info.get("tool_error"):
             self.tool_calls += 1
             self.tool_errors += int(bool(result.info.get("tool_error")))
         if result.done:
             self.finish = out.finish_reason if out.finish_reason != "stop" else "eos"
             return
-        observation = tokenizer.encode(result.observation, add_special_tokens=False)
+        text = result.observation
+        if self.render is not None:
+            text = self.render(text, out.finish_reason == "eos")
+        observation = tokenizer.encode(text, add_special_tokens=False)
         if out.finish_reason == "length" or len(observation) >= room:
             self.finish = "length"  # no room left for the observation and another turn
             return
         self.tokens += observation
         self.logprobs += [0.0] * len(observation)
         self.mask += [0] * len(observation)
+
+    def reason(self) -> str:
+        """Why the episode ended: the environment's reason, or where the driver cut it."""
+        if self.last is not None and self.last.done:
+            return str(self.last.info.get("reason", "done"))
+        return "length" if self.finish == "length" else "turn_limit"
 
     def rollout(self, tokenizer: PreTrainedTokenizerBase) -> Rollout:
         return Rollout(
@@ -88,6 +108,8 @@ class Episode:
             turns=self.turns,
             tool_calls=self.tool_calls,
             tool_errors=self.tool_errors,
+            env_reward=None if self.last is None else float(self.last.reward),
+            env_reason=self.reason(),
             routing=None
             if self.routing is None
             else pad_routing(self.routing, len(self.prompt) + len(self.tokens)),
@@ -103,12 +125,19 @@ def multi_turn_rollouts(
     max_turns: int,
     tool_stop: str,
     max_response_tokens: int,
+    renders: Sequence[Render | None] | None = None,
 ) -> list[Rollout]:
     """One episode per (prompt, env), in order. ``params.max_new_tokens`` bounds each turn and
-    ``max_response_tokens`` the whole response (policy and observation tokens together)."""
+    ``max_response_tokens`` the whole response (policy and observation tokens together). ``tool_stop``: where a
+    turn stops to call a tool (compact episodes); ``renders``: per episode, how the template format writes its
+    observations (None: a compact episode)."""
     if len(prompts) != len(envs):
         raise ValueError(f"{len(prompts)} prompts but {len(envs)} environments")
-    episodes = [Episode(env, list(p)) for p, env in zip(prompts, envs, strict=True)]
+    renders = renders or [None] * len(prompts)
+    episodes = [Episode(env, list(p), render=r) for p, env, r in zip(prompts, envs, renders, strict=True)]
+    stop = (
+        (tool_stop,) if tool_stop and None in renders else ()
+    )  # template turns end at their end-of-turn token
     for turn in range(max_turns):
         for episode in episodes:
             if not episode.done and len(episode.tokens) >= max_response_tokens:
@@ -120,7 +149,7 @@ def multi_turn_rollouts(
         turn_params = replace(
             params,
             max_new_tokens=max(1, min(params.max_new_tokens, room)),
-            stop=(*params.stop, tool_stop),
+            stop=(*params.stop, *stop),
             seed=params.seed * 7919 + turn,
         )
         outs = generate([e.prompt + e.tokens for e in active], turn_params)
