@@ -22,10 +22,10 @@ Games are compiled once into ``$DISTILLERY_CACHE/textworld`` (Inform 7 ships in 
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import multiprocessing
 import os
+import subprocess
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -58,6 +58,8 @@ INSTRUCTION = (
     "You are playing a text adventure game. Send one command per turn with the command tool; the game answers "
     "with what happens and the commands it accepts. Reach the goal in as few commands as you can."
 )
+# a small model given only the template's declaration tends to answer in a ```json block: one call spelled out
+TEMPLATE_EXAMPLE = ' Each turn is one call, e.g.\n<tool_call>\n{"name": "command", "arguments": {"command": "go north"}}\n</tool_call>'
 REASONS = ("won", "lost")  # an episode the driver's turn limit cut: "turn_limit" (rl.rollout.multiturn)
 
 
@@ -86,8 +88,14 @@ def game_dir() -> Path:
 def _infos() -> Any:
     import textworld  # heavy: only where games are made or played
 
-    return textworld.EnvInfos(objective=True, description=True, admissible_commands=True, max_score=True,
-                              score=True, won=True, lost=True, policy_commands=True)  # fmt: skip
+    return textworld.EnvInfos(objective=True, description=True, inventory=True, admissible_commands=True,
+                              max_score=True, score=True, won=True, lost=True, policy_commands=True)  # fmt: skip
+
+
+def listing(state: Any) -> str:
+    """The commands the game accepts in ``state`` (TextWorld's admissible commands, without look / inventory)."""
+    commands = [c for c in state.admissible_commands or () if c not in ("look", "inventory")]
+    return ", ".join(commands[:MAX_LISTED_COMMANDS])
 
 
 def _generate(level: int, seed: int, into: Path) -> None:
@@ -117,7 +125,9 @@ def _generate(level: int, seed: int, into: Path) -> None:
         except Exception as err:  # TextWorld's generator and compiler raise many kinds
             raise GameError(f"textworld game level {level} seed {seed} failed to generate: "
                             f"{type(err).__name__}: {err}") from err  # fmt: skip
-        side = {"intro": f"Goal: {(state.objective or '').strip()}\n\n{(state.description or '').strip()}",
+        intro = (f"Goal: {(state.objective or '').strip()}\n\n{(state.description or '').strip()}\n\n"
+                 f"{(state.inventory or '').strip()}\nCommands: {listing(state)}")  # fmt: skip
+        side = {"intro": intro,
                 "max_score": int(state.max_score or 0), "walkthrough": list(state.policy_commands or ())}  # fmt: skip
         os.replace(path, into / f"{name}.z8")
         os.replace(
@@ -127,18 +137,18 @@ def _generate(level: int, seed: int, into: Path) -> None:
         os.replace(Path(tmp) / "task.json", into / f"{name}.task.json")
 
 
-def _generate_one(args: tuple[int, int, str]) -> str:
-    level, seed, into = args
+def _generate_one(level: int, seed: int, into: Path) -> str:
+    """``_generate``, its failure as a line ("" when it worked)."""
     try:
-        _generate(level, seed, Path(into))
+        _generate(level, seed, into)
     except GameError as err:
         return str(err)
     return ""
 
 
 def games(wanted: list[tuple[int, int]], workers: int | None = None) -> dict[tuple[int, int], Game]:
-    """The games of (level, seed) pairs, compiling those not in the cache (in parallel, with a progress line).
-    Raises ``GameError`` naming the first game that failed."""
+    """The games of (level, seed) pairs, compiling those not in the cache (in parallel processes, with a progress
+    line). Raises ``GameError`` naming the first game that failed."""
     into = game_dir()
     into.mkdir(parents=True, exist_ok=True)
     missing = [(lv, s) for lv, s in wanted if not (into / f"{_name(lv, s)}.task.json").exists()]
@@ -146,13 +156,18 @@ def games(wanted: list[tuple[int, int]], workers: int | None = None) -> dict[tup
         n = workers or max(1, min(len(missing), (os.cpu_count() or 1), 8))
         print(f"textworld: generating {len(missing)} games into {into} ({n} processes; ~2 s of a core each)",
               flush=True)  # fmt: skip
-        jobs = [(lv, s, str(into)) for lv, s in missing]
         if n == 1:
-            errors = [_generate_one(job) for job in jobs]
-        else:
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(n, mp_context=context) as pool:
-                errors = list(pool.map(_generate_one, jobs))
+            errors = [_generate_one(lv, s, into) for lv, s in missing]
+        else:  # processes of their own: the caller may be a Ray driver with threads (no fork), run as -m (no spawn)
+            chunks = [missing[i::n] for i in range(n)]
+            procs = [subprocess.Popen([sys.executable, "-m", "specialists.text_games", str(into),
+                                       *(f"{lv}:{s}" for lv, s in chunk)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for chunk in chunks]  # fmt: skip
+            errors = []
+            for proc in procs:
+                out, err = proc.communicate()
+                if proc.returncode:
+                    errors.append(out.strip() or (err.strip().splitlines() or ["no output"])[-1])
         if failed := [e for e in errors if e]:
             raise GameError(failed[0])
     return {(lv, s): load_game(lv, s) for lv, s in wanted}
@@ -199,7 +214,11 @@ def textworld_tasks(
     tasks = []
     for level, game_seed in wanted:
         game = made[(level, game_seed)]
-        how = "" if template else ' Call it as <tool>{"name": "command", "arg": "go north"}</tool>.'
+        how = (
+            TEMPLATE_EXAMPLE
+            if template
+            else ' Call it as <tool>{"name": "command", "arg": "go north"}</tool>.'
+        )
         answer = {"level": level, "seed": game_seed, "max_score": game.max_score, "dense": dense}
         tasks.append(Task(uid=f"{SOURCE}/{split}/{_name(level, game_seed)}", domain=DOMAIN,
                           prompt=f"{INSTRUCTION}{how}\n\n{game.intro}", answer=json.dumps(answer), source=SOURCE,
@@ -262,11 +281,8 @@ class TextWorldEnv:
         self.state, _, done = self.env.step(command)
         feedback = str(self.state.feedback)
         feedback = " ".join(feedback.rpartition("\n>")[0].split() or feedback.split())  # not the status line
-        listed = [c for c in self.state.admissible_commands if c not in ("look", "inventory")][
-            :MAX_LISTED_COMMANDS
-        ]
         observation = (
-            f"{feedback}\nScore: {self.state.score}/{self.game.max_score}. Commands: {', '.join(listed)}"
+            f"{feedback}\nScore: {self.state.score}/{self.game.max_score}. Commands: {listing(self.state)}"
         )
         if done or self.state.won or self.state.lost:
             return self._end("won" if self.state.won else "lost")
@@ -296,3 +312,19 @@ def walkthrough(task: Task) -> tuple[str, ...]:
     """The winning commands of ``task``'s game (TextWorld's own policy)."""
     spec = _spec(task)
     return load_game(int(spec["level"]), int(spec["seed"])).walkthrough
+
+
+def main(argv: list[str]) -> int:
+    """``python -m specialists.text_games DIR LEVEL:SEED ...``: compile those games into DIR (``games`` runs this
+    in each of its processes); the first failure is printed as one line, exit 1."""
+    into = Path(argv[0])
+    for pair in argv[1:]:
+        level, seed = map(int, pair.split(":"))
+        if error := _generate_one(level, seed, into):
+            print(error, flush=True)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

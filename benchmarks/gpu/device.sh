@@ -7,7 +7,8 @@
 #                                                 detached, with DISTILLERY_MODELS=/root/models (it waits for READY)
 #                                                 and DISTILLERY_DATA=/root/data
 #   benchmarks/gpu/device.sh part                 carry one .stage/qwen/part-NN (the last one with .stage/qwen/SHA256
-#                                                 and .stage/data, a copy of ../shared/data, which the device lacks):
+#                                                 and .stage/data, a copy of ../shared/data, which the device lacks,
+#                                                 and .stage/agent, the agent environments' wheels, if staged):
 #                                                 keep it; with SHA256, join the parts, check, touch READY
 #   benchmarks/gpu/device.sh poll SECONDS         sleep, print progress and the log's tail, copy results to $OUT
 # Issue the runs back to back: a machine idle for 30 s is given back, and /root with it.
@@ -33,6 +34,9 @@ start)
   ;;
 part)
   if [ -d .stage/data ]; then rm -rf /root/data && cp -r .stage/data /root/data; fi
+  if [ -d .stage/agent ]; then  # the agent environments' wheels (benchmarks/gpu/stage.sh), with the last part
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .stage/agent/*.whl
+  fi
   cp .stage/qwen/part-* /root/stage/qwen/
   ls -la /root/stage/qwen
   if [ -f .stage/qwen/SHA256 ]; then

@@ -39,6 +39,14 @@ rm -rf .stage && mkdir -p .stage/whl .stage/smol
 for w in .whl/*.whl; do
   case $(basename "$w") in deepspeed-*|trl-*|liger_kernel-*) ;; *) cp "$w" .stage/whl/ ;; esac
 done
+# the agent environments (benchmarks/gpu/qwen_agents.sh): TextWorld and what it needs beyond the GPU image (jericho is
+# built here: a pure-Python package around its own libfrotz.so), and BFCL's data and checker (no dependencies), in
+# .stage/agent (~8 MB): Ray and .stage/whl fill one carry, so these travel with the model's last part
+rm -rf .stage/agent && mkdir -p .stage/agent
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .stage/agent textworld==1.7.0 tatsu==5.8.3 \
+  hashids==1.3.1 mementos==1.3.1 more_itertools termcolor prompt_toolkit wcwidth bfcl-eval==2026.3.23
+python3 -m pip wheel -q --no-deps -w .stage/agent jericho==3.3.1
 # pytest, for the FP4 kernel's GPU tests the batch runs while the model's parts arrive (benchmarks/gpu/qwen.sh)
 python3 -m pip download -q --no-deps --only-binary=:all: -d .stage/whl pytest==9.2.0 pluggy iniconfig pygments
 tok=$(.venv/bin/python -c "from rl.models import smollm2_path; print(smollm2_path())" | tail -1)  # the first call builds it and may log to stdout
@@ -57,4 +65,4 @@ if [ $# -ge 1 ]; then  # benchmarks/gpu/qwen.sh: Qwen2.5-Coder-0.5B-Instruct's G
   rm -rf .stage/data && cp -r ../shared/data .stage/data
   mkdir -p .stage/qwen && split -b 60M -d "$1" .stage/qwen/part- && sha256sum < "$1" | cut -d' ' -f1 > .stage/qwen/SHA256
 fi
-du -sb .ray .stage/whl .stage/tok.tar.xz .stage/smol/*
+du -sb .ray .stage/whl .stage/agent .stage/tok.tar.xz .stage/smol/*

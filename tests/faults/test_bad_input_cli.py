@@ -72,6 +72,10 @@ CASES = [
     case("prompts-per-step-zero", "train_specialist", "prompts_per_step must be >= 1, got 0", "prompts_per_step=0"),
     case("staleness-without-correction", "train_specialist", "algorithm.max_staleness=1 trains on samples from older "
          "weights: set algorithm.correction=tis", "algorithm.max_staleness=1"),
+    case("env-without-class", "train_specialist", "specialist.env must name your environment class as "
+         "package.module:Class", "specialist=agent", "specialist.train_data=env"),
+    case("env-class-missing", "train_specialist", "specialist.env=examples.nowhere:Env: cannot import Env from "
+         "examples.nowhere", "specialist=guess_number", "specialist.env=examples.nowhere:Env"),
     case("lr-negative", "train_specialist", "trainer.lr must be > 0, got -1.0", "trainer.lr=-1"),
     case("lr-nan", "train_specialist", "trainer.lr must be > 0, got nan", "trainer.lr=nan"),
     case("top-p-above-1", "train_specialist", "rollout.top_p must be in [0, 1], got 1.5", "rollout.top_p=1.5"),
