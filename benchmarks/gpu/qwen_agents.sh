@@ -34,7 +34,7 @@ python -m jobs.train_specialist specialist=textworld run_name=textworld "${qwen[
 note "spec textworld rc=$?"
 for domain in bfcl textworld; do  # held-out sets as the specialists' evals: all 190 BFCL items, 48 games
   n=0 && [ $domain = textworld ] && n=48
-  python -m jobs.distill run_name=student-$domain distill.teachers.agent=$domain "${qwen[@]}" steps=${DISTILL_STEPS:-6} \
+  python -m jobs.distill run_name=student-$domain "~distill.teachers.math" "~distill.teachers.code" distill.teachers.agent=$domain "${qwen[@]}" steps=${DISTILL_STEPS:-6} \
     prompts_per_step=32 distill.lr=8e-6 distill.num_eval_tasks=$n distill.max_turns=6 trainer.micro_batch_size=8 \
     rollout.max_new_tokens=256 rollout.max_batch_size=1024 > "$out/distill_$domain.log" 2>&1
   note "distill $domain rc=$?"
