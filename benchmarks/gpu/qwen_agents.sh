@@ -16,28 +16,32 @@ start=$(date +%s)
 note() { echo "$1 $(( $(date +%s) - start )) s" >> "$out/done.txt"; }
 until [ -f "$models/READY" ]; do sleep 5; done  # the model's last part brings TextWorld's and BFCL's wheels
 note "model staged"
-# the TextWorld games, compiled on the CPUs into the cache the jobs read
-python -c "from specialists import text_games as t; t.games(t.game_seeds(${TW_TRAIN:-96}, 'train', 0, (1, 2, 3)) + t.game_seeds(48, 'heldout', 0, (1, 2, 3)))" \
-  > "$out/games.log" 2>&1
-note "textworld games rc=$?"
+# the TextWorld games, compiled on the CPUs into the cache the jobs read, while BFCL trains
+(python -c "from specialists import text_games as t; t.games(t.game_seeds(${TW_TRAIN:-96}, 'train', 0, (1, 2, 3)) + t.game_seeds(48, 'heldout', 0, (1, 2, 3)))" \
+  > "$out/games.log" 2>&1; note "textworld games rc=$?") &
+games=$!
 nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -l 5 > "$out/nvidia_smi.csv" &
 smi=$!
 qwen=(model=qwen2.5-coder-0.5b fp4=nvfp4 rollout.dtype=bfloat16 trainer.tf32=true logger=disabled runs_root="$out/runs")
 rl=(eval_samples=0 eval_every=0 trainer.lr=3e-6 trainer.num_minibatches=4 trainer.micro_batch_size=8
     rollout.max_batch_size=512)
+student() {  # the student of one specialist, evaluated on its held-out set (n: 0 = all) beside base and teacher
+  python -m jobs.distill run_name=student-$1 "~distill.teachers.math" "~distill.teachers.code" distill.teachers.agent=$1 \
+    "${qwen[@]}" steps=${DISTILL_STEPS:-6} prompts_per_step=32 distill.lr=8e-6 distill.num_eval_tasks=$2 \
+    distill.max_turns=6 trainer.micro_batch_size=8 rollout.max_new_tokens=256 rollout.max_batch_size=1024 \
+    > "$out/distill_$1.log" 2>&1
+  note "distill $1 rc=$?"
+}
+# in order of what the device time may not cover: BFCL (specialist, student), then TextWorld
 python -m jobs.train_specialist specialist=bfcl run_name=bfcl "${qwen[@]}" "${rl[@]}" steps=${BFCL_STEPS:-10} \
   prompts_per_step=32 specialist.num_eval_tasks=0 rollout.max_new_tokens=256 > "$out/spec_bfcl.log" 2>&1
 note "spec bfcl rc=$?"
+student bfcl 0
+wait $games
 python -m jobs.train_specialist specialist=textworld run_name=textworld "${qwen[@]}" "${rl[@]}" \
   steps=${TW_STEPS:-8} prompts_per_step=16 specialist.dense_reward=true specialist.num_train_tasks=${TW_TRAIN:-96} \
   specialist.max_turns=6 rollout.max_new_tokens=64 > "$out/spec_textworld.log" 2>&1
 note "spec textworld rc=$?"
-for domain in bfcl textworld; do  # held-out sets as the specialists' evals: all 190 BFCL items, 48 games
-  n=0 && [ $domain = textworld ] && n=48
-  python -m jobs.distill run_name=student-$domain "~distill.teachers.math" "~distill.teachers.code" distill.teachers.agent=$domain "${qwen[@]}" steps=${DISTILL_STEPS:-6} \
-    prompts_per_step=32 distill.lr=8e-6 distill.num_eval_tasks=$n distill.max_turns=6 trainer.micro_batch_size=8 \
-    rollout.max_new_tokens=256 rollout.max_batch_size=1024 > "$out/distill_$domain.log" 2>&1
-  note "distill $domain rc=$?"
-done
+student textworld 48
 kill "$smi"
 note "all"
