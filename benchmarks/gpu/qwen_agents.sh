@@ -38,6 +38,7 @@ python -m jobs.train_specialist specialist=bfcl run_name=bfcl "${qwen[@]}" "${rl
 note "spec bfcl rc=$?"
 student bfcl 0
 wait $games
+[[ " ${DOMAINS:-bfcl textworld} " == *" textworld "* ]] || { kill "$smi"; note "all"; exit 0; }  # DOMAINS=bfcl: BFCL only
 python -m jobs.train_specialist specialist=textworld run_name=textworld "${qwen[@]}" "${rl[@]}" \
   steps=${TW_STEPS:-8} prompts_per_step=16 specialist.dense_reward=true specialist.num_train_tasks=${TW_TRAIN:-96} \
   specialist.max_turns=6 rollout.max_new_tokens=64 > "$out/spec_textworld.log" 2>&1
