@@ -59,7 +59,10 @@ INSTRUCTION = (
     "with what happens and the commands it accepts. Reach the goal in as few commands as you can."
 )
 # a small model given only the template's declaration tends to answer in a ```json block: one call spelled out
-TEMPLATE_EXAMPLE = ' Each turn is one call, e.g.\n<tool_call>\n{"name": "command", "arguments": {"command": "go north"}}\n</tool_call>'
+TEMPLATE_EXAMPLE = (
+    " Each turn is one call, e.g.\n<tool_call>\n"
+    '{"name": "command", "arguments": {"command": "go north"}}\n</tool_call>'
+)
 REASONS = ("won", "lost")  # an episode the driver's turn limit cut: "turn_limit" (rl.rollout.multiturn)
 
 
@@ -130,9 +133,8 @@ def _generate(level: int, seed: int, into: Path) -> None:
         side = {"intro": intro,
                 "max_score": int(state.max_score or 0), "walkthrough": list(state.policy_commands or ())}  # fmt: skip
         os.replace(path, into / f"{name}.z8")
-        os.replace(
-            path.with_suffix(".json"), into / f"{name}.json"
-        )  # the game's logic, which the wrapper reads
+        # the .json beside the .z8 is the game's logic, which TextWorld's wrapper reads
+        os.replace(path.with_suffix(".json"), into / f"{name}.json")
         (Path(tmp) / "task.json").write_text(json.dumps(side))
         os.replace(Path(tmp) / "task.json", into / f"{name}.task.json")
 
