@@ -275,7 +275,7 @@ def test_ctrl_c_is_one_line_with_the_command_that_continues_the_run(
     # W&B's own quieting is not set here: the job must keep the console quiet itself
     shutil.copytree(default_run, tmp_path / "default")
     env = {k: v for k, v in job_env.items() if k != "WANDB_SILENT"}
-    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "run_name=default", "steps=7"]
+    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "run_name=default", "steps=5"]
     cmd = [sys.executable, "-m", "jobs.train_specialist", *TINY, *common, "resume=true"]
     # a terminal's SIGINT disposition: an xdist worker ignores SIGINT, and an ignored signal stays ignored in a child
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -285,7 +285,7 @@ def test_ctrl_c_is_one_line_with_the_command_that_continues_the_run(
     console = []
     for line in proc.stdout:
         console.append(line)
-        if " step 4/7 " in line:
+        if " step 4/5 " in line:
             os.killpg(proc.pid, signal.SIGINT)
             break
     out, err = proc.communicate(timeout=120)
@@ -310,7 +310,7 @@ def test_ctrl_c_is_one_line_with_the_command_that_continues_the_run(
     done = subprocess.run(shlex.split(again), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resuming {tmp_path / 'default'} from step_{step - 1:06d}" in done.stdout
-    assert [m["step"] for m in metrics(tmp_path / "default")] == list(range(8))  # none lost or repeated
+    assert [m["step"] for m in metrics(tmp_path / "default")] == list(range(6))  # none lost or repeated
 
 
 def test_failing_rewards_score_zero_with_a_reason_and_too_many_stop_the_run(
