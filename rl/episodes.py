@@ -8,6 +8,7 @@ per-sample reward, optionally a batch reward (programs run together in a sandbox
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -128,6 +129,8 @@ def env_score(task: Task, rollout: Rollout) -> Reward:
     (``Rollout.env_reward``); a sample that never met its environment scores 0."""
     if rollout.env_reward is None:
         return Reward(0.0, "no_episode")
+    if not math.isfinite(rollout.env_reward):  # one NaN would poison the group's advantages
+        return Reward(0.0, "reward_error: non-finite environment reward")
     return Reward(rollout.env_reward, rollout.env_reason)
 
 

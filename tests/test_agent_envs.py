@@ -170,6 +170,18 @@ def test_lookup_calc_in_the_template_format_solves_through_the_driver(qwen_like)
     assert rollouts[-1].tool_errors == 1 and "unknown key" in rollouts[-1].text
 
 
+def test_an_environments_verdict_is_the_reward_and_a_non_finite_one_scores_zero() -> None:
+    from dataclasses import replace
+
+    from rl.episodes import env_score
+
+    done = Rollout((1,), (2,), (0.0,), "eos", "x", env_reward=0.5, env_reason="partial")
+    assert env_score(agent_tasks(1)[0], done) == Reward(0.5, "partial")
+    assert env_score(agent_tasks(1)[0], replace(done, env_reward=None)) == Reward(0.0, "no_episode")
+    for bad in (float("nan"), float("inf")):
+        assert env_score(agent_tasks(1)[0], replace(done, env_reward=bad)).score == 0.0
+
+
 def test_the_compact_format_is_unchanged_for_tasks_without_tools(qwen_like) -> None:
     task = agent_tasks(1, "train", seed=2)[0]
     env = make_env(task)
