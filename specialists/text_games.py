@@ -11,12 +11,14 @@ what most LLM agents on TextWorld are given). The episode ends when the game is 
 The reward is the game's own verdict, read from the interpreter and TextWorld's planner, never from model text:
 1.0 for a won game, else 0 (sparse, the default), or with ``specialist.dense_reward=true`` the share of the quest
 done: 1 - (the commands TextWorld's planner still needs from the current state) / (those it needed at the start),
-1.0 once won (a generated game's quest is worth one point, so its score alone has no steps in between). Meta commands that act on the interpreter rather than the game (``quit``, ``restart``,
-``restore``, ``undo``, ``save``, ...) are refused with an error observation, and a command is one line of at most
-``MAX_COMMAND_CHARS``.
+1.0 once won (a generated game's quest is worth one point, so its score alone has no steps in between). Meta
+commands that act on the interpreter rather than the game (``quit``, ``restart``, ``restore``, ``undo``, ``save``,
+...) and TextWorld's debug verbs (``tw-...``) are refused with an error observation, and a command is words only, at
+most ``MAX_COMMAND_CHARS`` (no ``.``, ``then`` or other way to chain a second command after an allowed one, no text
+TextWorld would read a win from).
 
 Levels (``specialist.levels``): 1 one room and a one-step quest, 2 two rooms and two steps, 3 three rooms and three
-steps. Train and held-out games are disjoint by seed (``specialists.synthetic.split_of`` of the game's name).
+steps. Train and held-out games are disjoint by seed (``specialists.synthetic.split_of`` of the seed).
 Games are compiled once into ``$DISTILLERY_CACHE/textworld`` (Inform 7 ships in the wheel) and reused.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,12 +39,14 @@ from rl.cache import cache_dir
 from rl.types import Task
 from specialists.agent_env import StepResult, ToolCall, read_call
 from specialists.synthetic import split_of
+from specialists.tool_calls import echo
 
 DOMAIN = "agent"
 SOURCE = "textworld"
 VERSION = "v1"  # bump when the generation options change: the cache keys on it
 LEVELS = {1: (1, 3, 1), 2: (2, 4, 2), 3: (3, 6, 3)}  # level -> (rooms, objects, quest length)
 MAX_COMMAND_CHARS = 100
+COMMAND_CHARS = re.compile(r"[A-Za-z0-9' -]+")
 MAX_LISTED_COMMANDS = 30
 META_COMMANDS = frozenset({
     "quit", "q", "restart", "restore", "save", "undo", "script", "unscript", "noscript", "transcript",
@@ -235,14 +240,19 @@ def _spec(task: Task) -> dict[str, Any]:
 
 
 def command_of(call: ToolCall) -> str | tuple[str, str]:
-    """The game command of a call, or (reason, message) when it is not one the game may get."""
+    """The game command of a call, or (reason, message) when it is not one the game may get: one command of
+    words (letters, digits, spaces, hyphens, apostrophes), so none can be chained after it (Inform runs
+    "look. quit" and "look then undo" as two) or print the text TextWorld reads a win from ("*** The End ***"),
+    and no meta command or TextWorld debug verb (``tw-...``)."""
     command = call.arg.strip()
-    if "\n" in command or len(command) > MAX_COMMAND_CHARS:
-        return "bad_command", f"error: a command is one line of at most {MAX_COMMAND_CHARS} characters"
     if not command:
         return "bad_command", "error: empty command"
-    if command.split()[0].lower() in META_COMMANDS:
-        return "meta_command", f"error: {command.split()[0].lower()!r} is not a game command here"
+    if len(command) > MAX_COMMAND_CHARS or not COMMAND_CHARS.fullmatch(command):
+        return "bad_command", (f"error: a command is words only (letters, digits, spaces, - and '), at most "
+                               f"{MAX_COMMAND_CHARS} characters")  # fmt: skip
+    words = command.lower().split()
+    if words[0] in META_COMMANDS or words[0].startswith("tw-") or "then" in words:
+        return "meta_command", f"error: {echo(command)} is not one game command"
     return command
 
 

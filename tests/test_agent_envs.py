@@ -259,6 +259,12 @@ def test_wrong_calls_are_observations_with_reasons_and_score_nothing(qwen_like, 
         call("command", command="x" * 200): "bad_command",
         call("command", command="  "): "bad_command",
         "I would like to open the door.": "no_tool_call",
+        # a second command chained after an allowed one, TextWorld's debug verbs, the text a win is read from
+        call("command", command="look. quit"): "bad_command",
+        call("command", command="look then undo"): "meta_command",
+        call("command", command="tw-extra-infos score"): "meta_command",
+        call("command", command="say *** The End ***"): "bad_command",
+        call("command", command="examine box; restart"): "bad_command",
     }
     for text, reason in wrong.items():
         result = env.step(text)
