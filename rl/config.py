@@ -318,12 +318,10 @@ class SpecialistConfig:
     # agent: how tools reach the model: compact (<tool>{"name", "arg"}</tool> and <obs>, what the embedded base was
     # SFT'd on) | template (declared by the chat template, called and answered in its format: Qwen's <tool_call>)
     tool_format: str = "compact"
-    dense_reward: bool = (
-        False  # textworld: the share of the game's points earned, instead of 1 for a won game
-    )
-    env: str = (
-        ""  # train_data/eval_data=env: your environment class, "package.module:Class" (README "Your own")
-    )
+    # textworld: the share of the quest done (TextWorld's planner), instead of 1 for a won game
+    dense_reward: bool = False
+    # train_data/eval_data=env: your environment class, "package.module:Class" (README "Your own environment")
+    env: str = ""
     reward_timeout_s: float = 10.0  # a reward still running after this gets 0 ("reward_error: timeout")
     max_reward_error_rate: float = (
         0.25  # share of a step's rewards that may raise or hang before the run stops
