@@ -24,6 +24,7 @@ Games are compiled once into ``$DISTILLERY_CACHE/textworld`` (Inform 7 ships in 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -182,13 +183,19 @@ def games(wanted: list[tuple[int, int]], workers: int | None = None) -> dict[tup
 
 def load_game(level: int, seed: int) -> Game:
     """A compiled game from the cache, compiling it if it is not there (another machine's rollout process)."""
+    return _load_game(game_dir(), level, seed)
+
+
+@functools.cache
+def _load_game(folder: Path, level: int, seed: int) -> Game:
+    """Read once per process and folder: every episode of a step builds its environment from it."""
     name = _name(level, seed)
-    side_path = game_dir() / f"{name}.task.json"
+    side_path = folder / f"{name}.task.json"
     if not side_path.exists():
-        game_dir().mkdir(parents=True, exist_ok=True)
-        _generate(level, seed, game_dir())
+        folder.mkdir(parents=True, exist_ok=True)
+        _generate(level, seed, folder)
     side = json.loads(side_path.read_text())
-    return Game(game_dir() / f"{name}.z8", side["intro"], int(side["max_score"]), tuple(side["walkthrough"]))
+    return Game(folder / f"{name}.z8", side["intro"], int(side["max_score"]), tuple(side["walkthrough"]))
 
 
 def game_seeds(n: int, split: str, seed: int, levels: tuple[int, ...]) -> list[tuple[int, int]]:
