@@ -8,18 +8,12 @@
 set -uo pipefail
 # the trainer and the rollout share the GPU: let freed blocks be reused across sizes rather than stay reserved
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
-out=${OUT:-gpu-out}
-models=${DISTILLERY_MODELS:?set DISTILLERY_MODELS to the folder that will hold the GGUF}
-mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt"
-start=$(date +%s)
-note() { echo "$1 $(( $(date +%s) - start )) s" >> "$out/done.txt"; }
+source "$(dirname "$0")/batch.sh"  # $out, $models, gpu.txt, note, wait_for_model
 # beside the staging and the base stage (the GGUF's conversion runs on the CPU): the W4A16 kernel's GPU tests (the
 # int32-offset one is what broke the MBPP eval on 2026-12-06); a failure is reported, not fatal
 (timeout 240 python -m pytest -q -p no:cacheprovider -m gpu tests/test_fp4_triton.py > "$out/gpu_tests.log" 2>&1
  note "fp4 kernel gpu tests rc=$? ($(tail -n 1 "$out/gpu_tests.log"))") &
-until [ -f "$models/READY" ]; do sleep 5; done
-note "model staged"
+wait_for_model
 nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -l 5 > "$out/nvidia_smi.csv" &
 smi=$!
 python -m jobs.pipeline +experiment=qwen0.5b-gsm8k-mbpp runs_root="$out/runs" run_name=qwen logger=disabled \

@@ -8,14 +8,8 @@
 # .stage/agent, the wheels of textworld and bfcl-eval). Progress in done.txt.
 set -uo pipefail
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
-out=${OUT:-gpu-out}
-models=${DISTILLERY_MODELS:?set DISTILLERY_MODELS to the folder that will hold the GGUF}
-mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt"
-start=$(date +%s)
-note() { echo "$1 $(( $(date +%s) - start )) s" >> "$out/done.txt"; }
-until [ -f "$models/READY" ]; do sleep 5; done  # the model's last part brings TextWorld's and BFCL's wheels
-note "model staged"
+source "$(dirname "$0")/batch.sh"  # $out, $models, gpu.txt, note, wait_for_model
+wait_for_model  # the model's last part brings TextWorld's and BFCL's wheels
 # the TextWorld games, compiled on the CPUs into the cache the jobs read, while BFCL trains
 (python -c "from specialists import text_games as t; t.games(t.game_seeds(${TW_TRAIN:-96}, 'train', 0, (1, 2, 3)) + t.game_seeds(48, 'heldout', 0, (1, 2, 3)))" \
   > "$out/games.log" 2>&1; note "textworld games rc=$?") &

@@ -4,14 +4,8 @@
 # evaluated on its whole held-out set at the end -- the RL step time and the full-eval time per domain, from
 # which the pipeline's stage counts are chosen. Staged and started as qwen.sh is (benchmarks/gpu/stage.sh).
 set -uo pipefail
-out=${OUT:-gpu-out}
-models=${DISTILLERY_MODELS:?set DISTILLERY_MODELS to the folder that will hold the GGUF}
-mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt"
-start=$(date +%s)
-note() { echo "$1 $(( $(date +%s) - start )) s" >> "$out/done.txt"; }
-until [ -f "$models/READY" ]; do sleep 5; done
-note "model staged"
+source "$(dirname "$0")/batch.sh"  # $out, $models, gpu.txt, note, wait_for_model
+wait_for_model
 common=(model=qwen2.5-coder-0.5b fp4=nvfp4 rollout.dtype=bfloat16 logger=disabled runs_root="$out/runs"
         steps=2 prompts_per_step=32 eval_every=0 eval_samples=0 specialist.num_eval_tasks=0
         trainer.lr=2e-6 trainer.num_minibatches=4 trainer.micro_batch_size=8 trainer.tf32=true

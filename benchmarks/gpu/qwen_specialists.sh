@@ -7,14 +7,11 @@
 # as an extra argument for the experiment's current setting).
 set -uo pipefail
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
-out=${OUT:-gpu-out}
-mkdir -p "$out"
-start=$(date +%s)
-note() { echo "$1 $(( $(date +%s) - start )) s" >> "$out/done.txt"; }
+source "$(dirname "$0")/batch.sh"  # $out, $models, gpu.txt, note, wait_for_model
 # beside the staging: the W4A16 kernel's GPU tests (benchmarks/gpu/qwen.sh does the same)
 (timeout 240 python -m pytest -q -p no:cacheprovider -m gpu tests/test_fp4_triton.py > "$out/gpu_tests.log" 2>&1
  note "fp4 kernel gpu tests rc=$? ($(tail -n 1 "$out/gpu_tests.log"))") &
-until [ -f "${DISTILLERY_MODELS:?set DISTILLERY_MODELS}/READY" ]; do sleep 5; done
+wait_for_model
 for spec in ${SPECS:-gsm8k mbpp}; do  # SPECS=mbpp: the code specialist alone
   python -m jobs.train_specialist specialist=$spec run_name=s-$spec model=qwen2.5-coder-0.5b fp4=nvfp4 \
     rollout.dtype=bfloat16 logger=disabled runs_root="$out/runs2" steps=12 prompts_per_step=32 eval_every=0 \
