@@ -169,6 +169,19 @@ def check_model_path(model: ModelConfig) -> None:
         check_model_dir(path, tokenizer=True)
 
 
+def check_verifiers_env(module: str, env_args: dict) -> None:
+    """The verifiers environment loads and is one we can run (loaded once: the run reuses it)."""
+    if importlib.util.find_spec("verifiers") is None:
+        raise InputError("specialist.train_data=verifiers needs the verifiers package: pip install "
+                         "verifiers==0.1.10 (make installs it)")  # fmt: skip
+    from specialists.verifiers_env import VerifiersEnvError, load_env
+
+    try:
+        load_env(module, env_args)
+    except VerifiersEnvError as err:
+        raise InputError(str(err)) from None
+
+
 def check_data_files(spec: SpecialistConfig) -> None:
     """A file-based train / eval source names a file that exists (its rows are read and checked later)."""
     for key, source, path in (
@@ -188,6 +201,8 @@ def check_data_files(spec: SpecialistConfig) -> None:
                 env_class(spec.env)
             except EnvClassError as err:
                 raise InputError(str(err)) from None
+        if source == "verifiers":
+            check_verifiers_env(spec.env, spec.env_args)
         if source in BUILTIN_SOURCES:
             continue
         if not path:

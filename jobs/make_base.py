@@ -175,7 +175,7 @@ def greedy_pass_at_1(
 
     module = get_specialist(domain, "recipe domain")
     engine = HFEngine(model, tokenizer, max_batch_size=len(tasks))
-    prompts = [chat_prompt_ids(tokenizer, t.prompt, t.tools) for t in tasks]
+    prompts = [chat_prompt_ids(tokenizer, t.prompt, t.tools, t.system) for t in tasks]
     params = SamplingParams(EVAL_MAX_NEW_TOKENS[domain], 0.0)
     budget = params.max_new_tokens * AGENT_EVAL_TURNS
     outs = specialist_rollouts(

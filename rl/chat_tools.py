@@ -49,49 +49,61 @@ def tools_preamble(tools: list[dict[str, Any]]) -> str:
 
 
 def tool_messages(
-    prompt: str, tools_json: str, tokenizer: Any
+    prompt: str, tools_json: str, tokenizer: Any, system: str = ""
 ) -> tuple[list[dict[str, str]], list[Any] | None]:
     """The chat messages and the ``tools=`` argument for a user ``prompt`` with tools (a JSON list of
-    function schemas; "" for none)."""
+    function schemas; "" for none), after a ``system`` message where there is one."""
+    head = [{"role": "system", "content": system}] if system else []
     if not tools_json:
-        return [{"role": "user", "content": prompt}], None
+        return [*head, {"role": "user", "content": prompt}], None
     tools = json.loads(tools_json)
     if template_takes_tools(tokenizer):
-        return [{"role": "user", "content": prompt}], tools
-    return [{"role": "user", "content": tools_preamble(tools) + prompt}], None
+        return [*head, {"role": "user", "content": prompt}], tools
+    return [*head, {"role": "user", "content": tools_preamble(tools) + prompt}], None
 
 
 _RESULT = "distillery-tool-result"
 _CALL = f'{CALL_OPEN}\n{{"name": "distillery_probe_tool", "arguments": {{}}}}\n{CALL_CLOSE}'
-_RESULT_FORMS: dict[str, tuple[str, str]] = {}  # chat template text -> the text around a tool result
-FALLBACK_RESULT_FORM = ("\n<tool_response>\n", "\n</tool_response>\n")
+_FORMS: dict[tuple[str, str], tuple[str, str]] = {}  # (chat template text, role) -> the text around a message
+FALLBACK_FORMS = {"tool": ("\n<tool_response>\n", "\n</tool_response>\n"), "user": ("\n", "\n")}
+
+
+def message_form(tokenizer: Any, role: str = "tool") -> tuple[str, str]:
+    """What the chat template writes between an assistant turn and a ``role`` message that answers it, and after
+    that message up to the next assistant turn, read off the template once per template and role. A tool
+    result under Qwen2.5: ``<|im_end|>\\n<|im_start|>user\\n<tool_response>\\n`` and
+    ``\\n</tool_response><|im_end|>\\n<|im_start|>assistant\\n``; a user message: ``<|im_end|>\\n<|im_start|>user\\n``
+    and ``<|im_end|>\\n<|im_start|>assistant\\n``. A template that cannot render the message gets
+    ``FALLBACK_FORMS[role]``."""
+    if role not in FALLBACK_FORMS:
+        raise ValueError(f"an observation's role is one of {sorted(FALLBACK_FORMS)}, got {role!r}")
+    template = str(getattr(tokenizer, "chat_template", "") or "")
+    if (template, role) not in _FORMS:
+        turn = _CALL if role == "tool" else "distillery-assistant-turn"
+        messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": turn},
+                    {"role": role, "content": _RESULT}]  # fmt: skip
+        try:
+            text = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        except Exception:  # a template that raises on such a message
+            text = ""
+        at = text.rfind(turn)
+        tail = text[at + len(turn) :] if at >= 0 else ""
+        before, found, after = tail.partition(_RESULT)
+        _FORMS[template, role] = (before, after) if found else FALLBACK_FORMS[role]
+    return _FORMS[template, role]
 
 
 def tool_result_form(tokenizer: Any) -> tuple[str, str]:
-    """What the chat template writes between an assistant turn's tool calls and the tool's result, and after the
-    result up to the next assistant turn (Qwen2.5: ``<|im_end|>\\n<|im_start|>user\\n<tool_response>\\n`` and
-    ``\\n</tool_response><|im_end|>\\n<|im_start|>assistant\\n``), read off the template once per template; a
-    template that cannot render a ``tool`` message gets ``FALLBACK_RESULT_FORM``."""
-    template = str(getattr(tokenizer, "chat_template", "") or "")
-    if template not in _RESULT_FORMS:
-        messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _CALL},
-                    {"role": "tool", "content": _RESULT}]  # fmt: skip
-        try:
-            text = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        except Exception:  # a template that raises on a tool message
-            text = ""
-        at = text.rfind(_CALL)
-        tail = text[at + len(_CALL) :] if at >= 0 else ""
-        before, found, after = tail.partition(_RESULT)
-        _RESULT_FORMS[template] = (before, after) if found else FALLBACK_RESULT_FORM
-    return _RESULT_FORMS[template]
+    """The text around a tool result (``message_form`` of a ``tool`` message)."""
+    return message_form(tokenizer, "tool")
 
 
-def tool_result_text(tokenizer: Any, result: str, turn_ended: bool) -> str:
-    """The text that follows a model turn of tool calls: ``result`` as the template's tool message, then the
-    next assistant turn's header. ``turn_ended``: the turn already holds its end-of-turn token (it stopped at
-    EOS), which the template's form would otherwise write a second time."""
-    before, after = tool_result_form(tokenizer)
+def tool_result_text(tokenizer: Any, result: str, turn_ended: bool, role: str = "tool") -> str:
+    """The text that follows a model turn: ``result`` as the template's ``role`` message (a tool's result, or an
+    environment's reply as a user message), then the next assistant turn's header. ``turn_ended``: the turn
+    already holds its end-of-turn token (it stopped at EOS), which the template's form would otherwise write a
+    second time."""
+    before, after = message_form(tokenizer, role)
     eos = str(getattr(tokenizer, "eos_token", "") or "")
     if turn_ended and eos and before.startswith(eos):
         before = before[len(eos) :]

@@ -47,12 +47,12 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 }
 # data sources per specialist domain (specialists/<domain>.py SOURCES); all but these read a JSONL file
 # generated, or shipped in a package (bfcl: the bfcl-eval wheel; textworld: games compiled from seeds; env: the
-# environment class named by specialist.env)
-BUILTIN_SOURCES = ("synthetic", "bfcl", "textworld", "env")
+# environment class named by specialist.env; verifiers: the verifiers environment named by specialist.env)
+BUILTIN_SOURCES = ("synthetic", "bfcl", "textworld", "env", "verifiers")
 DATA_SOURCES: dict[str, tuple[str, ...]] = {
     "math": ("synthetic", "gsm8k", "math500", "math"),
     "code": ("synthetic", "mbpp", "mbpp_sanitized", "humaneval"),
-    "agent": ("synthetic", "bfcl", "textworld", "env"),
+    "agent": ("synthetic", "bfcl", "textworld", "env", "verifiers"),
 }
 BASE_TOKENS = 256 + 3  # the byte-level alphabet and the 3 special tokens of the embedded base's tokenizer
 
@@ -320,8 +320,10 @@ class SpecialistConfig:
     tool_format: str = "compact"
     # textworld: the share of the quest done (TextWorld's planner), instead of 1 for a won game
     dense_reward: bool = False
-    # train_data/eval_data=env: your environment class, "package.module:Class" (README "Your own environment")
+    # train_data/eval_data=env: your environment class, "package.module:Class" (README "Your own environment");
+    # =verifiers: the verifiers environment's module (what vf.load_environment takes, e.g. examples.vf_guess)
     env: str = ""
+    env_args: dict[str, Any] = field(default_factory=dict)  # verifiers: keyword arguments of load_environment
     reward_timeout_s: float = 10.0  # a reward still running after this gets 0 ("reward_error: timeout")
     max_reward_error_rate: float = (
         0.25  # share of a step's rewards that may raise or hang before the run stops
@@ -340,6 +342,13 @@ class SpecialistConfig:
         if uses_env and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.env):
             raise ConfigValueError(f"specialist.env must name your environment class as package.module:Class "
                                    f"(specialist.train_data/eval_data=env), got {self.env!r}")  # fmt: skip
+        if uses_env and "verifiers" in (self.train_data, self.eval_data):
+            raise ConfigValueError("specialist.train_data and eval_data: env and verifiers name different "
+                                   "environments in specialist.env; use one of them for both")  # fmt: skip
+        uses_verifiers = "verifiers" in (self.train_data, self.eval_data)
+        if uses_verifiers and not re.fullmatch(r"[A-Za-z_][\w.-]*", self.env):
+            raise ConfigValueError(f"specialist.env must name the verifiers environment's module, e.g. "
+                                   f"examples.vf_guess (specialist.train_data/eval_data=verifiers), got {self.env!r}")  # fmt: skip
 
 
 @dataclass

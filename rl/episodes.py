@@ -77,7 +77,7 @@ class Prompts:
 
     def __call__(self, task: Task) -> list[int]:
         if task.uid not in self._cache:
-            self._cache[task.uid] = chat_prompt_ids(self.tokenizer, task.prompt, task.tools)
+            self._cache[task.uid] = chat_prompt_ids(self.tokenizer, task.prompt, task.tools, task.system)
         return self._cache[task.uid]
 
 
@@ -113,15 +113,25 @@ def specialist_rollouts(
     max_response_tokens: int,
 ) -> list[Rollout]:
     """One completion per task with any engine's ``generate``: a single generation, or, for a specialist with
-    an environment (``make_env``), a multi-turn episode: in the chat template's tool format where the tasks
-    declare their tools (``Task.tools``), else in the compact format (``specialist.tool_stop``)."""
+    an environment (``make_env``), a multi-turn episode: in the chat template's format where the tasks declare
+    their tools (``Task.tools``) or the environment answers as the user (``observation_render``), else in the
+    compact format (``specialist.tool_stop``)."""
     if specialist.make_env is None:
         return generate(prompts, params)
     envs = [specialist.make_env(t) for t in tasks]
-    render: Render = functools.partial(tool_result_text, tokenizer)
-    renders = [render if t.tools else None for t in tasks]
+    renders = [observation_render(tokenizer, t, env) for t, env in zip(tasks, envs, strict=True)]
     return multi_turn_rollouts(generate, tokenizer, prompts, envs, params, max_turns, specialist.tool_stop,
                                max_response_tokens, renders)  # fmt: skip
+
+
+def observation_render(tokenizer: Any, task: Task, env: Any) -> Render | None:
+    """How an episode's observations are written: as the chat template's message of the environment's
+    ``observation_role`` (``tool`` unless the environment answers as the ``user``, as verifiers' do) where the
+    task declares tools or the environment answers as the user; None: as the environment wrote them (compact)."""
+    role = getattr(env, "observation_role", "tool")
+    if not task.tools and role == "tool":
+        return None
+    return functools.partial(tool_result_text, tokenizer, role=role)
 
 
 def env_score(task: Task, rollout: Rollout) -> Reward:

@@ -17,10 +17,13 @@ from rl.models import token_id
 from rl.types import Task
 
 
-def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, tools: str = "") -> list[int]:
+def chat_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, tools: str = "", system: str = ""
+) -> list[int]:
     """Token ids of a user message under the tokenizer's chat template, ready for the assistant turn; ``tools``
-    (a JSON list of function schemas) as the template declares them (``rl.chat_tools``)."""
-    messages, tool_list = tool_messages(prompt, tools, tokenizer)
+    (a JSON list of function schemas) as the template declares them (``rl.chat_tools``); ``system``: a system
+    message first, where the task has one."""
+    messages, tool_list = tool_messages(prompt, tools, tokenizer, system)
     ids = tokenizer.apply_chat_template(
         messages, tools=tool_list, add_generation_prompt=True, tokenize=True, return_dict=False
     )
@@ -29,8 +32,8 @@ def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, tools: str 
 
 def longest_prompt(tokenizer: PreTrainedTokenizerBase, tasks: Sequence[Task]) -> tuple[Task, int]:
     """The task with the longest text (question and tool schemas) and its chat prompt's length in tokens."""
-    longest = max(tasks, key=lambda t: len(t.prompt) + len(t.tools))
-    return longest, len(chat_prompt_ids(tokenizer, longest.prompt, longest.tools))
+    longest = max(tasks, key=lambda t: len(t.prompt) + len(t.tools) + len(t.system))
+    return longest, len(chat_prompt_ids(tokenizer, longest.prompt, longest.tools, longest.system))
 
 
 def encode_demo(

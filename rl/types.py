@@ -26,6 +26,8 @@ class Task:
     level: int = 0  # difficulty level where the source has one (synthetic: 1..3)
     # function-calling tasks: a JSON list of the tools' schemas, declared by the chat template
     tools: str = ""
+    # a system message before the user's (environments that bring their own: verifiers')
+    system: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """The agent specialist: multi-turn tool use in the built-in lookup + calc environment, function calling on
 BFCL (``specialist=bfcl``: ``specialists/bfcl.py``, one turn), TextWorld games (``specialist=textworld``:
-``specialists/text_games.py``) or an environment of your own (``specialist.env``: ``specialists/user_env.py``).
+``specialists/text_games.py``), an environment of your own (``specialist.env``: ``specialists/user_env.py``) or
+one written for verifiers (``specialist.train_data=verifiers``: ``specialists/verifiers_env.py``).
 
 Each rollout is an episode (``rl/rollout/multiturn.py``). In the compact format (the embedded base's) the model
 calls tools as ``<tool>{"name": ..., "arg": ...}</tool>`` and the environment's answers come back as
 ``<obs>...</obs>`` observation tokens (masked out of the loss); with ``specialist.tool_format=template`` the tools
 are declared by the chat template and called and answered in its format. The built-in task's reward is 1 for the
-right final answer (tools are needed: every episode has its own hidden store); TextWorld's and your own
-environment's is the environment's own verdict on the episode (``rl.episodes.env_score``).
+right final answer (tools are needed: every episode has its own hidden store); TextWorld's, your own
+environment's and a verifiers environment's (its rubric's) is the environment's own verdict on the episode
+(``rl.episodes.env_score``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from typing import Any
 from rl.config import BaseRecipe, SpecialistConfig
 from rl.episodes import env_score
 from rl.types import Reward, Rollout, Task
-from specialists import bfcl, text_games, user_env
+from specialists import bfcl, text_games, user_env, verifiers_env
 from specialists.agent_env import TOOL_STOP, agent_demos, agent_tasks, make_env, score_agent
 from specialists.domains import Demo, Domain
 
 DOMAIN = "agent"
-SOURCES = ("synthetic", bfcl.SOURCE, text_games.SOURCE, user_env.SOURCE)
+SOURCES = ("synthetic", bfcl.SOURCE, text_games.SOURCE, user_env.SOURCE, verifiers_env.SOURCE)
 
 
 def _tasks(name: str, split: str, n: int, cfg: SpecialistConfig) -> list[Task]:
@@ -37,6 +39,8 @@ def _tasks(name: str, split: str, n: int, cfg: SpecialistConfig) -> list[Task]:
         )
     if name == user_env.SOURCE:
         return user_env.env_tasks(cfg.env, n, split, cfg.data_seed)
+    if name == verifiers_env.SOURCE:
+        return verifiers_env.verifiers_tasks(cfg.env, cfg.env_args, n, split)
     return agent_tasks(n, split, cfg.data_seed, tuple(cfg.levels), cfg.tool_prompt, template)
 
 
@@ -69,6 +73,8 @@ def episode(task: Task) -> Any:
         return text_games.TextWorldEnv(task)
     if task.source == user_env.SOURCE:
         return user_env.make_user_env(task)
+    if task.source == verifiers_env.SOURCE:
+        return verifiers_env.make_verifiers_env(task)
     return make_env(task)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.chat_tools import FALLBACK_RESULT_FORM, tool_result_form, tool_result_text
+from rl.chat_tools import FALLBACK_FORMS, message_form, tool_result_form, tool_result_text
 from rl.config import ConfigValueError, SpecialistConfig
 from rl.models import load_tokenizer
 from rl.sft import chat_prompt_ids
@@ -93,7 +93,7 @@ def play(
     generate call's stop strings are appended to it)."""
     from rl.episodes import specialist_rollouts
 
-    prompts = [chat_prompt_ids(tokenizer, t.prompt, t.tools) for t in tasks]
+    prompts = [chat_prompt_ids(tokenizer, t.prompt, t.tools, t.system) for t in tasks]
     generate = policy(tokenizer, {tuple(p): plan for p, plan in zip(prompts, plans, strict=True)})
     generate.stops = stops if stops is not None else []
     return specialist_rollouts(
@@ -112,13 +112,20 @@ def test_tool_results_take_the_templates_own_form(qwen_like) -> None:
     # a turn that stopped at EOS already holds the end-of-turn token; one cut at a stop string does not
     assert tool_result_text(qwen_like, "7", turn_ended=True) == before[len(eos) :] + "7" + after
     assert tool_result_text(qwen_like, "7", turn_ended=False) == before + "7" + after
+    # an environment that answers as the user (verifiers'): the template's user turn
+    assert message_form(qwen_like, "user") == (
+        f"{eos}\n<|im_start|>user\n",
+        f"{eos}\n<|im_start|>assistant\n",
+    )
+    with pytest.raises(ValueError, match="an observation's role is one of"):
+        message_form(qwen_like, "system")
 
 
 def test_a_template_without_a_tool_role_gets_the_fallback_form(qwen_like) -> None:
     qwen_like = type(qwen_like).from_pretrained(qwen_like.name_or_path)
     qwen_like.chat_template = "{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('no') }}" \
         "{% endif %}{{ m.content }}{% endfor %}"  # fmt: skip
-    assert tool_result_form(qwen_like) == FALLBACK_RESULT_FORM
+    assert tool_result_form(qwen_like) == FALLBACK_FORMS["tool"]
 
 
 def test_read_call_takes_either_format_and_names_what_is_wrong() -> None:
@@ -344,3 +351,119 @@ def test_a_bad_environment_name_is_one_clear_line_before_any_work() -> None:
         with pytest.raises(common.InputError, match=says):
             common.check_data_files(spec)
     assert os.path.exists("examples/guess_number.py")
+
+
+# ------------------------------------------------------------------------------- environments written for verifiers
+
+
+def sum_of(task: Task) -> int:
+    a, b = re.findall(r"\d+", task.prompt)
+    return int(a) + int(b)
+
+
+def test_a_verifiers_environment_plays_through_the_driver_and_its_rubric_scores_it(qwen_like) -> None:
+    # examples/vf_arithmetic.py: a verifiers MultiTurnEnv (a second try after "not quite"), dataset + eval_dataset
+    cfg = SpecialistConfig(domain="agent", train_data="verifiers", eval_data="verifiers",
+                           env="examples.vf_arithmetic", num_eval_tasks=3)  # fmt: skip
+    tasks = AGENT.eval_tasks(cfg)
+    assert [t.source for t in tasks] == ["verifiers"] * 3 and not any(t.tools for t in tasks)
+    assert len(AGENT.train_tasks(cfg)) == 500  # its dataset; the eval_dataset is held out
+    prompt = qwen_like.decode(chat_prompt_ids(qwen_like, tasks[0].prompt, tasks[0].tools, tasks[0].system))
+    assert prompt.startswith("<|im_start|>system\nAnswer with the number alone in <answer></answer> tags.")
+    plans = [
+        [f"<answer>{sum_of(tasks[0])}</answer>"],  # right at once: the env ends it (final_env_response)
+        ["<answer>1</answer>", f"<answer>{sum_of(tasks[1])}</answer>"],  # right at the second try
+        ["<answer>1</answer>", "<answer>2</answer>", "never asked"],  # wrong twice: its max_turns=2 ends it
+    ]
+    rollouts = play(qwen_like, tasks, plans)
+    rewards = [AGENT.score(t, r) for t, r in zip(tasks, rollouts, strict=True)]
+    assert [(r.score, r.reason) for r in rewards] == [
+        (1.0, "has_final_env_response"), (0.8, "max_turns_reached"), (0.0, "max_turns_reached"),
+    ]  # fmt: skip
+    assert [r.turns for r in rollouts] == [1, 2, 2]
+    # the environment's reply is a user turn of the template, not trained; the model's turns and their EOS are
+    second = rollouts[1]
+    observed = qwen_like.decode(
+        [t for t, m in zip(second.response_ids, second.loss_mask, strict=True) if not m]
+    )
+    reply = "Not quite. Answer again in <answer> tags."
+    assert observed == f"\n<|im_start|>user\n{reply}{qwen_like.eos_token}\n<|im_start|>assistant\n"
+    trained = [t for t, m in zip(second.response_ids, second.loss_mask, strict=True) if m == 1]
+    assert trained.count(qwen_like.eos_token_id) == 2
+
+
+def test_a_single_turn_verifiers_environment_splits_its_one_dataset_by_row(qwen_like) -> None:
+    from specialists.verifiers_env import verifiers_tasks
+
+    train = verifiers_tasks("tests.vf_envs", {}, 0, "train")
+    heldout = verifiers_tasks("tests.vf_envs", {}, 0, "heldout")
+    assert train and heldout and len(train) + len(heldout) == 12
+    assert not {t.prompt for t in train} & {t.prompt for t in heldout}
+    tasks = heldout[:3]
+    words = [re.findall(r"'(\w+)'", t.prompt)[0][::-1] for t in tasks]
+    plans = [[f"<answer>{words[0]}</answer>"], ["<answer>x</answer>"], [words[2]]]  # right, wrong, untagged
+    rollouts = play(qwen_like, tasks, plans)
+    rewards = [AGENT.score(t, r) for t, r in zip(tasks, rollouts, strict=True)]
+    # its rubric's own sum: exact (1.0) + 0.2 x XMLParser's format reward (1.0 tagged; 0.2 for a bare word)
+    assert [r.score for r in rewards] == [pytest.approx(1.2), pytest.approx(0.2), pytest.approx(0.04)]
+    assert [r.reason for r in rewards] == ["max_turns_reached"] * 3
+    assert [r.turns for r in rollouts] == [1, 1, 1]
+
+
+def test_a_verifiers_environment_that_raises_ends_its_episode_not_the_run(qwen_like) -> None:
+    from specialists.verifiers_env import verifiers_tasks
+
+    task = verifiers_tasks("tests.vf_envs", {"kind": "broken"}, 1, "heldout")[0]
+    rollout = play(qwen_like, [task], [["<answer>x</answer>"]])[0]
+    reward = AGENT.score(task, rollout)
+    assert reward.score == 0.0 and reward.reason == "env_error: RuntimeError: the environment's own bug"
+    assert rollout.turns == 1
+
+
+def test_loading_a_verifiers_environment_keeps_the_jobs_signal_handlers() -> None:
+    import signal
+    import threading
+
+    from specialists import verifiers_env
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    verifiers_env.load_env("tests.vf_envs", {"kind": "reverse"})  # not yet loaded with these arguments
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    failed: list[BaseException] = []
+    thread = threading.Thread(
+        target=_catch, args=(failed, verifiers_env.load_env, "tests.vf_envs", {"kind": "tools"})
+    )
+    thread.start()
+    thread.join()
+    assert isinstance(failed[0], verifiers_env.VerifiersEnvError) and "main thread" in str(failed[0])
+
+
+def _catch(into: list[BaseException], fn: Callable, *args: object) -> None:
+    try:
+        fn(*args)
+    except BaseException as err:
+        into.append(err)
+
+
+def test_a_verifiers_environment_we_cannot_run_is_one_clear_line_before_any_work() -> None:
+    from jobs import common
+
+    with pytest.raises(
+        ConfigValueError, match=r"specialist\.env must name the verifiers environment's module"
+    ):
+        SpecialistConfig(domain="agent", train_data="verifiers", eval_data="verifiers", env="a:b")
+    for env, args, says in (
+        ("examples.nowhere", {}, "specialist.env=examples.nowhere: cannot import it (No module named "
+                                 "'examples.nowhere')"),
+        ("tests.vf_envs", {"kind": "tools"}, "environments with tools (oai_tools: ToolEnv, StatefulToolEnv) are not "
+                                             "supported yet"),
+        ("tests.vf_envs", {"kind": "nope"}, "specialist.env=tests.vf_envs: load_environment(kind='nope') raised ValueError: no such kind 'nope'"),
+        ("tests.vf_envs", {"colour": 1}, "raised TypeError: load_environment() got an unexpected keyword argument "
+                                         "'colour'"),
+    ):  # fmt: skip
+        spec = SpecialistConfig(
+            domain="agent", train_data="verifiers", eval_data="verifiers", env=env, env_args=args
+        )
+        with pytest.raises(common.InputError) as err:
+            common.check_data_files(spec)
+        assert says in str(err.value) and "\n" not in str(err.value)

@@ -76,6 +76,8 @@ CASES = [
          "package.module:Class", "specialist=agent", "specialist.train_data=env"),
     case("env-class-missing", "train_specialist", "specialist.env=examples.nowhere:Env: cannot import Env from "
          "examples.nowhere", "specialist=guess_number", "specialist.env=examples.nowhere:Env"),
+    case("verifiers-env-missing", "train_specialist", "specialist.env=examples.nowhere: cannot import it (No module "
+         "named 'examples.nowhere')", "specialist=vf_arithmetic", "specialist.env=examples.nowhere"),
     case("lr-negative", "train_specialist", "trainer.lr must be > 0, got -1.0", "trainer.lr=-1"),
     case("lr-nan", "train_specialist", "trainer.lr must be > 0, got nan", "trainer.lr=nan"),
     case("top-p-above-1", "train_specialist", "rollout.top_p must be in [0, 1], got 1.5", "rollout.top_p=1.5"),
