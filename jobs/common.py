@@ -170,14 +170,16 @@ def check_model_path(model: ModelConfig) -> None:
 
 
 def check_verifiers_env(module: str, env_args: dict) -> None:
-    """The verifiers environment loads and is one we can run (loaded once: the run reuses it)."""
+    """The verifiers environment loads, is one we can run, and has rows of both splits whose prompts we can
+    write (loaded once: the run reuses it)."""
     if importlib.util.find_spec("verifiers") is None:
         raise InputError("specialist.train_data=verifiers needs the verifiers package: pip install "
                          "verifiers==0.1.10 (make installs it)")  # fmt: skip
-    from specialists.verifiers_env import VerifiersEnvError, load_env
+    from specialists.verifiers_env import VerifiersEnvError, verifiers_tasks
 
     try:
-        load_env(module, env_args)
+        for split in ("train", "heldout"):
+            verifiers_tasks(module, env_args, 0, split)
     except VerifiersEnvError as err:
         raise InputError(str(err)) from None
 

@@ -37,7 +37,6 @@ from specialists.synthetic import split_of
 
 DOMAIN = "agent"
 SOURCE = "verifiers"
-VERSION = "0.1.10"
 POLICY_NAME = "distillery"  # the model name a verifiers State records; no client is ever called
 
 
@@ -129,16 +128,18 @@ def _datasets(env: Any) -> dict[str, str]:
     return {"train": f"{only}+hash", "heldout": f"{only}+hash"}
 
 
-def _rows(env: Any, which: str) -> Any:
-    name = which.removesuffix("+hash")
-    return env.get_dataset() if name == "dataset" else env.get_eval_dataset()
+@functools.lru_cache(maxsize=8)
+def _dataset_rows(module: str, args_json: str, which: str) -> Any:
+    """The rows (formatted by verifiers: ``prompt`` messages, ``answer``, ``info``, ``example_id``) of one of the
+    environment's datasets, built once per process."""
+    env = load_env(module, json.loads(args_json))
+    return env.get_dataset() if which.removesuffix("+hash") == "dataset" else env.get_eval_dataset()
 
 
 def verifiers_tasks(module: str, env_args: dict[str, Any], n: int, split: str) -> list[Task]:
     """Up to ``n`` rows of ``split`` (0: all) as tasks; the environment is loaded here (the job's main thread)."""
-    env = load_env(module, env_args)
-    which = _datasets(env)[split]
-    rows = _rows(env, which)
+    which = _datasets(load_env(module, env_args))[split]
+    rows = _dataset_rows(module, json.dumps(env_args, sort_keys=True), which)
     tasks = []
     for index in range(len(rows)):
         row = rows[index]
@@ -227,11 +228,6 @@ class VerifiersEpisode:
         if replace_state:
             self.state = out
         return out
-
-
-@functools.lru_cache(maxsize=8)
-def _dataset_rows(module: str, args_json: str, which: str) -> Any:
-    return _rows(load_env(module, json.loads(args_json)), which)
 
 
 def make_verifiers_env(task: Task) -> VerifiersEpisode:

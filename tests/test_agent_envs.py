@@ -457,6 +457,9 @@ def test_a_verifiers_environment_we_cannot_run_is_one_clear_line_before_any_work
                                  "'examples.nowhere')"),
         ("tests.vf_envs", {"kind": "tools"}, "environments with tools (oai_tools: ToolEnv, StatefulToolEnv) are not "
                                              "supported yet"),
+        ("tests.vf_envs", {"kind": "fewshot"}, "a prompt must be an optional system message and one user message of "
+                                               "text (few-shot prompts are not supported), got roles ['user', "
+                                               "'assistant', 'user']"),
         ("tests.vf_envs", {"kind": "nope"}, "specialist.env=tests.vf_envs: load_environment(kind='nope') raised ValueError: no such kind 'nope'"),
         ("tests.vf_envs", {"colour": 1}, "raised TypeError: load_environment() got an unexpected keyword argument "
                                          "'colour'"),

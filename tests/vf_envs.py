@@ -17,7 +17,8 @@ class Broken(vf.MultiTurnEnv):
 
 def load_environment(kind: str = "reverse") -> vf.Environment:
     """``reverse``: spell a word backwards in <answer> tags (one dataset: split by row); ``broken``: a multi-turn
-    env whose env_response raises; ``tools``: declares a tool; ``raises``: load_environment itself raises."""
+    env whose env_response raises; ``tools``: declares a tool; ``fewshot``: example turns before the question; any
+    other: load_environment itself raises."""
     data = Dataset.from_list([{"question": f"Spell '{w}' backwards.", "answer": w[::-1]} for w in WORDS])
     parser = vf.XMLParser(["answer"], answer_field="answer")
 
@@ -32,4 +33,7 @@ def load_environment(kind: str = "reverse") -> vf.Environment:
     if kind == "tools":
         tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
         return vf.SingleTurnEnv(dataset=data, parser=parser, rubric=rubric, oai_tools=[tool])
+    if kind == "fewshot":
+        shots = [{"role": "user", "content": "Spell 'ab' backwards."}, {"role": "assistant", "content": "ba"}]
+        return vf.SingleTurnEnv(dataset=data, parser=parser, rubric=rubric, few_shot=shots)
     raise ValueError(f"no such kind {kind!r}")
