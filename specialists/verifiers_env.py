@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.util
 import json
 import logging
 import os
@@ -66,6 +67,13 @@ def load_env(module: str, env_args: dict[str, Any] | None = None) -> Any:
     if threading.current_thread() is not threading.main_thread():
         raise VerifiersEnvError(f"specialist.env={module}: a verifiers environment is loaded in the main thread "
                                 "(it sets signal handlers), before any episode")  # fmt: skip
+    name = module.replace("-", "_").split("/")[-1]  # the module vf.load_environment imports
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except ImportError:  # its parent package is missing
+        found = False
+    if not found:  # said before importing verifiers, which takes seconds
+        raise VerifiersEnvError(f"specialist.env={module}: cannot import it (No module named {name!r})")
     os.environ.setdefault("VF_LOG_LEVEL", "WARNING")  # its reward functions' errors, not its progress
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     quiet = logging.getLogger("verifiers.utils.env_utils")  # it logs a traceback of what we say in one line
