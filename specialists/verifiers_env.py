@@ -211,7 +211,7 @@ class VerifiersEpisode:
             return True
 
     def _finish(self) -> StepResult:
-        _run(self.env.render_completion(self.state))
+        self._guarded(self.env.render_completion(self.state))
         reason = str(self.state.get("stop_condition") or "done")
         if (error := self.state.get("error")) is not None:  # its bug is no credit, nor blame: 0, with why
             reason = f"env_error: {type(error).__name__}: {' '.join(str(error).split())[:200]}"
