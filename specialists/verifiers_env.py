@@ -14,8 +14,8 @@ specialist.env=<module>`` (and ``specialist.env_args``, the keyword arguments of
   the model as the chat template's user turn (``observation_role``), and the episode ends where its ``@vf.stop``
   conditions say (its ``max_turns``, a ``final_env_response``, an error). The reward is its rubric's
   ``score_rollout`` of the finished state (``state["reward"]``, the weighted sum of its reward functions), the
-  reason the stop condition. An exception in the environment's code ends the episode as an error (0, with the
-  error as the reason), never the run.
+  reason the stop condition. An exception in the environment's code ends the episode with 0 and a
+  ``reward_error`` reason, which counts towards ``specialist.max_reward_error_rate`` like any failed reward.
 * **Not supported**, refused with one line when the environment loads: tools (``oai_tools``: ``ToolEnv``,
   ``StatefulToolEnv``), ``message_type="completion"``, few-shot prompts, group-level reward functions.
 """
@@ -213,8 +213,11 @@ class VerifiersEpisode:
     def _finish(self) -> StepResult:
         self._guarded(self.env.render_completion(self.state))
         reason = str(self.state.get("stop_condition") or "done")
-        if (error := self.state.get("error")) is not None:  # its bug is no credit, nor blame: 0, with why
-            reason = f"env_error: {type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        if (
+            error := self.state.get("error")
+        ) is not None:  # its bug: no credit, and a reward error that counts
+            # towards specialist.max_reward_error_rate, so a broken environment stops the run instead of training
+            reason = f"reward_error: environment raised {type(error).__name__}: {' '.join(str(error).split())[:200]}"
             return StepResult("", True, 0.0, {"reason": reason, "turns": len(self.state["trajectory"])})
         try:
             _run(self.env.rubric.score_rollout(self.state))

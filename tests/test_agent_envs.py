@@ -416,7 +416,13 @@ def test_a_verifiers_environment_that_raises_ends_its_episode_not_the_run(qwen_l
     task = verifiers_tasks("tests.vf_envs", {"kind": "broken"}, 1, "heldout")[0]
     rollout = play(qwen_like, [task], [["<answer>x</answer>"]])[0]
     reward = AGENT.score(task, rollout)
-    assert reward.score == 0.0 and reward.reason == "env_error: RuntimeError: the environment's own bug"
+    assert reward == Reward(0.0, "reward_error: environment raised RuntimeError: the environment's own bug")
+    from rewards.guard import RewardErrorRateError, check_error_rate
+
+    with pytest.raises(
+        RewardErrorRateError, match="1 of 1 rewards failed"
+    ):  # a broken environment stops the run
+        check_error_rate([reward], 0.25, "step 1")
     assert rollout.turns == 1
 
 
