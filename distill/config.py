@@ -12,16 +12,18 @@ from hydra.core.config_store import ConfigStore
 from rl.config import (
     CHOICES,
     ClusterConfig,
-    ConfigValueError,
     LoggerConfig,
     ModelConfig,
     RolloutConfig,
     TrainerConfig,
+    fp4_format,
+)
+from rl.config_rules import (
+    ConfigValueError,
     above,
     at_least,
     check_fields,
     each,
-    fp4_format,
     non_empty,
     one_of,
     run_name,

@@ -16,8 +16,10 @@ from rl.config import (
     BaseRecipe,
     ClusterConfig,
     LoggerConfig,
-    check_fields,
     fp4_format,
+)
+from rl.config_rules import (
+    check_fields,
     non_empty,
     one_of,
     run_name,

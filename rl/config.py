@@ -7,9 +7,7 @@ once (``to_typed``); nothing below an entry point sees an untyped config.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
@@ -17,8 +15,24 @@ from typing import Any, Literal, TypeVar, cast
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from rl.config_rules import (
+    ConfigValueError,
+    Rule,
+    above,
+    at_least,
+    check_fields,
+    each,
+    finite,
+    is_number,
+    non_empty,
+    one_of,
+    optional,
+    run_name,
+    subset_of,
+    within,
+)
+
 T = TypeVar("T")
-Rule = Callable[[str, Any], "str | None"]  # (key, value) -> what is wrong with the value, or None
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -57,95 +71,9 @@ DATA_SOURCES: dict[str, tuple[str, ...]] = {
 BASE_TOKENS = 256 + 3  # the byte-level alphabet and the 3 special tokens of the embedded base's tokenizer
 
 
-class ConfigValueError(ValueError):
-    """A config value outside its range, or a name that is not registered; the message names the key."""
-
-
-def check_fields(prefix: str, obj: Any, rules: dict[str, Rule]) -> None:
-    """Apply each field's rule; the first problem raises, naming ``<prefix>.<field>``."""
-    for name, rule in rules.items():
-        problem = rule(f"{prefix}.{name}" if prefix else name, getattr(obj, name))
-        if problem is not None:
-            raise ConfigValueError(problem)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def at_least(low: float) -> Rule:
-    return lambda key, v: None if _number(v) and v >= low else f"{key} must be >= {low}, got {v!r}"
-
-
-def above(low: float) -> Rule:
-    return lambda key, v: None if _number(v) and v > low else f"{key} must be > {low}, got {v!r}"
-
-
-def within(low: float, high: float) -> Rule:
-    """``low <= value <= high``."""
-    return lambda key, v: (
-        None if _number(v) and low <= v <= high else f"{key} must be in [{low}, {high}], got {v!r}"
-    )
-
-
-def finite() -> Rule:
-    return lambda key, v: None if _number(v) else f"{key} must be a finite number, got {v!r}"
-
-
-def optional(rule: Rule) -> Rule:
-    """None is allowed (it means "the default"), anything else must pass ``rule``."""
-    return lambda key, v: None if v is None else rule(key, v)
-
-
-def one_of(choices: tuple[Any, ...]) -> Rule:
-    return lambda key, v: (
-        None if v in choices else f"unknown {key} {v!r}; valid: {', '.join(map(str, choices))}"
-    )
-
-
 def registered(key: str) -> Rule:
     """One of ``CHOICES[key]``."""
     return one_of(CHOICES[key])
-
-
-def each(rule: Rule, count: int | None = None) -> Rule:
-    """Every element passes ``rule`` (named ``key[i]``), and there are ``count`` of them when given."""
-
-    def check(key: str, values: Any) -> str | None:
-        if count is not None and len(values) != count:
-            return f"{key} must have {count} values, got {len(values)}: {list(values)!r}"
-        return next((p for i, v in enumerate(values) if (p := rule(f"{key}[{i}]", v)) is not None), None)
-
-    return check
-
-
-def non_empty() -> Rule:
-    return lambda key, v: None if v else f"{key} must not be empty"
-
-
-def subset_of(choices: tuple[Any, ...]) -> Rule:
-    """A non-empty collection without repeats, each element one of ``choices``."""
-
-    def check(key: str, values: Any) -> str | None:
-        unknown = [v for v in values if v not in choices]
-        if unknown or not values or len(set(values)) != len(values):
-            return f"{key} must be distinct values among {', '.join(map(str, choices))}, got {list(values)!r}"
-        return None
-
-    return check
-
-
-def run_name() -> Rule:
-    """A directory under runs_root: not empty, not absolute, no ``..`` (it must not escape runs_root)."""
-
-    def check(key: str, v: str) -> str | None:
-        if not v or v.startswith("/") or ".." in Path(v).parts:
-            return (
-                f"{key} must be a directory name under runs_root (not empty, not absolute, no ..), got {v!r}"
-            )
-        return None
-
-    return check
 
 
 def fp4_format() -> Rule:
@@ -288,7 +216,7 @@ class AlgorithmConfig:
             # a group of one has no baseline: every advantage is 0 (and RLOO divides by group_size - 1)
             "group_size": at_least(2), "kl_coef": at_least(0), "kl_estimator": registered("algorithm.kl_estimator"),
             "max_refill_rounds": at_least(0), "correction": registered("algorithm.correction"),
-            "tis_cap": above(0), "geo_low": above(0), "geo_high": at_least(self.geo_low if _number(self.geo_low) else 0),
+            "tis_cap": above(0), "geo_low": above(0), "geo_high": at_least(self.geo_low if is_number(self.geo_low) else 0),
             "opsm_delta": at_least(0), "max_staleness": at_least(0),
         })  # fmt: skip
         if self.max_staleness > 0 and self.correction == "none":  # decoupled PPO: the behaviour correction
