@@ -146,8 +146,15 @@ def _dataset_rows(module: str, args_json: str, which: str) -> Any:
 
 def verifiers_tasks(module: str, env_args: dict[str, Any], n: int, split: str) -> list[Task]:
     """Up to ``n`` rows of ``split`` (0: all) as tasks; the environment is loaded here (the job's main thread)."""
-    which = _datasets(load_env(module, env_args))[split]
-    rows = _dataset_rows(module, json.dumps(env_args, sort_keys=True), which)
+    tasks = _split_tasks(module, json.dumps(env_args, sort_keys=True), split)
+    return list(tasks[:n] if n else tasks)
+
+
+@functools.lru_cache(maxsize=8)
+def _split_tasks(module: str, args_json: str, split: str) -> tuple[Task, ...]:
+    """Every row of ``split`` as a task, read once per process (the input check and the run both ask)."""
+    which = _datasets(load_env(module, json.loads(args_json)))[split]
+    rows = _dataset_rows(module, args_json, which)
     tasks = []
     for index in range(len(rows)):
         row = rows[index]
@@ -155,15 +162,13 @@ def verifiers_tasks(module: str, env_args: dict[str, Any], n: int, split: str) -
         if which.endswith("+hash") and split_of(f"verifiers/{module}/{example}") != split:
             continue
         system, user = _prompt(module, row["prompt"])
-        answer = json.dumps({"env": module, "args": env_args, "dataset": which, "row": index})
+        answer = json.dumps({"env": module, "args": json.loads(args_json), "dataset": which, "row": index})
         tasks.append(Task(uid=f"{SOURCE}/{module}/{split}/{example}", domain=DOMAIN, prompt=user,
                           answer=answer, source=SOURCE, system=system))  # fmt: skip
-        if n and len(tasks) == n:
-            break
     if not tasks:
         raise VerifiersEnvError(f"specialist.env={module}: no {split} rows (its {which.removesuffix('+hash')} "
                                 f"has {len(rows)})")  # fmt: skip
-    return tasks
+    return tuple(tasks)
 
 
 class VerifiersEpisode:
