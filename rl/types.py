@@ -119,6 +119,23 @@ class TrainBatch:
             routing_BTLK=None if self.routing_BTLK is None else self.routing_BTLK[index],
         )
 
+    def trimmed(self) -> TrainBatch:
+        """The columns up to the longest row's last real token: a micro-batch of short rows drops the padding
+        its batch has for longer ones (rows are right padded), which the forward would otherwise run on."""
+        width = int(self.attention_mask_BT.sum(1).max()) if self.num_sequences else 0
+        if width == self.input_ids_BT.shape[1]:
+            return self
+        cut = slice(None, width)
+        return TrainBatch(
+            input_ids_BT=self.input_ids_BT[:, cut],
+            attention_mask_BT=self.attention_mask_BT[:, cut],
+            loss_mask_BT=self.loss_mask_BT[:, cut],
+            advantages_BT=self.advantages_BT[:, cut],
+            rollout_logprobs_BT=self.rollout_logprobs_BT[:, cut],
+            old_logprobs_BT=None if self.old_logprobs_BT is None else self.old_logprobs_BT[:, cut],
+            routing_BTLK=None if self.routing_BTLK is None else self.routing_BTLK[:, cut],
+        )
+
 
 @dataclass(frozen=True)
 class LossNormalizer:

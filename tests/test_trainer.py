@@ -92,6 +92,47 @@ def test_micro_batching_gives_the_same_gradient(tiny_base: Path, batch: TrainBat
         torch.testing.assert_close(pa["exp_avg"], pb["exp_avg"], rtol=1e-4, atol=1e-8)
 
 
+def test_chunked_log_softmax_has_the_values_and_gradients_of_one_pass(
+    tiny_base: Path, batch: TrainBatch
+) -> None:
+    """Positions in chunks (checkpointed under autograd) give what one pass over all of them gives."""
+    model = load_model(str(tiny_base))
+    vocab = model.config.vocab_size
+    grads = []
+    for chunk in (2**28, batch.num_sequences * vocab * 3):  # one chunk; 3 positions a chunk
+        model.zero_grad()
+        lp, entropy = token_logprobs(model, batch.input_ids_BT, batch.attention_mask_BT, 0.7, chunk)
+        ((lp * batch.loss_mask_BT).sum() + entropy.sum()).backward()
+        grads.append((lp.detach(), entropy.detach(), [p.grad.clone() for p in model.parameters()]))
+    (lp_a, ent_a, g_a), (lp_b, ent_b, g_b) = grads
+    torch.testing.assert_close(lp_a, lp_b)
+    torch.testing.assert_close(ent_a, ent_b)
+    for a, b in zip(g_a, g_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_micro_batches_drop_the_padding_of_longer_rows(tiny_base: Path, batch: TrainBatch) -> None:
+    """A micro-batch runs at its own width; the pass before the step reads the same log-probs as one row at a
+    time."""
+    lengths = batch.attention_mask_BT.sum(1)
+    short = int(lengths.argmin())
+    row = batch.select(slice(short, short + 1)).trimmed()
+    assert row.input_ids_BT.shape[1] == int(lengths[short]) < batch.input_ids_BT.shape[1]
+    assert torch.equal(row.loss_mask_BT, batch.loss_mask_BT[short : short + 1, : int(lengths[short])])
+    assert batch.trimmed() is batch  # its longest row is the width already
+    trainer = make_trainer(tiny_base, micro_batch_size=3)
+    old = trainer.forward_logprobs(batch)
+    assert old.shape == batch.input_ids_BT.shape
+    assert not old[:, batch.attention_mask_BT[:3].sum(1).max() :][
+        :3
+    ].any()  # 0 past the first micro-batch's width
+    for b in range(batch.num_sequences):
+        one = batch.select(slice(b, b + 1)).trimmed()
+        with torch.no_grad():
+            lp, _ = token_logprobs(trainer.model, one.input_ids_BT, one.attention_mask_BT)
+        torch.testing.assert_close(old[b, : lp.shape[1]], lp[0], rtol=1e-4, atol=1e-5)
+
+
 def test_nonfinite_loss_skips_the_update(tiny_base: Path, batch: TrainBatch, monkeypatch) -> None:
     monkeypatch.setenv("DISTILLERY_FAULT_NAN_AFTER", "0")
     trainer = make_trainer(tiny_base)

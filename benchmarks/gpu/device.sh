@@ -50,7 +50,8 @@ part)
 poll)
   sleep "${2:?seconds}"
   cat $res/done.txt 2>/dev/null || echo "(no stage done yet)"
-  tail -n 25 $res/pipeline_*.log 2>/dev/null || tail -n 25 $res/batch.log
+  logs=$(ls $res/pipeline_*.log $res/spec_*.log $res/distill_*.log 2>/dev/null || true)
+  if [ -n "$logs" ]; then tail -n 12 $logs; else tail -n 25 $res/batch.log; fi
   tail -n 2 $res/nvidia_smi.csv 2>/dev/null || true
   (cd $res && find . -type f -size -8M ! -path '*/checkpoints/*' ! -path '*/wandb/*' ! -name '*.safetensors' \
     ! -name '*.bin' ! -name '*.pt' -print0 | xargs -0r cp --parents -t "$OUT")

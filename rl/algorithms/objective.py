@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from rl.algorithms.aggregation import aggregate
 from rl.algorithms.kl import get_kl_fn
@@ -22,25 +23,49 @@ from rl.models import load_model
 from rl.moe import RoutingTap, router_agreement
 from rl.types import LossNormalizer, TrainBatch
 
+# float32 elements of one chunk of positions' log-softmax (1 GiB): the full-vocabulary intermediates of a long
+# micro-batch (a 152k vocabulary x 8 rows x 2,500 positions is 12 GB a copy, and the plain form keeps five) are
+# made one chunk at a time and, under autograd, recomputed in the backward instead of kept
+LOGITS_CHUNK_ELEMENTS = 2**28
+
+
+def _logprobs_entropy(
+    logits_BTV: torch.Tensor, targets_BT: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logp_all = (logits_BTV.float() / temperature).log_softmax(-1)
+    logprobs = logp_all.gather(-1, targets_BT[..., None])[..., 0]
+    return logprobs, -(logp_all.exp() * logp_all).sum(-1)
+
 
 def token_logprobs(
     model: torch.nn.Module,
     input_ids_BT: torch.Tensor,
     attention_mask_BT: torch.Tensor,
     temperature: float = 1.0,
+    chunk_elements: int = LOGITS_CHUNK_ELEMENTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs [B, T] of ``input_ids`` under ``softmax(logits / temperature)``, and its entropy [B, T].
 
     Index ``t`` holds ``log p(x_t | x_<t)`` and the entropy of that distribution; index 0 is 0. The
-    temperature is the rollout's, so the PPO ratio compares the distribution that was actually sampled.
+    temperature is the rollout's, so the PPO ratio compares the distribution that was actually sampled. The
+    log-softmax runs over chunks of positions of at most ``chunk_elements`` values (checkpointed where there is a
+    gradient); the values are those of one pass over all positions.
     """
-    logits = (
-        model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).logits[:, :-1].float() / temperature
-    )
-    logp_all = logits.log_softmax(-1)
-    logprobs = logp_all.gather(-1, input_ids_BT[:, 1:, None])[..., 0]
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    zero = logprobs.new_zeros((logprobs.shape[0], 1))
+    logits_BTV = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).logits[:, :-1]
+    targets_BT = input_ids_BT[:, 1:]
+    rows, positions, vocab = logits_BTV.shape
+    step = max(1, chunk_elements // max(1, rows * vocab))
+    if step >= positions:
+        logprobs, entropy = _logprobs_entropy(logits_BTV, targets_BT, temperature)
+    else:
+        parts = [
+            checkpoint(_logprobs_entropy, logits, targets, temperature, use_reentrant=False)
+            if torch.is_grad_enabled()
+            else _logprobs_entropy(logits, targets, temperature)
+            for logits, targets in zip(logits_BTV.split(step, 1), targets_BT.split(step, 1), strict=True)
+        ]
+        logprobs, entropy = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+    zero = logprobs.new_zeros((rows, 1))
     return torch.cat([zero, logprobs], 1), torch.cat([zero, entropy], 1)
 
 
@@ -90,7 +115,8 @@ class PolicyObjective:
     def micro_batches(self, trainer: Any, batch: TrainBatch, norm: LossNormalizer) -> Iterable[Any]:
         batch, size = batch.to(trainer.device), trainer.cfg.micro_batch_size
         return [
-            (batch.select(slice(start, start + size)), norm) for start in range(0, batch.num_sequences, size)
+            (batch.select(slice(start, start + size)).trimmed(), norm)
+            for start in range(0, batch.num_sequences, size)
         ]
 
     def loss(

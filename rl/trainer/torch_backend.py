@@ -200,11 +200,13 @@ class TorchTrainer:
     def forward_logprobs(self, batch: TrainBatch, replay: bool = False) -> torch.Tensor:
         """Current policy's per-token log-probs [B, T] (no gradient), micro-batched; an MoE routed to the
         rollout's experts where ``replay``."""
-        out, batch = [], batch.to(self.device)
-        for start in range(0, batch.num_sequences, self.cfg.micro_batch_size):
-            micro = batch.select(slice(start, start + self.cfg.micro_batch_size))
-            out.append(routed_logprobs(self.model, self.model, micro, self.spec.temperature, replay)[0])
-        return torch.cat(out).cpu()
+        batch, size = batch.to(self.device), self.cfg.micro_batch_size
+        out_BT = torch.zeros(batch.input_ids_BT.shape, device=self.device)
+        for start in range(0, batch.num_sequences, size):
+            micro = batch.select(slice(start, start + size)).trimmed()  # its own width: 0 past it
+            logprobs = routed_logprobs(self.model, self.model, micro, self.spec.temperature, replay)[0]
+            out_BT[start : start + size, : logprobs.shape[1]] = logprobs
+        return out_BT.cpu()
 
     def _release_cache(self) -> None:
         """Hand the allocator's cached blocks back to the GPU, once a step, when the weights go out to the
