@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from specialists.registry import load_registry
+from specialists.registry import load_registry, register
 from tests.conftest import ROOT
 from tests.test_job_e2e import TINY, metrics, run_job
 
@@ -33,18 +34,25 @@ def distill(env: dict[str, str], *overrides: str, check: bool = True) -> subproc
 
 
 def test_specialists_register_and_one_student_distills_them_and_resumes(
-    tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
+    tiny_base: Path, tmp_path: Path, job_env: dict[str, str], default_run: Path
 ) -> None:
     assert "prompts_per_step=4" in TINY
     common = [f"model.path={tiny_base}", f"runs_root={tmp_path}"]
-    run_job(job_env, *common, "specialist=math", "run_name=m", "steps=1")
+    # the math teacher is the session's default run (a math specialist, registered where it ran) under the name
+    # this test gives it; the agent teacher registers itself here
+    math = load_registry(default_run.parent / "registry.json")["default"]
+    register(tmp_path / "registry.json", replace(math, name="m"))
     run_job(job_env, *common, "specialist=agent", "run_name=a", "steps=1", "specialist.max_turns=3")
     registry = load_registry(tmp_path / "registry.json")
-    assert sorted(registry) == ["a", "m"] and registry["a"].domain == "agent" and registry["m"].fp4 == "mxfp4"
-    assert Path(registry["m"].checkpoint, "config.json").exists() and "eval/pass@1" in registry["m"].eval
+    assert sorted(registry) == ["a", "m"] and registry["a"].domain == "agent" and math.fp4 == "mxfp4"
+    assert Path(registry["a"].checkpoint, "config.json").exists() and "eval/pass@1" in registry["a"].eval
     assert (
-        registry["m"].wandb_artifact == "specialist-m:latest"
-        and registry["m"].config["specialist"]["domain"] == "math"
+        registry["a"].wandb_artifact == "specialist-a:latest"
+        and math.wandb_artifact == "specialist-default:latest"
+    )
+    assert (
+        registry["a"].config["specialist"]["domain"] == "agent"
+        and math.config["specialist"]["domain"] == "math"
     )
 
     distill(job_env, *common, "run_name=d", "steps=1")

@@ -192,24 +192,6 @@ def test_an_moe_specialist_trains_fp4_experts_with_muon_and_routing_replay(
     assert config["model_type"] == "qwen3_moe"
 
 
-def test_nonfinite_losses_stop_the_run_with_the_last_good_checkpoint_intact(
-    tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
-) -> None:
-    env = {**job_env, "DISTILLERY_FAULT_NAN_AFTER": "2"}
-    proc = run_job(env, f"model.path={tiny_base}", f"runs_root={tmp_path}", "run_name=nan", "steps=6",
-                   "trainer.max_nonfinite_steps=1", check=False)  # fmt: skip
-    assert proc.returncode == 2
-    assert "error: 2 non-finite losses in a row (last at step 4)" in proc.stderr
-    lines = metrics(tmp_path / "nan")
-    assert [m["train/nonfinite"] for m in lines[1:]] == [0.0, 0.0, 1.0]  # step 4 raised before logging
-    latest = (tmp_path / "nan" / "checkpoints" / "latest").read_text()
-    assert latest == "step_000003"
-    from rl.models import load_model
-
-    model = load_model(str(tmp_path / "nan" / "checkpoints" / latest))
-    assert all(p.isfinite().all() for p in model.parameters())
-
-
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -313,16 +295,30 @@ def test_ctrl_c_is_one_line_with_the_command_that_continues_the_run(
     assert [m["step"] for m in metrics(tmp_path / "default")] == list(range(6))  # none lost or repeated
 
 
-def test_failing_rewards_score_zero_with_a_reason_and_too_many_stop_the_run(
+def test_failing_rewards_and_nonfinite_losses_are_counted_and_too_many_stop_the_run(
     tiny_base: Path, tmp_path: Path, job_env: dict[str, str]
 ) -> None:
-    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "steps=2"]
-    run_job({**job_env, "DISTILLERY_FAULT_REWARD": "raise:4"}, *common, "run_name=some")
-    for line in metrics(tmp_path / "some")[
-        1:
-    ]:  # every 4th reward raised: recorded, counted, the step went on
+    """One job with two faults (a run shared by two checks): every 4th reward raises (it scores 0 with its
+    reason; the step goes on) and from the third optimizer step on the loss is NaN (skipped; two in a row stop the
+    run, the last good checkpoint intact). Then a job whose every reward fails stops at its first step."""
+    env = {**job_env, "DISTILLERY_FAULT_NAN_AFTER": "2", "DISTILLERY_FAULT_REWARD": "raise:4"}
+    proc = run_job(env, f"model.path={tiny_base}", f"runs_root={tmp_path}", "run_name=nan", "steps=6",
+                   "trainer.max_nonfinite_steps=1", check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert "error: 2 non-finite losses in a row (last at step 4)" in proc.stderr
+    lines = metrics(tmp_path / "nan")
+    assert [m["train/nonfinite"] for m in lines[1:]] == [0.0, 0.0, 1.0]  # step 4 raised before logging
+    for line in lines[1:]:  # every 4th reward raised: recorded, counted, the step went on
         assert line["reward/error_rate"] == pytest.approx(0.25, abs=0.05)
         assert line["reward/reason/reward_error"] == pytest.approx(0.25, abs=0.05)
+    latest = (tmp_path / "nan" / "checkpoints" / "latest").read_text()
+    assert latest == "step_000003"
+    from rl.models import load_model
+
+    model = load_model(str(tmp_path / "nan" / "checkpoints" / latest))
+    assert all(p.isfinite().all() for p in model.parameters())
+
+    common = [f"model.path={tiny_base}", f"runs_root={tmp_path}", "steps=2"]
     proc = run_job({**job_env, "DISTILLERY_FAULT_REWARD": "raise:1"}, *common, "run_name=all", check=False)
     assert proc.returncode == 2
     assert (
