@@ -23,10 +23,11 @@ from rl.models import load_model
 from rl.moe import RoutingTap, router_agreement
 from rl.types import LossNormalizer, TrainBatch
 
-# float32 elements of one chunk of positions' log-softmax (1 GiB): the full-vocabulary intermediates of a long
-# micro-batch (a 152k vocabulary x 8 rows x 2,500 positions is 12 GB a copy, and the plain form keeps five) are
-# made one chunk at a time and, under autograd, recomputed in the backward instead of kept
-LOGITS_CHUNK_ELEMENTS = 2**28
+# float32 elements of one chunk of positions' log-softmax (256 MiB): the full-vocabulary intermediates of a long
+# micro-batch (a 152k vocabulary x 8 rows x 2,500 positions is 12 GB a copy, and one pass keeps five) are made one
+# chunk at a time and, under autograd, recomputed in the backward instead of kept: what stays is the logits and
+# their gradient (benchmarks/logprob_pass.py: 0.57x the peak of one pass, 1.3x its time, on a CPU)
+LOGITS_CHUNK_ELEMENTS = 2**26
 
 
 def _logprobs_entropy(
