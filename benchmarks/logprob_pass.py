@@ -82,7 +82,7 @@ def one_way(args: argparse.Namespace) -> dict[str, float | str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--vocab", type=int, default=151936, help="vocabulary (Qwen2.5's)")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
