@@ -98,12 +98,42 @@ def tool_result_form(tokenizer: Any) -> tuple[str, str]:
     return message_form(tokenizer, "tool")
 
 
-def tool_result_text(tokenizer: Any, result: str, turn_ended: bool, role: str = "tool") -> str:
-    """The text that follows a model turn: ``result`` as the template's ``role`` message (a tool's result, or an
-    environment's reply as a user message), then the next assistant turn's header. ``turn_ended``: the turn
-    already holds its end-of-turn token (it stopped at EOS), which the template's form would otherwise write a
-    second time."""
+_SEPARATORS: dict[
+    tuple[str, str], str
+] = {}  # (chat template text, role) -> the text between two such messages
+
+
+def message_separator(tokenizer: Any, role: str = "tool") -> str:
+    """What the chat template writes between two ``role`` messages in a row (the results of parallel tool calls):
+    under Qwen2.5 ``\n</tool_response>\n<tool_response>\n`` for tool results, read off the template once per
+    template and role; one message's end and the next one's start where the template cannot render two."""
     before, after = message_form(tokenizer, role)
+    template = str(getattr(tokenizer, "chat_template", "") or "")
+    if (template, role) not in _SEPARATORS:
+        turn = _CALL if role == "tool" else "distillery-assistant-turn"
+        first, second = _RESULT + "-1", _RESULT + "-2"
+        messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": turn},
+                    {"role": role, "content": first}, {"role": role, "content": second}]  # fmt: skip
+        try:
+            text = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        except Exception:  # a template that raises on such messages
+            text = ""
+        start, end = text.find(first), text.find(second)
+        found = start >= 0 and start + len(first) <= end
+        _SEPARATORS[template, role] = text[start + len(first) : end] if found else after + before
+    return _SEPARATORS[template, role]
+
+
+def tool_result_text(
+    tokenizer: Any, result: str | tuple[str, ...], turn_ended: bool, role: str = "tool"
+) -> str:
+    """The text that follows a model turn: ``result`` as the template's ``role`` message (a tool's result, or an
+    environment's reply as a user message; several in a row where it is a tuple: the results of parallel calls),
+    then the next assistant turn's header. ``turn_ended``: the turn already holds its end-of-turn token (it stopped
+    at EOS), which the template's form would otherwise write a second time."""
+    before, after = message_form(tokenizer, role)
+    if isinstance(result, tuple):
+        result = message_separator(tokenizer, role).join(result)
     eos = str(getattr(tokenizer, "eos_token", "") or "")
     if turn_ended and eos and before.startswith(eos):
         before = before[len(eos) :]

@@ -106,7 +106,9 @@ Segment = tuple[str, bool]  # (text, is_model): a model turn, or an environment 
 class StepResult:
     """What an environment answers to one model turn."""
 
-    observation: str  # text appended to the context after the turn ("" when done)
+    # text appended to the context after the turn ("" when done); a tuple: several messages of the environment's
+    # observation role in a row (the results of parallel tool calls), written as the chat template writes them
+    observation: str | tuple[str, ...]
     done: bool
     reward: float  # task reward; 0 until done
     info: dict[str, Any] = field(default_factory=dict)  # LookupCalcEnv: turn, tool, tool_error, error;
@@ -394,6 +396,11 @@ def scripted_actions(task: Task) -> list[str]:
     return [*(format_tool_call(name, arg) for name, arg in spec["calls"]), f"\\boxed{{{spec['target']}}}"]
 
 
+def observation_text(observation: str | tuple[str, ...]) -> str:
+    """An observation as the compact format writes it: several messages one per line."""
+    return observation if isinstance(observation, str) else "\n".join(observation)
+
+
 def play(env: Environment, actions: Iterable[str]) -> tuple[list[Segment], StepResult]:
     """Reset ``env`` and step it through ``actions`` until done: the transcript's segments, the last result.
 
@@ -406,7 +413,7 @@ def play(env: Environment, actions: Iterable[str]) -> tuple[list[Segment], StepR
         segments.append((action, True))
         if result.done:
             return segments, result
-        segments.append((result.observation, False))
+        segments.append((observation_text(result.observation), False))
     raise ValueError("the actions ran out before the episode ended")
 
 
@@ -426,7 +433,7 @@ def score_agent(task: Task, text: str, max_turns: int = MAX_TURNS) -> Reward:
         if result.done:
             return Reward(result.reward, result.info["reason"])
         rest = rest[end + len(TOOL_STOP) :]
-        at = rest.find(result.observation)
+        at = rest.find(observation_text(result.observation))
         if at < 0 and OBS_OPEN not in rest:
             return Reward(0.0, "turn_limit")
         if at < 0 or OBS_OPEN in rest[:at]:

@@ -12,12 +12,18 @@ specialist.env=<module>`` (and ``specialist.env_args``, the keyword arguments of
   with our policy in place of the OpenAI client: each model turn is a trajectory step (an assistant message),
   the environment's reply comes from its ``get_prompt_messages`` (which calls ``env_response``) and goes back to
   the model as the chat template's user turn (``observation_role``), and the episode ends where its ``@vf.stop``
-  conditions say (its ``max_turns``, a ``final_env_response``, an error). The reward is its rubric's
+  conditions say (its ``max_turns``, a ``final_env_response``, an error).
+* **Tools** (``oai_tools``: ``ToolEnv``, ``StatefulToolEnv``, ...): declared through the chat template (the task's
+  ``tools``); a turn's ``<tool_call>`` blocks become the assistant message's OpenAI ``tool_calls`` (its content the
+  text before them), as a server's tool parser would hand them to verifiers, and the environment's tool messages
+  go back as the template's tool results (several in a row for parallel calls). A turn without a well-formed call
+  has no ``tool_calls``, so a ``ToolEnv`` ends there (``no_tools_called``); a malformed one is also counted as a
+  tool error. The reward is its rubric's
   ``score_rollout`` of the finished state (``state["reward"]``, the weighted sum of its reward functions), the
   reason the stop condition. An exception in the environment's code ends the episode with 0 and a
   ``reward_error`` reason, which counts towards ``specialist.max_reward_error_rate`` like any failed reward.
-* **Not supported**, refused with one line when the environment loads: tools (``oai_tools``: ``ToolEnv``,
-  ``StatefulToolEnv``), ``message_type="completion"``, few-shot prompts, group-level reward functions.
+* **Not supported**, refused with one line when the environment loads: ``message_type="completion"``, few-shot
+  prompts, group-level reward functions.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ import signal
 import threading
 from typing import Any
 
+from rl.chat_tools import CALL_OPEN
 from rl.types import Task
 from specialists.agent_env import StepResult
 from specialists.synthetic import split_of
+from specialists.tool_calls import CallError, parse_tool_calls
 
 DOMAIN = "agent"
 SOURCE = "verifiers"
@@ -107,8 +115,6 @@ def unsupported(env: Any) -> str:
     """Why we cannot run ``env`` ("" when we can)."""
     if getattr(env, "message_type", "chat") != "chat":
         return f"message_type={env.message_type!r} environments are not supported (chat only)"
-    if getattr(env, "oai_tools", None):
-        return "environments with tools (oai_tools: ToolEnv, StatefulToolEnv) are not supported yet"
     rubrics = getattr(env.rubric, "rubrics", [env.rubric])
     if any(r._get_group_reward_funcs() for r in rubrics if hasattr(r, "_get_group_reward_funcs")):
         return "group-level reward functions are not supported (each episode is scored on its own)"
@@ -153,7 +159,9 @@ def verifiers_tasks(module: str, env_args: dict[str, Any], n: int, split: str) -
 @functools.lru_cache(maxsize=8)
 def _split_tasks(module: str, args_json: str, split: str) -> tuple[Task, ...]:
     """Every row of ``split`` as a task, read once per process (the input check and the run both ask)."""
-    which = _datasets(load_env(module, json.loads(args_json)))[split]
+    env = load_env(module, json.loads(args_json))
+    which = _datasets(env)[split]
+    tools = json.dumps(env.oai_tools) if getattr(env, "oai_tools", None) else ""
     rows = _dataset_rows(module, args_json, which)
     tasks = []
     for index in range(len(rows)):
@@ -164,7 +172,7 @@ def _split_tasks(module: str, args_json: str, split: str) -> tuple[Task, ...]:
         system, user = _prompt(module, row["prompt"])
         answer = json.dumps({"env": module, "args": json.loads(args_json), "dataset": which, "row": index})
         tasks.append(Task(uid=f"{SOURCE}/{module}/{split}/{example}", domain=DOMAIN, prompt=user,
-                          answer=answer, source=SOURCE, system=system))  # fmt: skip
+                          answer=answer, source=SOURCE, system=system, tools=tools))  # fmt: skip
     if not tasks:
         raise VerifiersEnvError(f"specialist.env={module}: no {split} rows (its {which.removesuffix('+hash')} "
                                 f"has {len(rows)})")  # fmt: skip
@@ -174,12 +182,14 @@ def _split_tasks(module: str, args_json: str, split: str) -> tuple[Task, ...]:
 class VerifiersEpisode:
     """One episode of a verifiers environment, in our ``Environment`` protocol (``reset``, ``step``)."""
 
-    observation_role = "user"  # a verifiers environment answers as the user
-
     def __init__(self, env: Any, row: dict[str, Any]):
         self.env, self.row = env, row
+        self.tools = bool(getattr(env, "oai_tools", None))
+        # a verifiers environment answers as the user, or with the results of the tools it declares
+        self.observation_role = "tool" if self.tools else "user"
         self.state: Any = None
         self.messages: list[dict[str, Any]] = []  # the conversation the next model turn continues
+        self.call_error = ""  # why the last turn's tool call was malformed ("" where it was not)
 
     def reset(self) -> str:
         self.state = _run(self.env.init_state(self.row, client=None, model=POLICY_NAME))
@@ -190,7 +200,7 @@ class VerifiersEpisode:
     def step(self, action: str) -> StepResult:
         from verifiers.types import TrajectoryStep
 
-        completion: Any = [{"role": "assistant", "content": action}]  # vf.Messages: a list of chat messages
+        completion: Any = [self._assistant_message(action)]  # vf.Messages: a list of chat messages
         prompt: Any = self.messages
         step = TrajectoryStep(prompt=prompt, completion=completion, response=None, tokens=None, reward=None,
                               advantage=None, is_truncated=False, trajectory_id=self.state["trajectory_id"],
@@ -201,9 +211,31 @@ class VerifiersEpisode:
             messages = self._guarded(self.env.get_prompt_messages(self.state))
             if not self._completed() and messages is not None:
                 self.messages = list(messages)
-                reply = "\n\n".join(str(m.get("content", "")) for m in messages[before:])
-                return StepResult(reply, False, 0.0, {"turn": len(self.state["trajectory"])})
+                replies = tuple(_text(m.get("content")) for m in messages[before:])
+                info: dict[str, Any] = {"turn": len(self.state["trajectory"])}
+                if not self.tools:
+                    return StepResult("\n\n".join(replies), False, 0.0, info)
+                if calls := completion[0].get("tool_calls"):
+                    info["tool"] = calls[0]["function"]["name"]
+                return StepResult(replies[0] if len(replies) == 1 else replies, False, 0.0, info)
         return self._finish()
+
+    def _assistant_message(self, action: str) -> dict[str, Any]:
+        """The model's turn as verifiers receives it from an OpenAI-compatible server: with tools, its
+        ``<tool_call>`` blocks as ``tool_calls`` and the text before them as the content."""
+        self.call_error = ""
+        if not self.tools:
+            return {"role": "assistant", "content": action}
+        calls = parse_tool_calls(action)
+        if isinstance(calls, CallError):
+            self.call_error = "" if calls.reason == "no_tool_call" else calls.reason
+            return {"role": "assistant", "content": action}
+        turn = len(self.state["trajectory"])
+        return {"role": "assistant", "content": action[: action.find(CALL_OPEN)].strip(), "tool_calls": [
+            {"id": f"call_{turn}_{i}", "type": "function",
+             "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
+            for i, call in enumerate(calls)
+        ]}  # fmt: skip
 
     def _completed(self) -> bool:
         """The environment's stop conditions (each ``is_completed`` that is true runs its cleanup: asked once
@@ -230,6 +262,8 @@ class VerifiersEpisode:
         except Exception as err:  # the rubric's own failure scores 0, with the reason
             reward, reason = 0.0, f"reward_error: {type(err).__name__}: {' '.join(str(err).split())[:200]}"
         info = {"reason": reason, "turns": len(self.state["trajectory"]), **(self.state.get("metrics") or {})}
+        if self.call_error:  # the last turn's call was malformed: the driver counts a tool error
+            info |= {"tool_error": True, "error": self.call_error}
         return StepResult("", True, reward, info)
 
     def _guarded(self, coro: Any, replace_state: bool = False) -> Any:
@@ -244,6 +278,13 @@ class VerifiersEpisode:
         if replace_state:
             self.state = out
         return out
+
+
+def _text(content: Any) -> str:
+    """A message's content as text (content parts: their text parts)."""
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
 
 
 def make_verifiers_env(task: Task) -> VerifiersEpisode:

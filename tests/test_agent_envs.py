@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.chat_tools import FALLBACK_FORMS, message_form, tool_result_form, tool_result_text
+from rl.chat_tools import FALLBACK_FORMS, message_form, message_separator, tool_result_form, tool_result_text
 from rl.config import ConfigValueError, SpecialistConfig
 from rl.models import load_tokenizer
 from rl.sft import chat_prompt_ids
@@ -35,12 +35,15 @@ from specialists.agent_env import (
 )
 from specialists.tool_calls import Call, format_tool_calls
 
-# Qwen2.5's layout in a few lines: tools in the system turn, a tool result as a user turn in <tool_response>
+# Qwen2.5's layout in a few lines: tools in the system turn, tool results as a user turn, each in <tool_response>
+# (results in a row share the turn)
 END = "<|im_end|>"
 QWEN_LIKE = (
     "{%- if tools %}<|im_start|>system\n<tools>{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n</tools>"
-    + END + "\n{% endif %}{% for m in messages %}{% if m.role == 'tool' %}<|im_start|>user\n<tool_response>\n"
-    "{{ m.content }}\n</tool_response>" + END + "\n{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}" + END
+    + END + "\n{% endif %}{% for m in messages %}{% if m.role == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1].role != 'tool' %}<|im_start|>user{% endif %}"
+    "{{ '\\n<tool_response>\\n' }}{{ m.content }}{{ '\\n</tool_response>' }}"
+    "{% if loop.last or messages[loop.index0 + 1].role != 'tool' %}" + END + "{{ '\\n' }}{% endif %}{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}" + END
     + "\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )  # fmt: skip
 
@@ -119,6 +122,12 @@ def test_tool_results_take_the_templates_own_form(qwen_like) -> None:
     )
     with pytest.raises(ValueError, match="an observation's role is one of"):
         message_form(qwen_like, "system")
+    # the results of parallel calls: the template's own text between two tool messages in a row
+    assert message_separator(qwen_like, "tool") == "\n</tool_response>\n<tool_response>\n"
+    assert tool_result_text(qwen_like, ("5", "2"), turn_ended=True) == (
+        f"\n<|im_start|>user\n<tool_response>\n5\n</tool_response>\n<tool_response>\n2\n</tool_response>{eos}\n"
+        "<|im_start|>assistant\n"
+    )
 
 
 def test_a_template_without_a_tool_role_gets_the_fallback_form(qwen_like) -> None:
@@ -410,6 +419,46 @@ def test_a_single_turn_verifiers_environment_splits_its_one_dataset_by_row(qwen_
     assert [r.turns for r in rollouts] == [1, 1, 1]
 
 
+def test_a_verifiers_tool_environment_gets_calls_and_results_in_the_templates_format(qwen_like) -> None:
+    from specialists.verifiers_env import verifiers_tasks
+
+    tasks = verifiers_tasks("tests.vf_envs", {"kind": "calculator"}, 3, "heldout")  # a vf.ToolEnv: add(a, b)
+    assert [t["function"]["name"] for t in json.loads(tasks[0].tools)] == ["add"]
+    prompt = qwen_like.decode(chat_prompt_ids(qwen_like, tasks[0].prompt, tasks[0].tools, tasks[0].system))
+    assert '"name": "add"' in prompt  # declared by the template
+    pairs = [tuple(map(int, re.findall(r"\d+", t.prompt))) for t in tasks]
+
+    def add(a: int, b: int) -> str:
+        return format_tool_calls([Call("add", {"a": a, "b": b})])
+
+    plans = [
+        [add(*pairs[0]), f"<answer>{sum(pairs[0])}</answer>"],  # a call, its result, the answer
+        [
+            f"Two at once.\n{add(*pairs[1])}\n{add(1, 1)}",
+            f"<answer>{sum(pairs[1])}</answer>",
+        ],  # parallel calls
+        ['<tool_call>\n{"name": "add", "arguments": {"a": 1,}}\n</tool_call>'],  # bad JSON: no call, the end
+    ]
+    rollouts = play(qwen_like, tasks, plans)
+    rewards = [AGENT.score(t, r) for t, r in zip(tasks, rollouts, strict=True)]
+    assert [(r.score, r.reason) for r in rewards] == [(1.0, "no_tools_called")] * 2 + [
+        (0.0, "no_tools_called")
+    ]
+    assert [(r.turns, r.tool_calls, r.tool_errors) for r in rollouts] == [(2, 1, 0), (2, 1, 0), (1, 1, 1)]
+    # the tools' results are the template's tool messages, two in a row for the parallel calls, not trained
+    eos = qwen_like.eos_token
+    observed = [qwen_like.decode([t for t, m in zip(r.response_ids, r.loss_mask, strict=True) if not m])
+                for r in rollouts[:2]]  # fmt: skip
+    assert (
+        observed[0]
+        == f"\n<|im_start|>user\n<tool_response>\n{sum(pairs[0])}\n</tool_response>{eos}\n<|im_start|>assistant\n"
+    )
+    assert observed[1] == (
+        f"\n<|im_start|>user\n<tool_response>\n{sum(pairs[1])}\n</tool_response>\n<tool_response>\n2\n"
+        f"</tool_response>{eos}\n<|im_start|>assistant\n"
+    )
+
+
 def test_a_verifiers_environment_that_raises_ends_its_episode_not_the_run(qwen_like) -> None:
     from specialists.verifiers_env import verifiers_tasks
 
@@ -461,8 +510,6 @@ def test_a_verifiers_environment_we_cannot_run_is_one_clear_line_before_any_work
     for env, args, says in (
         ("examples.nowhere", {}, "specialist.env=examples.nowhere: cannot import it (No module named "
                                  "'examples.nowhere')"),
-        ("tests.vf_envs", {"kind": "tools"}, "environments with tools (oai_tools: ToolEnv, StatefulToolEnv) are not "
-                                             "supported yet"),
         ("tests.vf_envs", {"kind": "fewshot"}, "a prompt must be an optional system message and one user message of "
                                                "text (few-shot prompts are not supported), got roles ['user', "
                                                "'assistant', 'user']"),

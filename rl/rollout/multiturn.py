@@ -29,7 +29,7 @@ from rl.types import Rollout, SamplingParams
 
 
 class StepLike(Protocol):
-    observation: str
+    observation: str | tuple[str, ...]  # several: messages of the observation's role in a row
     done: bool
     reward: float
     info: dict[str, Any]
@@ -42,7 +42,8 @@ class EnvLike(Protocol):
 
 
 Generate = Callable[[list[list[int]], SamplingParams], list[Rollout]]
-Render = Callable[[str, bool], str]  # (tool result, the turn ended at EOS) -> the observation's text
+# (tool result(s), the turn ended at EOS) -> the observation's text
+Render = Callable[[str | tuple[str, ...], bool], str]
 
 
 @dataclass
@@ -80,9 +81,12 @@ class Episode:
         if result.done:
             self.finish = out.finish_reason if out.finish_reason != "stop" else "eos"
             return
-        text = result.observation
         if self.render is not None:
-            text = self.render(text, out.finish_reason == "eos")
+            text = self.render(result.observation, out.finish_reason == "eos")
+        else:  # compact: as the environment wrote it
+            text = "\n".join(
+                (result.observation,) if isinstance(result.observation, str) else result.observation
+            )
         observation = tokenizer.encode(text, add_special_tokens=False)
         if out.finish_reason == "length" or len(observation) >= room:
             self.finish = "length"  # no room left for the observation and another turn
