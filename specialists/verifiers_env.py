@@ -184,9 +184,9 @@ class VerifiersEpisode:
 
     def __init__(self, env: Any, row: dict[str, Any]):
         self.env, self.row = env, row
-        self.tools = bool(getattr(env, "oai_tools", None))
+        self.uses_tools = bool(getattr(env, "oai_tools", None))
         # a verifiers environment answers as the user, or with the results of the tools it declares
-        self.observation_role = "tool" if self.tools else "user"
+        self.observation_role = "tool" if self.uses_tools else "user"
         self.state: Any = None
         self.messages: list[dict[str, Any]] = []  # the conversation the next model turn continues
         self.call_error = ""  # why the last turn's tool call was malformed ("" where it was not)
@@ -213,7 +213,7 @@ class VerifiersEpisode:
                 self.messages = list(messages)
                 replies = tuple(_text(m.get("content")) for m in messages[before:])
                 info: dict[str, Any] = {"turn": len(self.state["trajectory"])}
-                if not self.tools:
+                if not self.uses_tools:
                     return StepResult("\n\n".join(replies), False, 0.0, info)
                 if calls := completion[0].get("tool_calls"):
                     info["tool"] = calls[0]["function"]["name"]
@@ -224,7 +224,7 @@ class VerifiersEpisode:
         """The model's turn as verifiers receives it from an OpenAI-compatible server: with tools, its
         ``<tool_call>`` blocks as ``tool_calls`` and the text before them as the content."""
         self.call_error = ""
-        if not self.tools:
+        if not self.uses_tools:
             return {"role": "assistant", "content": action}
         calls = parse_tool_calls(action)
         if isinstance(calls, CallError):
