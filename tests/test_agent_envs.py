@@ -422,7 +422,7 @@ def test_a_single_turn_verifiers_environment_splits_its_one_dataset_by_row(qwen_
 def test_a_verifiers_tool_environment_gets_calls_and_results_in_the_templates_format(qwen_like) -> None:
     from specialists.verifiers_env import verifiers_tasks
 
-    tasks = verifiers_tasks("tests.vf_envs", {"kind": "calculator"}, 3, "heldout")  # a vf.ToolEnv: add(a, b)
+    tasks = verifiers_tasks("examples.vf_calculator", {}, 3, "heldout")  # a vf.ToolEnv: add(a, b)
     assert [t["function"]["name"] for t in json.loads(tasks[0].tools)] == ["add"]
     prompt = qwen_like.decode(chat_prompt_ids(qwen_like, tasks[0].prompt, tasks[0].tools, tasks[0].system))
     assert '"name": "add"' in prompt  # declared by the template

@@ -10,16 +10,6 @@ WORDS = ["stone", "river", "cloud", "amber", "maple", "ocean", "pixel", "tiger",
 WORDS += ["frost", "globe"]
 
 
-def add(a: int, b: int) -> int:
-    """Add two whole numbers.
-
-    Args:
-        a: The first number.
-        b: The second number.
-    """
-    return a + b
-
-
 class Broken(vf.MultiTurnEnv):
     async def env_response(self, messages: vf.Messages, state: vf.State, **kwargs) -> vf.Messages:
         raise RuntimeError("the environment's own bug")
@@ -27,9 +17,8 @@ class Broken(vf.MultiTurnEnv):
 
 def load_environment(kind: str = "reverse") -> vf.Environment:
     """``reverse``: spell a word backwards in <answer> tags (one dataset: split by row); ``broken``: a multi-turn
-    env whose env_response raises; ``tools``: declares a tool; ``calculator``: a ToolEnv with an ``add`` tool (sums
-    to answer in <answer> tags); ``fewshot``: example turns before the question; any other: load_environment itself
-    raises."""
+    env whose env_response raises; ``tools``: declares a tool; ``fewshot``: example turns before the question; any
+    other: load_environment itself raises."""
     data = Dataset.from_list([{"question": f"Spell '{w}' backwards.", "answer": w[::-1]} for w in WORDS])
     parser = vf.XMLParser(["answer"], answer_field="answer")
 
@@ -44,15 +33,6 @@ def load_environment(kind: str = "reverse") -> vf.Environment:
     if kind == "tools":
         tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
         return vf.SingleTurnEnv(dataset=data, parser=parser, rubric=rubric, oai_tools=[tool])
-    if kind == "calculator":
-        sums = Dataset.from_list([{"question": f"What is {7 * i} + {i + 1}? Use the add tool, then answer in <answer> "
-                                               "tags.", "answer": str(8 * i + 1)} for i in range(12)])  # fmt: skip
-
-        def right(completion: vf.Messages, answer: str, **kwargs) -> float:
-            return 1.0 if parser.parse_answer(completion) == answer else 0.0
-
-        return vf.ToolEnv(dataset=sums, tools=[add], parser=parser, rubric=vf.Rubric(funcs=[right], parser=parser),
-                          max_turns=3)  # fmt: skip
     if kind == "fewshot":
         shots = [{"role": "user", "content": "Spell 'ab' backwards."}, {"role": "assistant", "content": "ba"}]
         return vf.SingleTurnEnv(dataset=data, parser=parser, rubric=rubric, few_shot=shots)
