@@ -98,14 +98,13 @@ def tool_result_form(tokenizer: Any) -> tuple[str, str]:
     return message_form(tokenizer, "tool")
 
 
-_SEPARATORS: dict[
-    tuple[str, str], str
-] = {}  # (chat template text, role) -> the text between two such messages
+# (chat template text, role) -> the text between two such messages
+_SEPARATORS: dict[tuple[str, str], str] = {}
 
 
 def message_separator(tokenizer: Any, role: str = "tool") -> str:
     """What the chat template writes between two ``role`` messages in a row (the results of parallel tool calls):
-    under Qwen2.5 ``\n</tool_response>\n<tool_response>\n`` for tool results, read off the template once per
+    under Qwen2.5 ``\\n</tool_response>\\n<tool_response>\\n`` for tool results, read off the template once per
     template and role; one message's end and the next one's start where the template cannot render two."""
     before, after = message_form(tokenizer, role)
     template = str(getattr(tokenizer, "chat_template", "") or "")

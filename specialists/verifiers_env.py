@@ -12,16 +12,16 @@ specialist.env=<module>`` (and ``specialist.env_args``, the keyword arguments of
   with our policy in place of the OpenAI client: each model turn is a trajectory step (an assistant message),
   the environment's reply comes from its ``get_prompt_messages`` (which calls ``env_response``) and goes back to
   the model as the chat template's user turn (``observation_role``), and the episode ends where its ``@vf.stop``
-  conditions say (its ``max_turns``, a ``final_env_response``, an error).
+  conditions say (its ``max_turns``, a ``final_env_response``, an error). The reward is its rubric's
+  ``score_rollout`` of the finished state (``state["reward"]``, the weighted sum of its reward functions), the
+  reason the stop condition. An exception in the environment's code ends the episode with 0 and a
+  ``reward_error`` reason, which counts towards ``specialist.max_reward_error_rate`` like any failed reward.
 * **Tools** (``oai_tools``: ``ToolEnv``, ``StatefulToolEnv``, ...): declared through the chat template (the task's
   ``tools``); a turn's ``<tool_call>`` blocks become the assistant message's OpenAI ``tool_calls`` (its content the
   text before them), as a server's tool parser would hand them to verifiers, and the environment's tool messages
   go back as the template's tool results (several in a row for parallel calls). A turn without a well-formed call
   has no ``tool_calls``, so a ``ToolEnv`` ends there (``no_tools_called``); a malformed one is also counted as a
-  tool error. The reward is its rubric's
-  ``score_rollout`` of the finished state (``state["reward"]``, the weighted sum of its reward functions), the
-  reason the stop condition. An exception in the environment's code ends the episode with 0 and a
-  ``reward_error`` reason, which counts towards ``specialist.max_reward_error_rate`` like any failed reward.
+  tool error.
 * **Not supported**, refused with one line when the environment loads: ``message_type="completion"``, few-shot
   prompts, group-level reward functions.
 """
