@@ -98,6 +98,12 @@ def tool_result_form(tokenizer: Any) -> tuple[str, str]:
     return message_form(tokenizer, "tool")
 
 
+def observation_text(observation: str | tuple[str, ...]) -> str:
+    """An observation as the compact format writes it (as the environment wrote it): several messages one per
+    line."""
+    return observation if isinstance(observation, str) else "\n".join(observation)
+
+
 # (chat template text, role) -> the text between two such messages
 _SEPARATORS: dict[tuple[str, str], str] = {}
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from rewards.math import extract_boxed
-from rl.chat_tools import CALL_OPEN
+from rl.chat_tools import CALL_OPEN, observation_text
 from rl.types import Reward, Task
 from specialists.synthetic import check_generator_args, split_of
 from specialists.tool_calls import CallError, echo, model_json, parse_tool_calls
@@ -394,11 +394,6 @@ def scripted_actions(task: Task) -> list[str]:
     """The model turns of a correct solution: the task's tool plan, then ``\\boxed{target}``."""
     spec = _spec(task)
     return [*(format_tool_call(name, arg) for name, arg in spec["calls"]), f"\\boxed{{{spec['target']}}}"]
-
-
-def observation_text(observation: str | tuple[str, ...]) -> str:
-    """An observation as the compact format writes it: several messages one per line."""
-    return observation if isinstance(observation, str) else "\n".join(observation)
 
 
 def play(env: Environment, actions: Iterable[str]) -> tuple[list[Segment], StepResult]:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rl.chat_tools import observation_text
 from rl.moe import pad_routing
 from rl.types import Rollout, SamplingParams
 
@@ -83,10 +84,8 @@ class Episode:
             return
         if self.render is not None:
             text = self.render(result.observation, out.finish_reason == "eos")
-        else:  # compact: as the environment wrote it
-            text = "\n".join(
-                (result.observation,) if isinstance(result.observation, str) else result.observation
-            )
+        else:
+            text = observation_text(result.observation)
         observation = tokenizer.encode(text, add_special_tokens=False)
         if out.finish_reason == "length" or len(observation) >= room:
             self.finish = "length"  # no room left for the observation and another turn
